@@ -1,0 +1,514 @@
+"""TransformerLens hook functions that steer, and the :func:`steer` context manager.
+
+Every hook here adds ``coefficient_t · v`` to the activation of a hook point at a chosen
+set of **absolute** token positions. Absolute means "index of the token in the whole
+sequence", not "index in the tensor this forward pass sees": during KV-cached
+``generate`` the model is fed one token per call, and a hook that used tensor indices
+would silently apply the wrong coefficient. A :class:`PositionTracker` attached to the
+model reads the KV-cache length at the first block and tells the hooks where they are.
+
+Example (TransformerLens style, with your own hook list):
+    >>> from hooksteer.hooks import add_vector, track_positions          # doctest: +SKIP
+    >>> with track_positions(model) as tracker:                          # doctest: +SKIP
+    ...     hook = add_vector(v, coefficient=4.0, positions="generated", tracker=tracker)
+    ...     with model.hooks(fwd_hooks=[("blocks.6.hook_resid_post", hook)]):
+    ...         model.generate("Hello", max_new_tokens=10)
+
+Example (one line):
+    >>> with steer(model, vec * 4.0, positions="generated"):             # doctest: +SKIP
+    ...     model.generate("Hello", max_new_tokens=10)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from hooksteer.vectors import SteeringSet, SteeringVector, as_vector_list, check_finite
+
+PositionName = Literal["all", "prompt", "generated"]
+PositionSpec = Union[PositionName, Sequence[int], Int[Tensor, " n"]]
+Direction = Union[SteeringVector, Float[Tensor, " d_model"], Float[Tensor, "batch d_model"]]
+CoefficientFn = Callable[[Int[Tensor, " pos"]], Tensor]
+GateFn = Callable[[Float[Tensor, "batch pos d_model"]], Float[Tensor, "batch pos"]]
+HookFn = Callable[[Tensor, Any], Tensor]
+
+_NAMED_POSITIONS = ("all", "prompt", "generated")
+
+
+# ============================================================================ positions
+class PositionTracker:
+    """Tracks the absolute positions of the tokens in the forward pass under way.
+
+    It registers a forward pre-hook on the model's first block, where both
+    ``HookedTransformer`` (``past_kv_cache_entry``) and ``TransformerBridge``
+    (``past_key_values`` / ``cache_position``) reveal how many tokens are already cached.
+
+    It also remembers the *prompt length*: the length of the first forward pass of a new
+    sequence. A later pass with an empty cache whose input extends the previous input
+    (uncached ``generate``) continues the same sequence; any other pass starts a new one.
+
+    Example:
+        >>> with track_positions(model) as tracker:        # doctest: +SKIP
+        ...     model("Hello world")
+        ...     tracker.prompt_length
+    """
+
+    def __init__(self) -> None:
+        self.offset: int = 0
+        self.length: int | None = None
+        self.prompt_length: int | None = None
+        self._last_input: Tensor | None = None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    # -- attaching
+    def attach(self, model: nn.Module) -> PositionTracker:
+        """Start tracking ``model``'s forward passes. Returns ``self``."""
+        if self._handle is not None:
+            raise RuntimeError("this PositionTracker is already attached to a model")
+        first_block = _first_block(model)
+        self._handle = first_block.register_forward_pre_hook(self._on_first_block, with_kwargs=True)
+        return self
+
+    def detach(self) -> None:
+        """Stop tracking (idempotent)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    @property
+    def attached(self) -> bool:
+        return self._handle is not None
+
+    # -- the pre-hook
+    def _on_first_block(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else next(
+            (kwargs[k] for k in ("resid_pre", "hidden_states", "x") if k in kwargs), None
+        )
+        if not isinstance(hidden, Tensor) or hidden.ndim != 3:
+            return
+        past = _past_length(kwargs)
+        length = int(hidden.shape[1])
+        if past > 0:
+            if self.prompt_length is None:
+                self.prompt_length = past
+            self._last_input = None
+        elif not self._extends_last_input(hidden):
+            self.prompt_length = length
+        if past == 0:
+            self._last_input = hidden.detach().clone()
+        self.offset, self.length = past, length
+
+    def _extends_last_input(self, hidden: Tensor) -> bool:
+        last = self._last_input
+        if last is None or self.prompt_length is None:
+            return False
+        if hidden.shape[0] != last.shape[0] or hidden.shape[1] <= last.shape[1]:
+            return False
+        return torch.equal(hidden[:, : last.shape[1]], last)
+
+    # -- what hooks ask
+    def positions(self, n_positions: int, device: torch.device | str | None = None) -> Int[Tensor, " pos"]:
+        """Absolute positions of the ``n_positions`` tokens in the current forward pass."""
+        if self.length is None:
+            raise RuntimeError(
+                "PositionTracker has seen no forward pass: attach it with "
+                "`hooksteer.hooks.track_positions(model)` before running the model"
+            )
+        if n_positions != self.length:
+            raise RuntimeError(
+                f"activation has {n_positions} positions but the forward pass has {self.length}; "
+                "position-dependent steering only supports hook points with a token dimension"
+            )
+        return torch.arange(self.offset, self.offset + n_positions, device=device)
+
+
+def _first_block(model: nn.Module) -> nn.Module:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or len(blocks) == 0:
+        raise TypeError(
+            f"{type(model).__name__} has no `blocks`; hooksteer steers TransformerLens "
+            "HookedTransformer and TransformerBridge models"
+        )
+    return blocks[0]
+
+
+def _past_length(kwargs: dict) -> int:
+    entry = kwargs.get("past_kv_cache_entry")
+    if entry is not None:
+        return int(entry.past_keys.shape[1])
+    cache_position = kwargs.get("cache_position")
+    if isinstance(cache_position, Tensor) and cache_position.numel() > 0:
+        return int(cache_position.reshape(-1)[0])
+    cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+    if cache is not None and hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return 0
+
+
+@contextmanager
+def track_positions(model: nn.Module) -> Iterator[PositionTracker]:
+    """Attach a :class:`PositionTracker` to ``model`` for the duration of the block.
+
+    Example:
+        >>> with track_positions(model) as tracker:        # doctest: +SKIP
+        ...     hook = add_per_token(v, coefficients, tracker=tracker)
+    """
+    tracker = PositionTracker().attach(model)
+    try:
+        yield tracker
+    finally:
+        tracker.detach()
+
+
+def _validate_positions(positions: PositionSpec) -> PositionSpec:
+    if isinstance(positions, str):
+        if positions not in _NAMED_POSITIONS:
+            raise ValueError(f"positions must be one of {_NAMED_POSITIONS} or a list of indices, got {positions!r}")
+        return positions
+    if isinstance(positions, slice):
+        raise TypeError("positions must be 'all', 'prompt', 'generated' or explicit indices, not a slice")
+    indices = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    if indices.numel() == 0:
+        raise ValueError("positions is an empty list: nothing would be steered")
+    if (indices < 0).any():
+        raise ValueError(
+            "positions are absolute token indices and must be >= 0 (negative indices would move "
+            "while generating); use 'generated' or explicit indices"
+        )
+    return indices
+
+
+def _position_mask(
+    positions: PositionSpec, absolute: Int[Tensor, " pos"], tracker: PositionTracker | None
+) -> Bool[Tensor, " pos"] | None:
+    """Which of the current positions are steered; ``None`` means all of them."""
+    if isinstance(positions, str):
+        if positions == "all":
+            return None
+        assert tracker is not None and tracker.prompt_length is not None
+        if positions == "prompt":
+            return absolute < tracker.prompt_length
+        return absolute >= tracker.prompt_length
+    return torch.isin(absolute, positions.to(absolute.device))
+
+
+# ============================================================================ hook objects
+def _direction_tensor(direction: Direction) -> Tensor:
+    tensor = direction.vector if isinstance(direction, SteeringVector) else direction
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"direction must be a SteeringVector or a tensor, got {type(tensor).__name__}")
+    if tensor.ndim not in (1, 2) or not tensor.is_floating_point():
+        raise ValueError(
+            f"direction must be a float tensor of shape (d_model,) or (batch, d_model), got "
+            f"{tuple(tensor.shape)} {tensor.dtype}"
+        )
+    check_finite(tensor, "steering direction")
+    return tensor
+
+
+class SteeringHook:
+    """Base of the hook objects: ``hook(activation, hook) -> activation + c_t · v``.
+
+    Subclasses define :meth:`coefficients`, the per-token coefficient for the current pass.
+    """
+
+    def __init__(self, direction: Direction, *, positions: PositionSpec = "all",
+                 tracker: PositionTracker | None = None) -> None:
+        self.direction = _direction_tensor(direction)
+        self.positions = _validate_positions(positions)
+        self.tracker = tracker
+        if self.needs_tracker and tracker is None:
+            raise ValueError(
+                f"{type(self).__name__} with positions={positions!r} needs a PositionTracker, because "
+                "KV-cached generate feeds one token per forward pass; create one with "
+                "`hooksteer.hooks.track_positions(model)` (or use `hooksteer.steer`, which does it for you)"
+            )
+
+    @property
+    def needs_tracker(self) -> bool:
+        return not (isinstance(self.positions, str) and self.positions == "all")
+
+    def coefficients(self, activation: Tensor, absolute: Tensor | None) -> Tensor | float:
+        raise NotImplementedError
+
+    def __call__(self, activation: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
+        direction = self.direction.to(device=activation.device, dtype=activation.dtype)
+        if activation.shape[-1] != direction.shape[-1]:
+            name = getattr(hook, "name", "this hook point")
+            raise ValueError(
+                f"steering vector has width {direction.shape[-1]} but {name} has width {activation.shape[-1]}"
+            )
+        if direction.ndim == 2 and direction.shape[0] != activation.shape[0]:
+            raise ValueError(
+                f"per-row directions have batch {direction.shape[0]} but the activation has batch "
+                f"{activation.shape[0]}"
+            )
+        if activation.ndim != 3:
+            return activation + self.coefficients(activation, None) * direction
+        absolute = self._absolute_positions(activation)
+        coefficient = self.coefficients(activation, absolute)
+        if isinstance(coefficient, Tensor):
+            coefficient = coefficient.to(activation.dtype)[..., None]
+        row_direction = direction[:, None, :] if direction.ndim == 2 else direction
+        steered = activation + coefficient * row_direction
+        mask = _position_mask(self.positions, absolute, self.tracker) if absolute is not None else None
+        if mask is None:
+            return steered
+        return torch.where(mask[None, :, None], steered, activation)
+
+    def _absolute_positions(self, activation: Tensor) -> Tensor | None:
+        if not self.needs_tracker:
+            return None
+        assert self.tracker is not None  # checked in __init__
+        return self.tracker.positions(activation.shape[1], activation.device)
+
+
+class AddVector(SteeringHook):
+    """Add ``coefficient · v`` at the chosen positions (see :func:`add_vector`)."""
+
+    def __init__(self, direction: Direction, coefficient: float = 1.0, *, positions: PositionSpec = "all",
+                 tracker: PositionTracker | None = None) -> None:
+        super().__init__(direction, positions=positions, tracker=tracker)
+        self.coefficient = float(coefficient)
+
+    def coefficients(self, activation: Tensor, absolute: Tensor | None) -> float:
+        return self.coefficient
+
+
+class AddPerToken(SteeringHook):
+    """Add ``c_t · v`` where ``c_t`` depends on the absolute position ``t`` (see :func:`add_per_token`)."""
+
+    def __init__(self, direction: Direction, coefficients: Tensor | CoefficientFn, *,
+                 tracker: PositionTracker, positions: PositionSpec = "all",
+                 fill_value: float | None = None) -> None:
+        super().__init__(direction, positions=positions, tracker=tracker)
+        if tracker is None:
+            raise ValueError("add_per_token needs a PositionTracker (see hooksteer.hooks.track_positions)")
+        if isinstance(coefficients, Tensor):
+            if coefficients.ndim not in (1, 2) or coefficients.shape[-1] == 0:
+                raise ValueError(
+                    f"coefficients must have shape (n_positions,) or (batch, n_positions), got {tuple(coefficients.shape)}"
+                )
+            check_finite(coefficients, "per-token coefficients")
+        elif not callable(coefficients):
+            raise TypeError("coefficients must be a tensor indexed by absolute position or a callable of positions")
+        self.coefficient_source = coefficients
+        self.fill_value = fill_value
+
+    @property
+    def needs_tracker(self) -> bool:
+        return True
+
+    def coefficients(self, activation: Tensor, absolute: Tensor | None) -> Tensor:
+        assert absolute is not None
+        source = self.coefficient_source
+        if callable(source) and not isinstance(source, Tensor):
+            values = torch.as_tensor(source(absolute), device=activation.device)
+            if values.shape[-1] != absolute.shape[0]:
+                raise ValueError(
+                    f"coefficient function returned shape {tuple(values.shape)} for {absolute.shape[0]} positions"
+                )
+            return values
+        n_known = source.shape[-1]
+        inside = absolute < n_known
+        if not bool(inside.all()) and self.fill_value is None:
+            raise IndexError(
+                f"per-token coefficients cover absolute positions 0..{n_known - 1} but position "
+                f"{int(absolute.max())} was reached; pass fill_value=0.0 to steer no further, or more coefficients"
+            )
+        source = source.to(activation.device)
+        gathered = source[..., absolute.clamp(max=n_known - 1)]
+        fill = torch.tensor(self.fill_value if self.fill_value is not None else 0.0, device=activation.device)
+        return torch.where(inside, gathered, fill.to(gathered.dtype))
+
+
+class AddGated(SteeringHook):
+    """Add ``coefficient · g(h_t) · v`` with a gate read from the activation (see :func:`add_gated`)."""
+
+    def __init__(self, direction: Direction, gate: GateFn, coefficient: float = 1.0, *,
+                 positions: PositionSpec = "all", tracker: PositionTracker | None = None) -> None:
+        super().__init__(direction, positions=positions, tracker=tracker)
+        if not callable(gate):
+            raise TypeError("gate must be callable: activation (batch, pos, d_model) -> (batch, pos)")
+        self.gate = gate
+        self.coefficient = float(coefficient)
+        self.last_gate: Tensor | None = None
+
+    def coefficients(self, activation: Tensor, absolute: Tensor | None) -> Tensor:
+        values = self.gate(activation)
+        if values.shape != activation.shape[:-1]:
+            raise ValueError(
+                f"gate returned shape {tuple(values.shape)}, expected {tuple(activation.shape[:-1])}"
+            )
+        self.last_gate = values.detach()
+        return self.coefficient * values
+
+
+class ReluGate(nn.Module):
+    """PSR-style per-token coefficient ``λ(h) = ReLU(w · h + b)``.
+
+    Example:
+        >>> import torch
+        >>> gate = ReluGate(torch.tensor([1.0, 0.0]), bias=-0.5)
+        >>> gate(torch.tensor([[[2.0, 9.0], [0.1, 9.0]]])).tolist()
+        [[1.5, 0.0]]
+    """
+
+    def __init__(self, weight: Float[Tensor, " d_model"], bias: float | Tensor = 0.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.as_tensor(weight, dtype=torch.float32).clone())
+        self.bias = nn.Parameter(torch.as_tensor(bias, dtype=torch.float32).reshape(()).clone())
+
+    def forward(self, activation: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos"]:
+        weight = self.weight.to(activation.dtype)
+        return torch.relu(activation @ weight + self.bias.to(activation.dtype))
+
+
+def add_vector(direction: Direction, coefficient: float = 1.0, *, positions: PositionSpec = "all",
+               tracker: PositionTracker | None = None) -> AddVector:
+    """Hook that adds ``coefficient · v`` at ``positions`` (absolute indices, 'prompt', 'generated', 'all').
+
+    Example:
+        >>> with model.hooks(fwd_hooks=[("blocks.2.hook_resid_post", add_vector(v, 4.0))]):  # doctest: +SKIP
+        ...     logits = model("Hello")
+    """
+    return AddVector(direction, coefficient, positions=positions, tracker=tracker)
+
+
+def add_per_token(direction: Direction, coefficients: Tensor | CoefficientFn, *, tracker: PositionTracker,
+                  positions: PositionSpec = "all", fill_value: float | None = None) -> AddPerToken:
+    """Hook that adds ``c_t · v`` with ``c_t = coefficients[t]`` (or ``coefficients(t)``) at absolute position t.
+
+    ``coefficients`` is a tensor of shape ``(n,)`` / ``(batch, n)`` indexed by absolute position, or a
+    callable mapping a LongTensor of absolute positions to their coefficients. Positions past ``n``
+    raise unless ``fill_value`` is given.
+
+    Example:
+        >>> with track_positions(model) as tracker:                                 # doctest: +SKIP
+        ...     hook = add_per_token(v, torch.linspace(0, 1, 20), tracker=tracker)
+    """
+    return AddPerToken(direction, coefficients, tracker=tracker, positions=positions, fill_value=fill_value)
+
+
+def add_gated(direction: Direction, gate: GateFn, coefficient: float = 1.0, *,
+              positions: PositionSpec = "all", tracker: PositionTracker | None = None) -> AddGated:
+    """Hook that adds ``coefficient · gate(h)_t · v``: a coefficient read from each token's own activation.
+
+    Example:
+        >>> hook = add_gated(v, ReluGate(w, bias=0.1), coefficient=2.0)             # doctest: +SKIP
+    """
+    return AddGated(direction, gate, coefficient, positions=positions, tracker=tracker)
+
+
+# ============================================================================ steer()
+class UnknownHookError(KeyError):
+    """A hook name the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def check_hook_name(model: nn.Module, hook_name: str) -> None:
+    """Raise :class:`UnknownHookError` listing close valid names if ``hook_name`` is not a hook point."""
+    valid = list(model.hook_dict.keys())
+    if hook_name in model.hook_dict:
+        return
+    close = difflib.get_close_matches(hook_name, valid, n=5, cutoff=0.6)
+    n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
+    hint = (f" Residual sites are blocks.{{0..{n_layers - 1}}}.hook_resid_{{pre,mid,post}}."
+            if n_layers else "")
+    suggestion = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise UnknownHookError(f"unknown hook name {hook_name!r}.{suggestion}{hint}")
+
+
+def _check_vector_fits(model: nn.Module, vector: SteeringVector) -> None:
+    check_hook_name(model, vector.hook_name)
+    d_model = int(model.cfg.d_model)
+    if ".hook_resid_" in vector.hook_name and vector.d_model != d_model:
+        raise ValueError(
+            f"vector for {vector.hook_name!r} has width {vector.d_model} but the model has d_model={d_model}: "
+            "it was made for another model"
+        )
+
+
+@dataclass
+class SteeringHandle:
+    """What :func:`steer` yields: the installed hooks and the position tracker."""
+
+    tracker: PositionTracker
+    fwd_hooks: list[tuple[str, SteeringHook]] = field(default_factory=list)
+
+    @property
+    def hook_names(self) -> list[str]:
+        return [name for name, _ in self.fwd_hooks]
+
+
+def build_steering_hooks(
+    model: nn.Module, vectors: Sequence[SteeringVector | SteeringSet], *, tracker: PositionTracker,
+    coefficient: float = 1.0, positions: PositionSpec = "all", per_token: Tensor | CoefficientFn | None = None,
+    gate: GateFn | None = None, fill_value: float | None = None,
+) -> list[tuple[str, SteeringHook]]:
+    """One hook per hook point: vectors sharing a site are summed ("combined"), sites act together."""
+    flat = as_vector_list(vectors)
+    if not flat:
+        raise ValueError("steer() needs at least one SteeringVector or SteeringSet")
+    if per_token is not None and gate is not None:
+        raise ValueError("pass either per_token or gate, not both")
+    for vector in flat:
+        _check_vector_fits(model, vector)
+    hooks: list[tuple[str, SteeringHook]] = []
+    for hook_name, summed in SteeringSet(flat).by_hook().items():
+        if per_token is not None:
+            per_site_coefficients = coefficient * per_token if isinstance(per_token, Tensor) else (
+                lambda absolute, fn=per_token: coefficient * torch.as_tensor(fn(absolute)))
+            hook: SteeringHook = AddPerToken(summed, per_site_coefficients, tracker=tracker, positions=positions,
+                                             fill_value=fill_value)
+        elif gate is not None:
+            hook = AddGated(summed, gate, coefficient, positions=positions, tracker=tracker)
+        else:
+            hook = AddVector(summed, coefficient, positions=positions, tracker=tracker)
+        hooks.append((hook_name, hook))
+    return hooks
+
+
+@contextmanager
+def steer(
+    model: nn.Module, *vectors: SteeringVector | SteeringSet, coefficient: float = 1.0,
+    positions: PositionSpec = "all", per_token: Tensor | CoefficientFn | None = None,
+    gate: GateFn | None = None, fill_value: float | None = None,
+) -> Iterator[SteeringHandle]:
+    """Steer ``model`` with one or more vectors while the ``with`` block runs.
+
+    Vectors at the same hook point are summed ("combined"); vectors at different hook points
+    act together ("simultaneous"). Hooks are removed on exit, also when the block raises.
+
+    Args:
+        model: a ``HookedTransformer`` or ``TransformerBridge``.
+        *vectors: :class:`SteeringVector` / :class:`SteeringSet` objects (scale them to set strength).
+        coefficient: extra scalar applied to every vector.
+        positions: ``"all"``, ``"prompt"``, ``"generated"`` or explicit absolute token indices.
+        per_token: coefficients by absolute position (tensor or callable), multiplied by ``coefficient``.
+        gate: callable reading each token's activation and returning its coefficient (e.g. :class:`ReluGate`).
+        fill_value: coefficient for positions past the end of a ``per_token`` tensor (default: raise).
+
+    Example:
+        >>> with steer(model, love * 4.0, positions="generated"):          # doctest: +SKIP
+        ...     print(model.generate("Tell me about your day.", max_new_tokens=40))
+    """
+    tracker = PositionTracker()
+    fwd_hooks = build_steering_hooks(model, vectors, tracker=tracker, coefficient=coefficient,
+                                     positions=positions, per_token=per_token, gate=gate, fill_value=fill_value)
+    tracker.attach(model)
+    try:
+        with model.hooks(fwd_hooks=fwd_hooks):
+            yield SteeringHandle(tracker=tracker, fwd_hooks=fwd_hooks)
+    finally:
+        tracker.detach()
