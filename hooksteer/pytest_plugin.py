@@ -30,7 +30,7 @@ fixture is first used, so the plugin costs nothing in test runs that do not use 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for type checkers only
     from transformer_lens import HookedTransformer
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["tiny_gpt2", "tiny_llama", "tiny_model", "tiny_model_factory", "tiny_tokenizer"]
+__all__ = ["tiny_bridge", "tiny_gpt2", "tiny_llama", "tiny_model", "tiny_model_factory", "tiny_tokenizer"]
 
 _KINDS = ("llama", "gpt2")
 
@@ -81,3 +81,11 @@ def tiny_model_factory() -> Callable[..., HookedTransformer]:
     from hooksteer import testing
 
     return testing.tiny_model
+
+
+@pytest.fixture
+def tiny_bridge() -> Any:
+    """A fresh tiny Llama-like ``TransformerBridge`` (seed 0) for every test."""
+    from hooksteer import testing
+
+    return testing.tiny_bridge(seed=0)

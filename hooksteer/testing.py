@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for type checkers only
     from transformers import PreTrainedTokenizerFast
 
 __all__ = [
+    "tiny_bridge",
     "BOS_TOKEN",
     "CHAT_TEMPLATE",
     "EOS_TOKEN",
@@ -405,3 +406,50 @@ def tiny_model(
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def tiny_bridge(*, seed: int = 0, directory: str | os.PathLike[str] | None = None) -> Any:
+    """Build a tiny Llama-like TransformerLens ``TransformerBridge`` (random weights, offline).
+
+    A Hugging Face ``LlamaForCausalLM`` with the same shape as :func:`tiny_llama_config` is created
+    from ``seed``, saved with :func:`tiny_tokenizer` to ``directory`` (default: a fresh temp dir)
+    and booted with ``TransformerBridge.boot_transformers`` from there, exactly as
+    :func:`hooksteer.models.load_bridge` boots the embedded model.
+
+    Example::
+
+        >>> bridge = tiny_bridge(seed=0)
+        >>> "blocks.1.hook_resid_post" in bridge.hook_dict
+        True
+    """
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    cfg = tiny_llama_config()
+    hf_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_key_value_heads,
+        max_position_embeddings=cfg.n_ctx,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="hooksteer-tiny-bridge-"))
+    if directory is None:
+        atexit.register(shutil.rmtree, folder, True)
+    with _preserved_global_rng(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(seed)
+        LlamaForCausalLM(hf_config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        bridge = TransformerBridge.boot_transformers(str(folder), tokenizer=tokenizer, device="cpu")
+    bridge.eval()
+    bridge.requires_grad_(False)
+    return bridge

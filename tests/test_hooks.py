@@ -10,6 +10,12 @@ SITE = "blocks.1.hook_resid_post"
 PROMPT = "the cat sat on the mat"
 
 
+@pytest.fixture(params=["llama", "gpt2", "bridge"])
+def steerable(request):
+    """Every model class hooksteer supports: HookedTransformer (two architectures) and TransformerBridge."""
+    return request.getfixturevalue({"llama": "tiny_llama", "gpt2": "tiny_gpt2", "bridge": "tiny_bridge"}[request.param])
+
+
 def random_vector(model, seed=0, scale=1.0, site=SITE):
     g = torch.Generator().manual_seed(seed)
     return hs.SteeringVector(site, scale * torch.randn(model.cfg.d_model, generator=g))
@@ -30,8 +36,8 @@ def no_hooks_left(model):
     "positions, steered",
     [("all", None), ([1, 4], [1, 4]), ("prompt", None)],
 )
-def test_adds_exactly_alpha_v_at_chosen_positions_only(tiny_model, positions, steered):
-    model = tiny_model
+def test_adds_exactly_alpha_v_at_chosen_positions_only(steerable, positions, steered):
+    model = steerable
     tokens = model.to_tokens(PROMPT)
     steered = range(tokens.shape[1]) if steered is None else steered
     v = random_vector(model)
@@ -54,8 +60,8 @@ def test_generated_positions_leave_the_prompt_untouched(tiny_llama):
         assert torch.equal(model(tokens), clean)
 
 
-def test_exit_restores_exact_logits_and_leaves_no_hooks(tiny_model):
-    model = tiny_model
+def test_exit_restores_exact_logits_and_leaves_no_hooks(steerable):
+    model = steerable
     tokens = model.to_tokens(PROMPT)
     clean = model(tokens)
     with hs.steer(model, random_vector(model, scale=5.0)):
@@ -86,8 +92,8 @@ def test_exception_inside_a_hook_removes_hooks(tiny_llama):
     assert no_hooks_left(model)
 
 
-def test_combined_v_and_minus_v_equals_no_steering(tiny_model):
-    model = tiny_model
+def test_combined_v_and_minus_v_equals_no_steering(steerable):
+    model = steerable
     tokens = model.to_tokens(PROMPT)
     v = random_vector(model, scale=4.0)
     clean = model(tokens)
@@ -131,8 +137,9 @@ def recorded_positions(model, prompt_tokens, max_new_tokens, use_cache):
     seen = []
 
     def coefficient(absolute):
-        seen.append(absolute.tolist())
-        return torch.zeros(absolute.shape[0])
+        assert absolute.shape[0] == prompt_tokens.shape[0]
+        seen.append(absolute[0].tolist())
+        return torch.zeros_like(absolute, dtype=torch.float32)
 
     with hs.steer(model, random_vector(model), per_token=coefficient):
         model.generate(prompt_tokens, max_new_tokens=max_new_tokens, use_past_kv_cache=use_cache,
@@ -140,18 +147,18 @@ def recorded_positions(model, prompt_tokens, max_new_tokens, use_cache):
     return seen
 
 
-def test_cached_generate_sees_absolute_positions(tiny_model):
-    tokens = tiny_model.to_tokens(PROMPT)
+def test_cached_generate_sees_absolute_positions(steerable):
+    tokens = steerable.to_tokens(PROMPT)
     n = tokens.shape[1]
-    seen = recorded_positions(tiny_model, tokens, 4, use_cache=True)
+    seen = recorded_positions(steerable, tokens, 4, use_cache=True)
     assert seen == [list(range(n)), [n], [n + 1], [n + 2]]
-    seen_uncached = recorded_positions(tiny_model, tokens, 3, use_cache=False)
+    seen_uncached = recorded_positions(steerable, tokens, 3, use_cache=False)
     assert seen_uncached == [list(range(n)), list(range(n + 1)), list(range(n + 2))]
 
 
 @pytest.mark.parametrize("mode", ["per_token", "generated"])
-def test_cached_and_uncached_generation_agree_under_position_dependent_steering(tiny_model, mode):
-    model = tiny_model
+def test_cached_and_uncached_generation_agree_under_position_dependent_steering(steerable, mode):
+    model = steerable
     tokens = model.to_tokens(PROMPT)
     v = random_vector(model, seed=3, scale=6.0)
     g = torch.Generator().manual_seed(4)
@@ -278,3 +285,26 @@ def test_bad_arguments(tiny_llama):
         with hs.steer(tiny_llama, torch.ones(3)):
             pass
     assert no_hooks_left(tiny_llama)
+
+
+@pytest.mark.parametrize("kind", ["llama", "bridge"])
+def test_left_padded_batch_uses_each_rows_own_positions(kind, request):
+    """A per-token schedule gives the same tokens for a prompt whether it is generated alone or
+    left-padded in a batch next to a longer prompt."""
+    model = request.getfixturevalue({"llama": "tiny_llama", "bridge": "tiny_bridge"}[kind])
+    prompts = ["the cat sat on the mat and looked out", "a dog"]
+    v = random_vector(model, seed=9, scale=6.0)
+    schedule = torch.randn(64, generator=torch.Generator().manual_seed(10)) * 2.0
+    kwargs = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False, return_type="tokens")
+    with hs.steer(model, v, per_token=schedule) as handle:
+        batched = model.generate(prompts, padding_side="left", **kwargs)
+        lengths = handle.tracker.prompt_lengths.tolist()
+        alone = [model.generate(p, **kwargs)[0] for p in prompts]
+    assert lengths == [len(model.to_tokens(p)[0]) for p in prompts]
+    for row, single in enumerate(alone):
+        assert torch.equal(batched[row, -6:], single[-6:])
+    with hs.steer(model, v, positions="generated") as handle:
+        batched = model.generate(prompts, padding_side="left", **kwargs)
+        alone = [model.generate(p, **kwargs)[0] for p in prompts]
+    for row, single in enumerate(alone):
+        assert torch.equal(batched[row, -6:], single[-6:])

@@ -50,7 +50,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     s.save(tmp_path / "s.safetensors")
     loaded_set = SteeringSet.load(tmp_path / "s.safetensors")
     assert [x.hook_name for x in loaded_set] == [x.hook_name for x in s]
-    assert all(torch.equal(x.vector, y.vector) for x, y in zip(loaded_set, s))
+    assert all(torch.equal(x.vector, y.vector) for x, y in zip(loaded_set, s, strict=True))
 
 
 def test_loading_for_wrong_d_model_fails_clearly(tmp_path):

@@ -1,0 +1,1 @@
+"""Judges and the AxBench-style evaluation protocol."""
