@@ -1,0 +1,188 @@
+"""Settings of a HyperSteer hypernetwork and its training run, saved as JSON beside the weights.
+
+Example:
+    >>> cfg = HyperSteerConfig(variant="cross_attention", n_blocks=2, layer=2)
+    >>> HyperSteerConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> cfg.hook_name
+    'blocks.2.hook_resid_post'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+VARIANTS: tuple[str, ...] = ("no_context", "in_context", "cross_attention")
+ACTIVATION_CACHE_MODES: tuple[str, ...] = ("cpu", "device", "off")
+
+Variant = Literal["no_context", "in_context", "cross_attention"]
+
+
+class HyperSteerConfigError(ValueError):
+    """A HyperSteer setting is invalid, or does not fit the base model."""
+
+
+def default_layer(n_layers: int) -> int:
+    """Injection layer used when none is given: about two thirds of the depth (20 of 30 for SmolLM2).
+
+    Example:
+        >>> default_layer(30), default_layer(3)
+        (20, 2)
+    """
+    return min(n_layers - 1, max(0, round(2 * n_layers / 3)))
+
+
+@dataclass
+class HyperSteerConfig:
+    """Architecture of the hypernetwork H and settings of its training run.
+
+    Architecture:
+        variant: ``"no_context"`` H(s), ``"in_context"`` H(s ⊕ x) or ``"cross_attention"`` (H attends to the
+            base model's layer-``layer`` residual stream over the base prompt x).
+        layer: block whose ``hook_resid_post`` receives Δ (``None``: about 2/3 of the depth, resolved by
+            :meth:`resolved`).
+        n_blocks: number of H blocks, copied from the base model's blocks ``0..n_blocks-1``.
+        head_init_std: std of the output head's initial weights (bias starts at 0); small, so training
+            starts near "no steering". 0 gives an exactly-zero head.
+        freeze_embeddings: keep H's copy of the token (and position) embeddings fixed.
+
+    Data:
+        chat_template: wrap base prompts in the base model's chat template (when it has one).
+        append_eos: end every target with the tokenizer's EOS token.
+        max_steering_tokens / max_prompt_tokens / max_target_tokens: truncation limits (steering
+            prompts and targets keep their start, base prompts keep their end).
+
+    Optimisation (AdamW on H only, linear warm-up then linear decay to 0):
+        lr, weight_decay, batch_size (per process), epochs, max_steps (overrides epochs when set),
+        warmup_steps, grad_clip, seed, mixed_precision (Accelerate: ``"no"``, ``"fp16"``, ``"bf16"``).
+
+    Engineering:
+        activation_cache: where the frozen layer-``layer`` activations of each example are kept after
+            their first use (``"cpu"``, ``"device"`` or ``"off"``).
+        start_above_site: run only blocks ``layer+1..`` in training (exactly equal to a full forward
+            with the vector hooked in, but skips the frozen lower blocks). ``False`` runs the full
+            forward with a steering hook every step (for comparison).
+        eval_every / save_every / log_every: in optimizer steps (0 = only at the end).
+        keep_checkpoints: how many ``checkpoint-NNNNNN`` folders to keep (0 = all).
+    """
+
+    variant: Variant = "cross_attention"
+    layer: int | None = None
+    n_blocks: int = 2
+    head_init_std: float = 1e-3
+    freeze_embeddings: bool = False
+
+    chat_template: bool = True
+    append_eos: bool = True
+    max_steering_tokens: int = 64
+    max_prompt_tokens: int = 256
+    max_target_tokens: int = 128
+
+    lr: float = 8e-5
+    weight_decay: float = 0.0
+    batch_size: int = 12
+    epochs: int = 3
+    max_steps: int | None = None
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"
+
+    activation_cache: str = "cpu"
+    start_above_site: bool = True
+    eval_every: int = 100
+    save_every: int = 0
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def hook_name(self) -> str:
+        """TransformerLens address of the injection site."""
+        if self.layer is None:
+            raise HyperSteerConfigError("layer is not resolved yet; call config.resolved(model) first")
+        return f"blocks.{self.layer}.hook_resid_post"
+
+    def resolved(self, model: Any) -> HyperSteerConfig:
+        """A copy with ``layer`` filled in for ``model``, after checking every setting against it.
+
+        Raises:
+            HyperSteerConfigError: unknown variant, layer out of range, ``n_blocks`` > ``n_layers`` ...
+        """
+        n_layers = int(model.cfg.n_layers)
+        layer = default_layer(n_layers) if self.layer is None else self.layer
+        resolved = dataclasses.replace(self, layer=layer)
+        resolved.validate(n_layers)
+        return resolved
+
+    def validate(self, n_layers: int | None = None) -> None:
+        """Raise :class:`HyperSteerConfigError` for an invalid setting (model-dependent checks need n_layers)."""
+        if self.variant not in VARIANTS:
+            raise HyperSteerConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.activation_cache not in ACTIVATION_CACHE_MODES:
+            raise HyperSteerConfigError(
+                f"activation_cache must be one of {ACTIVATION_CACHE_MODES}, got {self.activation_cache!r}"
+            )
+        minimum_blocks = 1 if self.variant == "cross_attention" else 0
+        if not isinstance(self.n_blocks, int) or self.n_blocks < minimum_blocks:
+            raise HyperSteerConfigError(
+                f"n_blocks must be an integer >= {minimum_blocks} for variant {self.variant!r}, got {self.n_blocks!r}"
+            )
+        for name in ("batch_size", "max_steering_tokens", "max_prompt_tokens", "max_target_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise HyperSteerConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("epochs", "warmup_steps", "eval_every", "save_every", "log_every", "keep_checkpoints"):
+            if int(getattr(self, name)) < 0:
+                raise HyperSteerConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise HyperSteerConfigError(f"max_steps must be >= 1 or None, got {self.max_steps!r}")
+        if not self.lr > 0:
+            raise HyperSteerConfigError(f"lr must be > 0, got {self.lr!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise HyperSteerConfigError(f"grad_clip must be > 0 (or None for no clipping), got {self.grad_clip!r}")
+        if self.head_init_std < 0:
+            raise HyperSteerConfigError(f"head_init_std must be >= 0, got {self.head_init_std!r}")
+        if n_layers is None:
+            return
+        if self.layer is not None and not 0 <= self.layer < n_layers:
+            raise HyperSteerConfigError(
+                f"layer {self.layer} is out of range: the base model has {n_layers} layers (0..{n_layers - 1})"
+            )
+        if self.n_blocks > n_layers:
+            raise HyperSteerConfigError(
+                f"n_blocks={self.n_blocks} exceeds the base model's {n_layers} layers: H is a truncated copy "
+                "of the base model, so it can have at most n_layers blocks"
+            )
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HyperSteerConfig:
+        """Build from a dict, rejecting unknown keys with the list of valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HyperSteerConfigError(f"unknown HyperSteerConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HyperSteerConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise HyperSteerConfigError(f"cannot read a HyperSteer config from {path}: {error}") from error
+        return cls.from_dict(data)

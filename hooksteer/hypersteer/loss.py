@@ -1,0 +1,83 @@
+"""The HyperSteer training loss: cross-entropy of the target tokens under ``h_l ← h_l + Δ``.
+
+Two equivalent ways to get the steered logits:
+
+* :func:`steered_logits_above_site` (training default): start from the cached, frozen residual at
+  ``blocks.{layer}.hook_resid_post``, add Δ, and run only blocks ``layer+1..`` (``start_at_layer``).
+* :func:`steered_target_loss_above_site`: the same, but the final norm and the unembedding (a large
+  matrix for 49k-token vocabularies) are applied only at the target positions.
+* :func:`steered_logits_full`: a full forward with :func:`hooksteer.hooks.add_vector` at the same hook
+  point - the mechanism used at inference. The two agree to float precision (tested).
+
+Example:
+    >>> resid = resid_at_layer(model, batch.tokens, layer)                # doctest: +SKIP
+    >>> loss_sum, n = steered_target_loss_above_site(model, resid, layer, delta, batch)  # doctest: +SKIP
+    >>> same_sum, _ = target_loss(steered_logits_full(model, batch.tokens, layer, delta), batch)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from hooksteer.hooks import add_vector
+from hooksteer.hypersteer.data import HyperBatch
+
+
+def steered_logits_above_site(
+    model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"]
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits of ``model`` when ``delta`` is added at every position of ``blocks.{layer}.hook_resid_post``,
+    computed from that site's (frozen) residual by running only the blocks above it."""
+    steered = resid + delta[:, None, :].to(resid.dtype)
+    return model(steered, start_at_layer=layer + 1, padding_side="right")
+
+
+def steered_logits_full(
+    model: Any, tokens: Tensor, layer: int, delta: Float[Tensor, "batch d_model"]
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits of a full forward with a per-row steering hook at ``blocks.{layer}.hook_resid_post``."""
+    hook = add_vector(delta, 1.0)
+    device = next(model.parameters()).device
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", hook)]):
+        return model(tokens.to(device), padding_side="right")
+
+
+def steered_target_loss_above_site(
+    model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"],
+    batch: HyperBatch,
+) -> tuple[Tensor, Tensor]:
+    """:func:`target_loss` of :func:`steered_logits_above_site`, unembedding only the target positions.
+
+    Blocks ``layer+1..`` still run over every position (prompt tokens are the targets' context), but
+    the final norm and the (large) unembedding are applied only where the loss needs them. Equal to
+    ``target_loss(steered_logits_above_site(...), batch)`` (tested).
+    """
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    steered = resid + delta[:, None, :].to(resid.dtype)
+    n_layers = int(model.cfg.n_layers)
+    final = model(steered, start_at_layer=layer + 1, stop_at_layer=n_layers, padding_side="right")
+    mask = batch.loss_mask().to(final.device)
+    picked = final[:, :-1][mask][None]  # (1, n_target_tokens, d_model)
+    if model.cfg.normalization_type is not None:
+        picked = model.ln_final(picked)
+    logits = apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap)[0]
+    labels = batch.tokens[:, 1:].to(final.device)[mask]
+    return F.cross_entropy(logits.float(), labels, reduction="sum"), mask.sum()
+
+
+def target_loss(logits: Float[Tensor, "batch pos d_vocab"], batch: HyperBatch) -> tuple[Tensor, Tensor]:
+    """Summed next-token cross-entropy over target tokens only, and how many tokens it covers.
+
+    Returns ``(loss_sum, n_tokens)``; divide for the token-mean loss (kept apart so that losses of
+    several batches or processes can be combined exactly).
+    """
+    mask = batch.loss_mask().to(logits.device)
+    predictions = logits[:, :-1][mask]
+    labels = batch.tokens[:, 1:].to(logits.device)[mask]
+    loss_sum = F.cross_entropy(predictions.float(), labels, reduction="sum")
+    return loss_sum, mask.sum()

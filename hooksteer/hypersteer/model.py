@@ -1,0 +1,331 @@
+"""The HyperSteer hypernetwork H: steering prompt (+ base prompt) → steering vector Δ.
+
+H is a truncated, trainable copy of the frozen base model B (its own copy of the embeddings and
+of blocks ``0..n_blocks-1``), a final norm (copy of B's) and a linear head on the last steering-prompt
+token. The vector is added to B's residual stream at ``blocks.{layer}.hook_resid_post``:
+``ŷ = B(x | h_l ← h_l + Δ)``, ``Δ = H(s, x)``.
+
+Variants: ``no_context`` H(s); ``in_context`` H(s ⊕ x); ``cross_attention`` H(s) with every block
+also attending to B's layer-``layer`` residual over the base prompt x.
+
+Batched calls: :meth:`HyperSteer.vector` returns one :class:`~hooksteer.vectors.SteeringVector` for a
+single steering prompt, and a ``list`` of them for a list (not a ``SteeringSet``, which would *sum*
+vectors at one site). :meth:`HyperSteer.vectors` returns the per-row ``(batch, d_model)`` tensor that
+:func:`hooksteer.hooks.add_vector` accepts to steer each row of a batch with its own vector.
+
+Example:
+    >>> import hooksteer as hs                                              # doctest: +SKIP
+    >>> from hooksteer.hypersteer import HyperSteer, HyperSteerConfig  # doctest: +SKIP
+    >>> model = hs.load_model()  # doctest: +SKIP
+    >>> hyper = HyperSteer(model, HyperSteerConfig(variant="cross_attention", n_blocks=2))  # doctest: +SKIP
+    >>> v = hyper.vector("Talk about volcanoes.", "Tell me about your day.")  # doctest: +SKIP
+    >>> with hs.steer(model, v * 4.0):  # doctest: +SKIP
+    ...     print(model.generate(hs.format_chat(model, "Tell me about your day."), max_new_tokens=30))
+    >>> hyper.save("runs/hyper"); again = HyperSteer.load("runs/hyper", model)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from hooksteer.activations import pad_token_id, right_pad
+from hooksteer.hypersteer.blocks import HyperBlock, check_block_supported
+from hooksteer.hypersteer.config import HyperSteerConfig, HyperSteerConfigError
+from hooksteer.hypersteer.data import (
+    h_input_ids,
+    prompt_ids,
+    resid_at_layer,
+    steering_ids,
+)
+from hooksteer.vectors import SteeringVector
+
+FORMAT = "hooksteer.hypersteer"
+FORMAT_VERSION = "1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class HyperSteerFileError(ValueError):
+    """A saved hypernetwork is missing, corrupt, or made for another base model."""
+
+
+def base_signature(model: Any) -> dict[str, Any]:
+    """Dimensions of the base model that a saved H must match."""
+    cfg = model.cfg
+    return {"model_name": str(getattr(cfg, "model_name", "")), "d_model": int(cfg.d_model),
+            "n_layers": int(cfg.n_layers), "d_vocab": int(cfg.d_vocab), "n_heads": int(cfg.n_heads)}
+
+
+class HyperSteer(nn.Module):
+    """Hypernetwork producing steering vectors for a frozen TransformerLens model.
+
+    Args:
+        model: the frozen base ``HookedTransformer`` (kept by reference, *not* as a submodule, so
+            ``hyper.parameters()`` are H's own parameters only).
+        config: architecture settings (``layer=None`` is resolved to ~2/3 of the depth).
+        **overrides: shortcuts for config fields, e.g. ``HyperSteer(model, n_blocks=4)``.
+
+    Raises:
+        HyperSteerConfigError: invalid variant, layer out of range, ``n_blocks > n_layers`` ...
+    """
+
+    def __init__(self, model: Any, config: HyperSteerConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        if not hasattr(model, "blocks") or not hasattr(model, "cfg"):
+            raise TypeError(f"HyperSteer needs a TransformerLens HookedTransformer, got {type(model).__name__}")
+        config = copy.deepcopy(config) if config is not None else HyperSteerConfig()
+        for key, value in overrides.items():
+            if not hasattr(config, key):
+                raise HyperSteerConfigError(f"unknown HyperSteerConfig field {key!r}")
+            setattr(config, key, value)
+        self.config = config.resolved(model)
+        check_block_supported(model.cfg)
+        self._base = [model]  # a list hides the base model from nn.Module registration
+        self.signature = base_signature(model)
+        cfg = model.cfg
+        cross = self.config.variant == "cross_attention"
+        self.embed = copy.deepcopy(model.embed)
+        self.pos_embed = copy.deepcopy(model.pos_embed) if cfg.positional_embedding_type == "standard" else None
+        self.blocks = nn.ModuleList(
+            HyperBlock(model.blocks[i], cross_attention=cross, d_context=cfg.d_model)
+            for i in range(self.config.n_blocks)
+        )
+        self.ln_final = copy.deepcopy(model.ln_final) if cfg.normalization_type is not None else nn.Identity()
+        self.head = nn.Linear(cfg.d_model, cfg.d_model)
+        reference = next(model.parameters())
+        self.to(device=reference.device, dtype=reference.dtype)  # new layers follow the base model's dtype
+        self.requires_grad_(True)
+        if self.config.freeze_embeddings:
+            self.embed.requires_grad_(False)
+            if self.pos_embed is not None:
+                self.pos_embed.requires_grad_(False)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        with torch.no_grad():
+            self._init_new_layers(generator)
+
+    def _init_new_layers(self, generator: torch.Generator) -> None:
+        """Seeded init of the layers that are not copied (cross-attention, head) for reproducibility."""
+        for block in self.blocks:
+            if block.cross is None:
+                continue
+            for linear in (block.cross.W_Q, block.cross.W_K, block.cross.W_V, block.cross.W_O):
+                bound = 1.0 / linear.in_features ** 0.5  # PyTorch's default nn.Linear range
+                init = torch.empty(linear.weight.shape).uniform_(-bound, bound, generator=generator)
+                linear.weight.copy_(init)
+                linear.bias.zero_()
+        std = self.config.head_init_std
+        self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * std)
+        self.head.bias.zero_()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def base_model(self) -> Any:
+        """The frozen base model (not a submodule)."""
+        return self._base[0]
+
+    @property
+    def layer(self) -> int:
+        return int(self.config.layer)  # type: ignore[arg-type]
+
+    @property
+    def hook_name(self) -> str:
+        return self.config.hook_name
+
+    @property
+    def needs_base_prompt(self) -> bool:
+        return self.config.variant != "no_context"
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        h_ids: Int[Tensor, "batch pos"],
+        h_lengths: Int[Tensor, " batch"],
+        context: Float[Tensor, "batch ctx d_model"] | None = None,
+        context_mask: Bool[Tensor, "batch ctx"] | None = None,
+    ) -> Float[Tensor, "batch d_model"]:
+        """Δ for each row: H's last real input token through blocks, final norm and head.
+
+        Args:
+            h_ids: right-padded input tokens of H (steering prompt, ⊕ base prompt for ``in_context``).
+            h_lengths: number of real tokens per row.
+            context: base-model residual at layer ``layer`` over the base prompt (``cross_attention``).
+            context_mask: True on real context tokens.
+        """
+        if self.config.variant == "cross_attention" and context is None:
+            raise ValueError("the cross_attention variant needs the base prompt's activations as context")
+        if context is not None and context.shape[-1] != self.signature["d_model"]:
+            raise ValueError(f"context has width {context.shape[-1]} but the base model has "
+                             f"d_model={self.signature['d_model']}: pass the base model's layer-{self.layer} residual")
+        if bool((h_lengths < 1).any()):
+            raise ValueError("every row of h_ids needs at least one token")
+        x = self.embed(h_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(h_ids)
+        for block in self.blocks:
+            x = block(x, context, context_mask)
+        last = x[torch.arange(x.shape[0], device=x.device), h_lengths.to(x.device) - 1]
+        return self.head(self.ln_final(last))
+
+    # ------------------------------------------------------------------ inference
+    def _prepare(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None
+                 ) -> tuple[list[str], list[str] | None, bool]:
+        single = isinstance(steering_prompt, str) and (base_prompt is None or isinstance(base_prompt, str))
+        steer = [steering_prompt] if isinstance(steering_prompt, str) else list(steering_prompt)
+        if base_prompt is None:
+            if self.needs_base_prompt:
+                raise ValueError(f"the {self.config.variant} variant needs base_prompt (the prompt being steered)")
+            return steer, None, single
+        base = [base_prompt] if isinstance(base_prompt, str) else list(base_prompt)
+        if len(steer) == 1 and len(base) > 1:
+            steer = steer * len(base)
+        if len(base) == 1 and len(steer) > 1:
+            base = base * len(steer)
+        if len(steer) != len(base):
+            raise ValueError(f"{len(steer)} steering prompts but {len(base)} base prompts")
+        if not steer:
+            raise ValueError("no steering prompt given")
+        return steer, base, single
+
+    @torch.no_grad()
+    def vectors(
+        self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
+    ) -> Float[Tensor, "batch d_model"]:
+        """Per-row vectors ``(batch, d_model)`` in one batched pass (a single string broadcasts).
+
+        Example:
+            >>> deltas = hyper.vectors("Talk about cats.", ["Hi!", "Describe Paris."])   # doctest: +SKIP
+            >>> hook = hs.add_vector(deltas, 4.0)   # each row of a 2-prompt batch gets its own vector  # doctest: +SKIP
+        """
+        steer, base, _ = self._prepare(steering_prompt, base_prompt)
+        model, cfg = self.base_model, self.config
+        pad = pad_token_id(model)
+        steer_ids = [steering_ids(model, text, cfg) for text in steer]
+        base_ids = [prompt_ids(model, text, cfg) for text in base] if base is not None else None
+        rows = [h_input_ids(s, base_ids[i] if base_ids else None, cfg) for i, s in enumerate(steer_ids)]
+        h_ids = right_pad(rows, pad).to(self.device)
+        h_lengths = torch.tensor([len(r) for r in rows], device=self.device)
+        context = context_mask = None
+        if cfg.variant == "cross_attention":
+            assert base_ids is not None
+            context = resid_at_layer(model, right_pad(base_ids, pad), self.layer).to(self.device)
+            lengths = torch.tensor([len(b) for b in base_ids], device=self.device)
+            context_mask = torch.arange(context.shape[1], device=self.device)[None] < lengths[:, None]
+        was_training = self.training
+        self.eval()
+        try:
+            return self(h_ids, h_lengths, context, context_mask).float()
+        finally:
+            self.train(was_training)
+
+    def vector(
+        self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
+    ) -> SteeringVector | list[SteeringVector]:
+        """Steering vector(s) at :attr:`hook_name`: one for a string, a list for a list of prompts.
+
+        ``base_prompt`` is required for ``in_context`` and ``cross_attention`` (ignored by
+        ``no_context``); the vector is computed once and held constant while generating.
+
+        Example:
+            >>> v = hyper.vector("Mention volcanoes.", "Tell me about your day.")   # doctest: +SKIP
+        """
+        steer, base, single = self._prepare(steering_prompt, base_prompt)
+        deltas = self.vectors(steer, base).cpu()
+        out = []
+        for i, delta in enumerate(deltas):
+            source = {"steering_prompt": steer[i], "variant": self.config.variant,
+                      "n_blocks": self.config.n_blocks, "base_model": self.signature["model_name"]}
+            if base is not None and self.needs_base_prompt:
+                source["base_prompt"] = base[i]
+            out.append(SteeringVector(self.hook_name, delta, method="hypersteer", source=source))
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ persistence
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """H's parameters (buffers such as causal masks and rotary tables are rebuilt, not saved)."""
+        return {name: p.detach().cpu().contiguous() for name, p in self.named_parameters()}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created). Returns it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "base_model": self.signature,
+                "config": self.config.to_dict()}
+        tmp = directory / (WEIGHTS_FILE + ".tmp")
+        save_file(self.trainable_state_dict(), str(tmp),
+                  metadata={"format": FORMAT, "d_model": str(self.signature["d_model"])})
+        os.replace(tmp, directory / WEIGHTS_FILE)
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    def load_weights(self, directory: str | os.PathLike) -> None:
+        """Overwrite H's parameters with those saved in ``directory/model.safetensors`` (same architecture)."""
+        weights_path = Path(directory) / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise HyperSteerFileError(f"no HyperSteer {WEIGHTS_FILE} in {directory}")
+        try:
+            with safe_open(str(weights_path), framework="pt") as handle:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise HyperSteerFileError(f"{weights_path} is not a valid safetensors file (corrupt or truncated?): "
+                                      f"{error}") from error
+        expected = dict(self.named_parameters())
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise HyperSteerFileError(f"{weights_path} does not match this HyperSteer architecture: "
+                                      f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name, param in expected.items():
+                tensor = tensors[name]
+                if tensor.shape != param.shape:
+                    raise HyperSteerFileError(f"{weights_path}: {name} has shape {tuple(tensor.shape)}, "
+                                              f"expected {tuple(param.shape)} (made for another model?)")
+                param.copy_(tensor.to(param.dtype))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, model: Any) -> HyperSteer:
+        """Load a hypernetwork saved with :meth:`save` for the base ``model`` (safetensors only, no pickle).
+
+        Raises:
+            HyperSteerFileError: missing/corrupt files, or a file made for a model with another
+                ``d_model`` / ``n_layers`` / vocabulary.
+        """
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise HyperSteerFileError(f"no HyperSteer {path.name} in {directory}")
+        try:
+            meta = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise HyperSteerFileError(f"{config_path} is not valid JSON (corrupt?): {error}") from error
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise HyperSteerFileError(f"{config_path} is not a HyperSteer config (format {FORMAT!r} expected)")
+        saved, current = meta.get("base_model", {}), base_signature(model)
+        for key in ("d_model", "n_layers", "d_vocab"):
+            if saved.get(key) != current[key]:
+                raise HyperSteerFileError(
+                    f"{directory} was trained for a base model with {key}={saved.get(key)}, but this model has "
+                    f"{key}={current[key]}: it was made for another model"
+                )
+        try:
+            config = HyperSteerConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, HyperSteerConfigError) as error:
+            raise HyperSteerFileError(f"{config_path} has an invalid config: {error}") from error
+        hyper = cls(model, config)
+        hyper.load_weights(directory)
+        return hyper
