@@ -1,0 +1,186 @@
+"""HyperSteer as a :class:`~hooksteer.evaluate.methods.SteeringMethod` for the evaluation protocol.
+
+:class:`HyperSteerMethod` plugs a trained :class:`~hooksteer.hypersteer.HyperSteer` into
+:func:`hooksteer.evaluate.protocol.evaluate`, next to prompt steering and DiffMean. For a concept it
+returns a :class:`~hooksteer.evaluate.methods.VectorSteerer` whose direction is a *callable*: given the
+batch of base prompts, it writes one vector per (steering prompt, base prompt) pair in one batched
+pass of H (``hyper.vectors``); the ``in_context`` and ``cross_attention`` variants therefore condition
+every vector on the prompt being steered, ``no_context`` gives the same vector for every prompt. The
+per-row ``(batch, d_model)`` vectors are added with :func:`hooksteer.hooks.add_vector` at H's injection
+site (``blocks.{layer}.hook_resid_post``) at every position, held constant while generating (as in
+the HyperSteer paper).
+
+Magnitude (what a steering factor means):
+
+* ``"resid_norm"`` (default): each vector is unit-normalised and scaled by ``factor ×`` the mean L2
+  norm of the residual stream at H's site over the concept's reference texts, exactly as
+  :class:`~hooksteer.evaluate.methods.DiffMeanMethod` does at its own site. One factor list therefore
+  means the same thing ("fraction of a typical residual vector") for HyperSteer and DiffMean.
+* ``"trained"``: the raw Δ that H was trained with, times the factor (factor 1 = the trained vector).
+* a number: unit direction × that fixed magnitude.
+
+The mean trained norm ``‖Δ‖`` and its ratio to the residual norm (``natural_factor``: the factor at
+which ``resid_norm`` steering reproduces the trained vector's length) are recorded in each concept's
+``info``.
+
+Example:
+    >>> from hooksteer.hypersteer.evaluation import HyperSteerMethod              # doctest: +SKIP
+    >>> from hooksteer.evaluate.methods import DiffMeanMethod, PromptSteering      # doctest: +SKIP
+    >>> methods = [PromptSteering(), DiffMeanMethod(), HyperSteerMethod(hyper)]     # doctest: +SKIP
+    >>> result = evaluate(model, methods, held_out, eval_prompts, judge=judge, factors=[0.1, 0.2, 0.4])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hooksteer.data.schema import Concept
+from hooksteer.evaluate.methods import (
+    Magnitude,
+    TextsFor,
+    VectorSteerer,
+    default_texts_for,
+    residual_norm,
+)
+from hooksteer.hooks import PositionSpec
+from hooksteer.hypersteer.model import HyperSteer
+
+__all__ = ["HyperSteerMethod", "HyperSteerDirections"]
+
+
+class HyperSteerDirections:
+    """Callable ``prompts -> (n, d_model)``: H's vector for (steering prompt, each base prompt).
+
+    With ``normalise=True`` every row is divided by its norm (unit directions). ``last_norms`` keeps the
+    raw ‖Δ‖ of the most recent call; ``calls`` and ``seconds`` count the work done.
+    """
+
+    def __init__(self, hyper: HyperSteer, steering_prompt: str, *, normalise: bool = True,
+                 batch_size: int = 32) -> None:
+        if not isinstance(steering_prompt, str) or not steering_prompt.strip():
+            raise ValueError("steering_prompt must be a non-empty string")
+        self.hyper, self.steering_prompt = hyper, steering_prompt
+        self.normalise, self.batch_size = normalise, max(1, int(batch_size))
+        self.last_norms: list[float] = []
+        self.calls = 0
+        self.seconds = 0.0
+
+    def __call__(self, prompts: Sequence[str]) -> Tensor:
+        import time
+
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no base prompts given")
+        start = time.perf_counter()
+        rows = []
+        for i in range(0, len(prompts), self.batch_size):
+            chunk = prompts[i : i + self.batch_size]
+            if self.hyper.needs_base_prompt:
+                rows.append(self.hyper.vectors([self.steering_prompt] * len(chunk), chunk))
+            else:  # H(s) does not depend on x: one pass, repeated
+                rows.append(self.hyper.vectors(self.steering_prompt).expand(len(chunk), -1))
+        deltas = torch.cat(rows).float().cpu()
+        norms = deltas.norm(dim=-1)
+        self.last_norms = norms.tolist()
+        self.calls += 1
+        self.seconds += time.perf_counter() - start
+        if self.normalise:
+            if bool((norms == 0).any()):
+                raise ValueError("HyperSteer produced an all-zero vector: it cannot be normalised "
+                                 "(untrained H with head_init_std=0?); use magnitude='trained'")
+            deltas = deltas / norms[:, None]
+        return deltas
+
+
+@dataclass
+class HyperSteerMethod:
+    """Steering with a trained HyperSteer hypernetwork (see the module docstring).
+
+    Args:
+        hyper: the trained :class:`HyperSteer` (its base model must be the evaluated model).
+        magnitude: ``"resid_norm"`` (default, same meaning of a factor as DiffMean), ``"trained"`` or a number.
+        prompt_index: which of the concept's steering-prompt phrasings H receives.
+        positions: where the vector is added (HyperSteer: ``"all"``).
+        texts_for: texts whose residual norm sets the ``resid_norm`` scale (default: the concept's
+            sentences and other concepts' sentences, as DiffMean uses).
+        name: method name in the results (default ``"hypersteer-<variant>"``).
+        batch_size: pairs per H forward.
+    """
+
+    hyper: HyperSteer = field(repr=False)
+    magnitude: Magnitude | str = "resid_norm"
+    prompt_index: int = 0
+    positions: PositionSpec = "all"
+    texts_for: TextsFor | None = field(default=None, repr=False)
+    name: str = ""
+    batch_size: int = 32
+    uses_factors: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hyper, HyperSteer):
+            raise TypeError(f"hyper must be a HyperSteer, got {type(self.hyper).__name__}")
+        if not self.name:
+            self.name = f"hypersteer-{self.hyper.config.variant}"
+        if isinstance(self.magnitude, str) and self.magnitude not in ("resid_norm", "trained"):
+            raise ValueError(f"magnitude must be 'resid_norm', 'trained' or a number, got {self.magnitude!r}")
+
+    def prepare(self, model: nn.Module, concept: Concept, others: Sequence[Concept]) -> VectorSteerer:
+        if self.hyper.base_model is not model:
+            raise ValueError("the HyperSteer hypernetwork was built for another base model than the one evaluated")
+        if not concept.steering_prompts:
+            raise ValueError(f"concept {concept.id!r} has no steering prompts for HyperSteer")
+        steering_prompt = concept.steering_prompts[self.prompt_index]
+        hook_name = self.hyper.hook_name
+        trained = self.magnitude == "trained"
+        directions = HyperSteerDirections(self.hyper, steering_prompt, normalise=not trained,
+                                          batch_size=self.batch_size)
+        info: dict[str, Any] = {"method": "hypersteer", "variant": self.hyper.config.variant,
+                                "n_blocks": self.hyper.config.n_blocks, "steering_prompt": steering_prompt,
+                                "magnitude_mode": self.magnitude if isinstance(self.magnitude, str) else "fixed"}
+        reference: float | None = None
+        if self.magnitude == "resid_norm" or trained:
+            positive, negative = (self.texts_for or default_texts_for)(concept, others)
+            reference = residual_norm(model, [*positive[:8], *negative[:8]], hook_name)
+            info["resid_norm"] = reference
+        if trained:
+            magnitude = 1.0
+        elif self.magnitude == "resid_norm":
+            magnitude = float(reference)  # type: ignore[arg-type]
+        else:
+            magnitude = float(self.magnitude)  # type: ignore[arg-type]
+        steerer = _RecordingSteerer(model, hook_name, directions, magnitude, positions=self.positions, info=info)
+        steerer.reference_norm = reference
+        return steerer
+
+    def config(self) -> dict[str, Any]:
+        cfg = self.hyper.config
+        return {"name": self.name, "class": type(self).__name__, "variant": cfg.variant, "n_blocks": cfg.n_blocks,
+                "layer": cfg.layer, "hook_name": self.hyper.hook_name,
+                "magnitude": self.magnitude, "prompt_index": self.prompt_index,
+                "positions": self.positions if isinstance(self.positions, str) else [int(p) for p in self.positions],
+                "texts_for": getattr(self.texts_for, "__name__", None) if self.texts_for else "default_texts_for",
+                "trained_steps": cfg.extra.get("trained_steps") if isinstance(cfg.extra, dict) else None}
+
+
+class _RecordingSteerer(VectorSteerer):
+    """A :class:`VectorSteerer` that adds H's vector norms and timing to ``info`` after generating."""
+
+    reference_norm: float | None = None
+
+    def generate(self, prompts, factors, settings, seed):  # type: ignore[override]
+        outputs = super().generate(prompts, factors, settings, seed)
+        directions: HyperSteerDirections = self.direction  # type: ignore[assignment]
+        norms = directions.last_norms
+        if norms:
+            mean = sum(norms) / len(norms)
+            self.info["mean_delta_norm"] = mean
+            self.info["h_seconds"] = directions.seconds
+            self.info["n_vectors"] = len(norms)
+            if self.reference_norm:
+                self.info["natural_factor"] = mean / self.reference_norm
+        return outputs
