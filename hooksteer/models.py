@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import json
 import logging
 import os
@@ -43,6 +42,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from hooksteer.packaged import packaged_file
 
 if TYPE_CHECKING:  # pragma: no cover - imports for type checkers only
     import transformers
@@ -132,12 +133,9 @@ def find_default_gguf() -> pathlib.Path:
         >>> find_default_gguf().name                                      # doctest: +SKIP
         'SmolLM2-135M-Instruct.Q4_1.gguf'
     """
-    spec = importlib.util.find_spec(_WEIGHTS_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = pathlib.Path(location) / _GGUF_NAME
-        if path.is_file():
-            return path
+    path = packaged_file(_WEIGHTS_PACKAGE, _GGUF_NAME)
+    if path is not None and path.is_file():
+        return path
     raise ModelNotInstalledError(
         f"The weights of the default model {_DISPLAY_NAME!r} are not installed "
         f"(package {_WEIGHTS_PACKAGE!r} with {_GGUF_NAME} not found). Install them with:\n"

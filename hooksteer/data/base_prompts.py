@@ -25,13 +25,13 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import pathlib
 import re
 from collections.abc import Iterable
 
 from hooksteer.data.schema import BasePrompt
+from hooksteer.packaged import packaged_file
 
 __all__ = [
     "BasePromptDataMissingError",
@@ -88,11 +88,9 @@ class BasePromptDataMissingError(RuntimeError):
 
 
 def _package_file(package: str, relative: str, install: str) -> pathlib.Path:
-    spec = importlib.util.find_spec(package)
-    for location in list(spec.submodule_search_locations or []) if spec is not None else []:
-        path = pathlib.Path(location) / relative
-        if path.is_file():
-            return path
+    path = packaged_file(package, relative)
+    if path is not None and path.is_file():
+        return path
     raise BasePromptDataMissingError(
         f"Base prompts need package {package!r} (file {relative}). Install it with:\n    {install}"
     )

