@@ -241,17 +241,9 @@ def train_variant(args: argparse.Namespace, model: Any, variant: str, train: lis
 
 def time_hypersteer(hyper: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """Median seconds of one ``hyper.vector(s, x)`` call for unseen pairs (after a warm-up), and batched cost."""
-    hyper.vector(pairs[0][0], pairs[0][1])  # warm-up
-    single = []
-    for steer, base in pairs:
-        start = time.perf_counter()
-        hyper.vector(steer, base)
-        single.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    hyper.vectors([s for s, _ in pairs], [b for _, b in pairs])
-    batched = (time.perf_counter() - start) / len(pairs)
-    return {"seconds_per_vector": statistics.median(single), "seconds_per_vector_batched": batched,
-            "n_vectors": len(pairs), "single_seconds": single}
+    from hooksteer.hypersteer.timing import time_vector_inference
+
+    return time_vector_inference(hyper, pairs)
 
 
 def time_diffmean(model: Any, method: Any, concepts: Sequence[Any], pool: Sequence[Any]) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -66,17 +65,10 @@ def examples(n: int) -> list[Any]:
 
 def measure_inference(hyper: Any, n_vectors: int) -> dict[str, float]:
     pairs = [(f"{STEERING[i % len(STEERING)]} (variant {i})", BASE[(i + 1) % len(BASE)]) for i in range(n_vectors)]
-    hyper.vector(STEERING[0], BASE[0])  # warm-up
-    single = []
-    for steer, base in pairs:
-        start = time.perf_counter()
-        hyper.vector(steer, base)
-        single.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    hyper.vectors([p[0] for p in pairs], [p[1] for p in pairs])
-    batched = (time.perf_counter() - start) / len(pairs)
-    return {"seconds_per_vector": statistics.median(single), "seconds_per_vector_batched": batched,
-            "n_vectors": n_vectors}
+    from hooksteer.hypersteer.timing import time_vector_inference
+
+    timing = time_vector_inference(hyper, pairs, warmup=(STEERING[0], BASE[0]))
+    return {key: timing[key] for key in ("seconds_per_vector", "seconds_per_vector_batched", "n_vectors")}
 
 
 def timed_steps(trainer: Any, epochs: int) -> list[dict[str, float]]:
