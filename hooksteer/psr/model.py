@@ -1,0 +1,302 @@
+"""PSR models: per-token steering ``h_t ← h_t + α · λ(h_t) · z`` with ``λ(h) = ReLU(w·h + b)``.
+
+* **S-PSR** (``variant="single"``): one (w, b, z) at ``blocks.{layer}.hook_resid_post``; trained to fit
+  the *cumulative* teacher change Δ_layer there.
+* **A-PSR** (``variant="adaptive"``): one (w, b, z) per layer in ``layers``, all active together. With
+  the MSE loss every layer's steered activation (which already carries the PSRs below it, propagated
+  through the frozen blocks) is matched to the prompted activation, so each layer's term fits the
+  **layer-local** change: the part of Δ_l that the steered layers below do not already produce.
+
+λ is read from each token's **own** (unsteered-at-this-site) activation through
+:func:`hooksteer.hooks.add_gated` with a :class:`hooksteer.hooks.ReluGate`, so during KV-cached
+``generate`` every new token gets its coefficient from its own activation when it is produced.
+
+Files: ``save(dir)`` writes ``psr_config.json`` + ``psr.safetensors``; ``PSR.load(dir)`` checks them.
+
+Example:
+    >>> psr = PSR(PSRConfig(layers=[2], d_model=32))                                  # doctest: +SKIP
+    >>> with psr.steer(model, alpha=2.0):                                             # doctest: +SKIP
+    ...     model.generate("Hello", max_new_tokens=10)
+    >>> psr.save("runs/psr"); psr2 = PSR.load("runs/psr")                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from hooksteer.hooks import AddGated, PositionSpec, ReluGate, add_gated, check_hook_name, track_positions
+from hooksteer.psr.teacher import hook_name
+from hooksteer.vectors import check_finite
+
+__all__ = ["PSRConfig", "PSR", "PSRFileError", "RowScaledGate", "CONFIG_FILE", "WEIGHTS_FILE"]
+
+CONFIG_FILE = "psr_config.json"
+WEIGHTS_FILE = "psr.safetensors"
+Variant = Literal["single", "adaptive"]
+LossName = Literal["mse", "likelihood"]
+
+
+class PSRFileError(ValueError):
+    """A PSR folder that is missing, corrupt or made for another model."""
+
+
+@dataclass
+class PSRConfig:
+    """Architecture and training settings of one PSR (saved as JSON beside the weights).
+
+    Args:
+        layers: block indices steered at ``hook_resid_post`` (S-PSR: exactly one).
+        d_model: residual width of the base model.
+        variant: ``"single"`` (S-PSR) or ``"adaptive"`` (A-PSR).
+        loss: ``"mse"`` (activation matching) or ``"likelihood"`` (−log p(y'|x)).
+        steps / lr / batch_size / weight_decay / seed: AdamW training loop.
+        regulariser: weight of max(0, 1 − Σ_t λ_t) per example (0 = off; the paper drops it for AxBench).
+        train_alpha: α used while training (1.0).
+        positions: where λ·z is added at inference (``"all"`` as in training).
+        concept_id / steering_prompt / model_name: provenance, not used by the maths.
+    """
+
+    layers: list[int]
+    d_model: int
+    variant: Variant = "single"
+    loss: LossName = "mse"
+    steps: int = 100
+    lr: float = 1e-2
+    batch_size: int = 8
+    weight_decay: float = 0.0
+    regulariser: float = 0.0
+    train_alpha: float = 1.0
+    seed: int = 0
+    positions: str = "all"
+    concept_id: str = ""
+    steering_prompt: str = ""
+    model_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.layers = sorted({int(layer) for layer in self.layers})
+        if not self.layers or self.layers[0] < 0:
+            raise ValueError(f"layers must be non-empty and >= 0, got {self.layers}")
+        if self.variant not in ("single", "adaptive"):
+            raise ValueError(f"variant must be 'single' (S-PSR) or 'adaptive' (A-PSR), got {self.variant!r}")
+        if self.variant == "single" and len(self.layers) != 1:
+            raise ValueError(f"S-PSR steers exactly one layer, got layers={self.layers}")
+        if self.loss not in ("mse", "likelihood"):
+            raise ValueError(f"loss must be 'mse' or 'likelihood', got {self.loss!r}")
+        if self.d_model < 1 or self.steps < 0 or self.batch_size < 1:
+            raise ValueError("d_model and batch_size must be >= 1 and steps >= 0")
+        for name in ("lr", "weight_decay", "regulariser", "train_alpha"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise ValueError(f"{name} must be finite")
+
+    @property
+    def short_name(self) -> str:
+        """``s-psr-mse``, ``a-psr-likelihood``, ..."""
+        return f"{'s' if self.variant == 'single' else 'a'}-psr-{self.loss}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PSRConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class RowScaledGate(nn.Module):
+    """``α_row · gate(h)``: one α per batch row, so a whole factor sweep runs in one batch."""
+
+    def __init__(self, gate: nn.Module, alphas: Float[Tensor, " batch"]) -> None:
+        super().__init__()
+        self.gate, self.alphas = gate, torch.as_tensor(alphas, dtype=torch.float32).reshape(-1)
+        check_finite(self.alphas, "PSR alphas")
+
+    def forward(self, activation: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos"]:
+        values = self.gate(activation)
+        if self.alphas.shape[0] != values.shape[0]:
+            raise ValueError(f"{self.alphas.shape[0]} alphas for a batch of {values.shape[0]} rows")
+        return self.alphas.to(values.device, values.dtype)[:, None] * values
+
+
+class PSR(nn.Module):
+    """A trained (or initialised) PSR: one :class:`ReluGate` and one direction ``z`` per steered layer.
+
+    Example:
+        >>> cfg = PSRConfig(layers=[1], d_model=4)
+        >>> psr = PSR(cfg)
+        >>> psr.set_layer(1, weight=torch.zeros(4), bias=1.0, z=torch.ones(4))
+        >>> psr.gate_values(1, torch.randn(1, 3, 4)).tolist()
+        [[1.0, 1.0, 1.0]]
+    """
+
+    def __init__(self, config: PSRConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.gates = nn.ModuleDict({str(layer): ReluGate(torch.zeros(d), bias=1.0) for layer in config.layers})
+        self.z = nn.ParameterDict({str(layer): nn.Parameter(torch.zeros(d)) for layer in config.layers})
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def layers(self) -> list[int]:
+        return list(self.config.layers)
+
+    @property
+    def hook_names(self) -> list[str]:
+        return [hook_name(layer) for layer in self.layers]
+
+    def gate(self, layer: int) -> ReluGate:
+        return self.gates[str(int(layer))]  # type: ignore[return-value]
+
+    def direction(self, layer: int) -> nn.Parameter:
+        return self.z[str(int(layer))]
+
+    @torch.no_grad()
+    def set_layer(self, layer: int, *, weight: Tensor | None = None, bias: float | Tensor | None = None,
+                  z: Tensor | None = None) -> None:
+        """Overwrite (w, b, z) of one layer (shapes checked)."""
+        if str(int(layer)) not in self.gates:
+            raise KeyError(f"this PSR steers layers {self.layers}, not {layer}")
+        gate = self.gate(layer)
+        for name, value, target in (("weight", weight, gate.weight), ("z", z, self.direction(layer))):
+            if value is None:
+                continue
+            value = torch.as_tensor(value, dtype=torch.float32)
+            if value.shape != target.shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+            check_finite(value, name)
+            target.copy_(value)
+        if bias is not None:
+            gate.bias.copy_(torch.as_tensor(bias, dtype=torch.float32).reshape(()))
+
+    def gate_values(self, layer: int, activation: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos"]:
+        """λ_t = ReLU(w·h_t + b) for every token (≥ 0)."""
+        return self.gate(layer)(activation)
+
+    def added(self, layer: int, activation: Float[Tensor, "batch pos d_model"], alpha: float = 1.0
+              ) -> Float[Tensor, "batch pos d_model"]:
+        """What the PSR adds at ``layer``: α·λ(h_t)·z."""
+        return alpha * self.gate_values(layer, activation)[..., None] * self.direction(layer).to(activation.dtype)
+
+    # ------------------------------------------------------------------ hooks
+    def hooks(self, alpha: float | Tensor = 1.0, *, positions: PositionSpec | None = None,
+              tracker: Any = None) -> list[tuple[str, AddGated]]:
+        """``(hook_name, hook)`` pairs built on :func:`hooksteer.hooks.add_gated`.
+
+        ``alpha`` is a number, or a ``(batch,)`` tensor giving each row its own α (factor sweeps).
+        """
+        positions = positions if positions is not None else self.config.positions
+        out = []
+        for layer in self.layers:
+            if isinstance(alpha, Tensor) and alpha.ndim > 0:
+                gate: Any = RowScaledGate(self.gate(layer), alpha)
+                coefficient = 1.0
+            else:
+                gate, coefficient = self.gate(layer), float(alpha)
+            out.append((hook_name(layer), add_gated(self.direction(layer), gate, coefficient, positions=positions,
+                                                   tracker=tracker)))
+        return out
+
+    @contextmanager
+    def steer(self, model: nn.Module, alpha: float | Tensor = 1.0, *,
+              positions: PositionSpec | None = None) -> Iterator[list[tuple[str, AddGated]]]:
+        """Install the PSR on ``model`` while the block runs (KV-cache safe; hooks removed on exit).
+
+        Yields the installed hooks; ``hook.last_gate`` holds the λ·α of the latest forward pass.
+        """
+        self.check_model(model)
+        with track_positions(model) as tracker:
+            fwd_hooks = self.hooks(alpha, positions=positions, tracker=tracker)
+            with model.hooks(fwd_hooks=fwd_hooks):
+                yield fwd_hooks
+
+    def check_model(self, model: nn.Module) -> None:
+        d_model = int(model.cfg.d_model)
+        if d_model != self.config.d_model:
+            raise ValueError(f"this PSR was made for d_model={self.config.d_model}, the model has {d_model}")
+        for name in self.hook_names:
+            check_hook_name(model, name)
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory: str | Path) -> Path:
+        """Write ``psr_config.json`` and ``psr.safetensors`` into ``directory``."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{kind}.{layer}": tensor.detach().float().cpu().contiguous()
+                   for layer in self.layers
+                   for kind, tensor in (("w", self.gate(layer).weight), ("b", self.gate(layer).bias.reshape(1)),
+                                        ("z", self.direction(layer)))}
+        save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "hooksteer-psr-1"})
+        (out / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path, model: nn.Module | None = None) -> PSR:
+        """Reload a saved PSR; with ``model`` also check that it fits (width, hook names).
+
+        Raises:
+            PSRFileError: missing/corrupt files, missing or mis-shaped tensors, non-finite values.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise PSRFileError(f"{folder} has no {name}: not a saved PSR")
+        try:
+            config = PSRConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as error:
+            raise PSRFileError(f"{folder / CONFIG_FILE} is not a valid PSR config: {error}") from error
+        try:
+            tensors = load_file(str(folder / WEIGHTS_FILE))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise PSRFileError(f"{folder / WEIGHTS_FILE} is corrupt or truncated: {error}") from error
+        psr = cls(config)
+        for layer in config.layers:
+            try:
+                w, b, z = (tensors[f"{kind}.{layer}"] for kind in ("w", "b", "z"))
+            except KeyError as error:
+                raise PSRFileError(f"{folder / WEIGHTS_FILE} lacks tensor {error.args[0]}") from None
+            try:
+                psr.set_layer(layer, weight=w, bias=b.reshape(()), z=z)
+            except ValueError as error:
+                raise PSRFileError(f"{folder / WEIGHTS_FILE}: layer {layer}: {error}") from error
+        if model is not None:
+            try:
+                psr.check_model(model)
+            except (ValueError, KeyError) as error:
+                raise PSRFileError(f"{folder}: {error}") from error
+        return psr
+
+    def extra_repr(self) -> str:
+        return f"{self.config.short_name}, layers={self.layers}, d_model={self.config.d_model}"
+
+
+def mean_delta_init(psr: PSR, deltas: dict[int, Sequence[Tensor]]) -> None:
+    """Start as constant steering by the teacher's mean change (w = 0, b = 1, z = mean Δ).
+
+    S-PSR: z = mean over response tokens of Δ_layer. A-PSR: z_l = mean of the layer-local change
+    Δ_l − Δ_{l_prev} (l_prev = the previous steered layer; nothing below the first one).
+    """
+    previous: int | None = None
+    for layer in psr.layers:
+        current = torch.cat([d.float() for d in deltas[layer]]).mean(dim=0)
+        if psr.config.variant == "adaptive" and previous is not None:
+            z = current - torch.cat([d.float() for d in deltas[previous]]).mean(dim=0)
+        else:
+            z = current
+        psr.set_layer(layer, weight=torch.zeros(psr.config.d_model), bias=1.0, z=z)
+        previous = layer
