@@ -249,3 +249,24 @@ def test_find_concept_features_finds_a_planted_feature():
     assert found.scores[0] > 0 and found.concept_mean[0] > found.background_mean[0]
     swapped = find_concept_features(model, sae, background, concept, k=3)
     assert 5 not in swapped.feature_ids[:1]
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_train_sae_cli_parses_flags_over_settings_file(tmp_path):
+    import argparse
+
+    from analysis.cli_sae import add_parser, run, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    (tmp_path / "s.json").write_text(json.dumps({"d_sae": 128, "k": 8, "lr": 0.002}))
+    args = parser.parse_args(["train-sae", "--settings", str(tmp_path / "s.json"), "--k", "4",
+                              "--corpora", "wiki", "--hook", HOOK, "--out", str(tmp_path / "o")])
+    assert args.func is run
+    settings = settings_from_args(args)
+    assert (settings.d_sae, settings.k, settings.lr, settings.corpora, settings.hook_name) == (
+        128, 4, 0.002, ("wiki",), HOOK)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    args = parser.parse_args(["train-sae", "--settings", str(tmp_path / "bad.json")])
+    with pytest.raises(ValueError, match="JSON object"):
+        settings_from_args(args)
