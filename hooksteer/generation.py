@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from hooksteer.activations import check_texts, left_pad, pad_token_id, tokenize
+from hooksteer.fast_generation import fast_path_hooks, hf_twin, twin_hooks
 from hooksteer.models import format_chat
 
 
@@ -34,6 +35,7 @@ def generate_texts(
     seed: int | None = None,
     stop_at_eos: bool = True,
     progress: bool = False,
+    fast: bool = True,
 ) -> list[str]:
     """Generate a continuation for every prompt in one left-padded batch; returns only the new text.
 
@@ -45,6 +47,9 @@ def generate_texts(
         do_sample / temperature / seed: sampling settings (greedy by default; ``seed`` makes sampling repeatable).
         stop_at_eos: stop a row at its end-of-text token (``False`` always generates ``max_new_tokens``).
         progress: show TransformerLens's per-token progress bar.
+        fast: on a ``TransformerBridge``, run steering installed with :func:`hooksteer.steer` on the
+            weight-sharing Hugging Face twin (:mod:`hooksteer.fast_generation`); ``False`` forces the
+            bridge's own hook points. Same tokens either way.
     """
     texts = chat_prompts(model, prompts, system=system) if chat else check_texts(prompts, "prompts")
     if max_new_tokens < 1:
@@ -52,17 +57,26 @@ def generate_texts(
     if seed is not None:
         torch.manual_seed(seed)
     rows = generate_tokens(model, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                           temperature=temperature, stop_at_eos=stop_at_eos, progress=progress)
+                           temperature=temperature, stop_at_eos=stop_at_eos, progress=progress, fast=fast)
     return [_decode_until_eos(model, row) for row in rows]
 
 
 def generate_tokens(model: Any, texts: list[str], *, max_new_tokens: int, do_sample: bool = False,
-                    temperature: float = 1.0, stop_at_eos: bool = True, progress: bool = False) -> list[torch.Tensor]:
+                    temperature: float = 1.0, stop_at_eos: bool = True, progress: bool = False,
+                    fast: bool = True) -> list[torch.Tensor]:
     """New token ids for each text (already formatted), through the fastest loop for the model class:
-    Hugging Face's for a ``TransformerBridge``, TransformerLens's for a ``HookedTransformer``."""
+    Hugging Face's for a ``TransformerBridge`` (on its weight-sharing twin when every hook on the bridge
+    is hooksteer steering at a residual site, see :mod:`hooksteer.fast_generation`), TransformerLens's
+    for a ``HookedTransformer``."""
     if is_bridge(model):
-        return _generate_with_hf_loop(model, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                      temperature=temperature, stop_at_eos=stop_at_eos)
+        settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+                    "stop_at_eos": stop_at_eos}
+        plan = fast_path_hooks(model) if fast else None
+        if plan is None:
+            return _generate_with_hf_loop(model, model.original_model, texts, **settings)
+        twin = hf_twin(model)
+        with twin_hooks(twin, plan):
+            return _generate_with_hf_loop(model, twin, texts, **settings)
     return _generate_with_transformer_lens(model, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                            temperature=temperature, stop_at_eos=stop_at_eos, progress=progress)
 
@@ -91,20 +105,18 @@ def _generate_with_transformer_lens(model: Any, texts: list[str], *, max_new_tok
 
 
 @torch.no_grad()
-def _generate_with_hf_loop(model: Any, texts: list[str], *, max_new_tokens: int, do_sample: bool,
+def _generate_with_hf_loop(model: Any, hf_module: Any, texts: list[str], *, max_new_tokens: int, do_sample: bool,
                            temperature: float, stop_at_eos: bool) -> list[torch.Tensor]:
-    """Hugging Face ``generate`` on the module a ``TransformerBridge`` wraps.
-
-    The bridge's hook points live inside that module, so steering hooks fire exactly as in
-    ``bridge.generate``, but the loop is Hugging Face's (faster at batch > 1).
-    """
+    """Hugging Face ``generate`` on ``hf_module``: the module a ``TransformerBridge`` wraps (its hook
+    points live inside it, so every TransformerLens hook fires as in ``bridge.generate``), or the
+    bridge's weight-sharing twin with steering replayed as plain torch hooks."""
     tokenizer = model.tokenizer
     input_ids, attention_mask = left_pad([tokenize(model, text) for text in texts], pad_token_id(model))
-    device = next(model.original_model.parameters()).device
+    device = next(hf_module.parameters()).device
     encoded = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if do_sample else {
         "do_sample": False}
-    output = model.original_model.generate(
+    output = hf_module.generate(
         **encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id, min_new_tokens=0 if stop_at_eos else max_new_tokens, **sampling,
     )

@@ -22,6 +22,7 @@ Example (one line):
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ class PositionTracker:
         past = _past_length(kwargs)
         absolute = _absolute_positions(kwargs, past, batch=int(hidden.shape[0]), length=int(hidden.shape[1]),
                                        device=hidden.device)
-        if past > 0:
+        if past > 0 or _continues_from_position_ids(kwargs, absolute):
             if self.prompt_lengths is None or self.prompt_lengths.shape[0] != absolute.shape[0]:
                 self.prompt_lengths = absolute.clamp(min=0).min(dim=-1).values
             self._last_input = None
@@ -155,6 +156,15 @@ def _absolute_positions(kwargs: dict, past: int, *, batch: int, length: int,
     return torch.arange(past, past + length, device=device).expand(batch, -1)
 
 
+def _continues_from_position_ids(kwargs: dict, absolute: Int[Tensor, "batch pos"]) -> bool:
+    """With Hugging Face ``position_ids``, a new sequence has position 0 in every row; a cached
+    continuation has none. (A ``TransformerBridge`` passes a cache that reports length 0, so the
+    cache cannot tell.)"""
+    if not isinstance(kwargs.get("position_ids"), Tensor):
+        return False
+    return not bool((absolute == 0).any(dim=-1).all())
+
+
 def _first_block(model: nn.Module) -> nn.Module:
     blocks = getattr(model, "blocks", None)
     if blocks is None or len(blocks) == 0:
@@ -172,7 +182,7 @@ def _past_length(kwargs: dict) -> int:
     cache_position = kwargs.get("cache_position")
     if isinstance(cache_position, Tensor) and cache_position.numel() > 0:
         return int(cache_position.reshape(-1)[0])
-    cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+    cache = kwargs.get("past_key_values", kwargs.get("past_key_value", kwargs.get("cache")))
     if cache is not None and hasattr(cache, "get_seq_length"):
         return int(cache.get_seq_length())
     return 0
@@ -545,9 +555,53 @@ def steer(
     tracker = PositionTracker()
     fwd_hooks = build_steering_hooks(model, vectors, tracker=tracker, coefficient=coefficient,
                                      positions=positions, per_token=per_token, gate=gate, fill_value=fill_value)
+    with apply_steering_hooks(model, fwd_hooks, tracker) as handle:
+        yield handle
+
+
+# Steering installed through apply_steering_hooks, per model: lets hooksteer.generation replay the same
+# hook objects on a faster module that shares the model's weights (see hooksteer.fast_generation).
+_ACTIVE_STEERING: weakref.WeakKeyDictionary[nn.Module, list[SteeringHandle]] = weakref.WeakKeyDictionary()
+
+
+def active_steering(model: nn.Module) -> list[SteeringHandle]:
+    """The steering currently installed on ``model`` by :func:`steer` / :func:`apply_steering_hooks`
+    (outermost first).
+
+    Example:
+        >>> with steer(model, vec * 4.0):                                  # doctest: +SKIP
+        ...     [h.hook_names for h in active_steering(model)]
+        [['blocks.6.hook_resid_post']]
+    """
+    return list(_ACTIVE_STEERING.get(model, []))
+
+
+@contextmanager
+def apply_steering_hooks(model: nn.Module, fwd_hooks: Sequence[tuple[str, HookFn]],
+                         tracker: PositionTracker) -> Iterator[SteeringHandle]:
+    """Install steering hooks (``(hook_name, hook)`` pairs sharing ``tracker``) for the ``with`` block.
+
+    The lower-level twin of :func:`steer` for hooks you built yourself (e.g. per-row directions).
+    The tracker is attached to ``model`` and detached on exit; hooks are removed also when the block
+    raises. Steering installed this way is visible to :func:`active_steering`, which lets
+    :func:`hooksteer.generation.generate_texts` run it on the fast path.
+
+    Example:
+        >>> tracker = PositionTracker()                                    # doctest: +SKIP
+        >>> hooks = [("blocks.6.hook_resid_post", add_vector(v, 4.0, positions="generated", tracker=tracker))]
+        >>> with apply_steering_hooks(model, hooks, tracker):              # doctest: +SKIP
+        ...     generate_texts(model, ["Hi"])
+    """
+    for hook_name, _ in fwd_hooks:
+        check_hook_name(model, hook_name)
+    handle = SteeringHandle(tracker=tracker, fwd_hooks=list(fwd_hooks))  # type: ignore[arg-type]
     tracker.attach(model)
     try:
-        with model.hooks(fwd_hooks=fwd_hooks):
-            yield SteeringHandle(tracker=tracker, fwd_hooks=fwd_hooks)
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            _ACTIVE_STEERING.setdefault(model, []).append(handle)
+            try:
+                yield handle
+            finally:
+                _ACTIVE_STEERING[model].remove(handle)
     finally:
         tracker.detach()

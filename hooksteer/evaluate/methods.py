@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from hooksteer.activations import collect_activations
 from hooksteer.data.schema import Concept
-from hooksteer.hooks import PositionSpec, add_vector, check_hook_name, track_positions
+from hooksteer.hooks import PositionSpec, PositionTracker, add_vector, apply_steering_hooks, check_hook_name
 from hooksteer.vectors import SteeringVector, check_finite
 
 Factor = Union[float, None]
@@ -183,10 +183,10 @@ class VectorSteerer:
 
     def _generate_rows(self, prompts: list[str], directions: Tensor, settings: GenerationSettings,
                        seed: int) -> list[str]:
-        with track_positions(self.model) as tracker:
-            hook = add_vector(directions, 1.0, positions=self.positions, tracker=tracker)
-            with self.model.hooks(fwd_hooks=[(self.hook_name, hook)]):
-                return _generate(self.model, prompts, settings, seed)
+        tracker = PositionTracker()
+        hook = add_vector(directions, 1.0, positions=self.positions, tracker=tracker)
+        with apply_steering_hooks(self.model, [(self.hook_name, hook)], tracker):
+            return _generate(self.model, prompts, settings, seed)
 
 
 # ============================================================================ texts and magnitudes
