@@ -1,0 +1,1 @@
+"""Analyses built on hooksteer: multi-behaviour interactions, SAE comparisons, token-level effects."""
