@@ -158,24 +158,38 @@ def _parse_floats(text: str) -> list[float]:
     return [float(part) for part in text.replace(",", " ").split()]
 
 
-def _evaluation_data(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any]]:
-    """(evaluated concepts, negative pool for vector methods, base prompts), all fixed by ``--seed``."""
-    import random
+def _evaluation_data(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any], Any]:
+    """(evaluated concepts, negative pool for vector methods, base prompts, split), all fixed by ``--seed``.
 
+    Concepts and prompts come from the same seeded split HyperSteer/PSR training uses
+    (:func:`hooksteer.data.splits.make_split`): the evaluated concepts are *held-out* concepts, the
+    base prompts are *eval* prompts, and DiffMean/PCA negatives are training concepts.
+    """
     from hooksteer.data.base_prompts import load_base_prompts
     from hooksteer.data.concepts import load_concepts
+    from hooksteer.data.splits import make_split
 
-    pool = load_concepts(limit=args.concepts + args.negatives, seed=args.seed)
-    concepts, negatives = pool[: args.concepts], pool[args.concepts :]
-    prompts = load_base_prompts(strict=False)
-    if len(prompts) < args.prompts:
-        raise SystemExit(f"only {len(prompts)} base prompts are installed, --prompts asks for {args.prompts}")
-    prompts = random.Random(args.seed).sample(prompts, args.prompts)
-    return concepts, negatives, prompts
+    all_concepts = load_concepts(seed=args.seed)
+    all_prompts = load_base_prompts(strict=False)
+    split = make_split(all_concepts, all_prompts, seed=args.seed)
+    held_out = split.select(all_concepts, split.held_out_concepts)
+    eval_prompts = split.select(all_prompts, split.eval_prompts)
+    if len(held_out) < args.concepts or len(eval_prompts) < args.prompts:
+        raise SystemExit(f"the split has {len(held_out)} held-out concepts and {len(eval_prompts)} eval prompts; "
+                         f"asked for {args.concepts} and {args.prompts}")
+    negatives = split.select(all_concepts, split.train_concepts[: args.negatives])
+    return held_out[: args.concepts], negatives, eval_prompts[: args.prompts], split
+
+
+def _load_for_evaluation(args: argparse.Namespace) -> Any:
+    import hooksteer as hs
+
+    if args.model_class == "bridge":
+        return hs.load_bridge(args.model)
+    return hs.load_model(args.model, progress=True)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import hooksteer as hs
     from hooksteer.evaluate.judges import EmbeddingJudge, LMPerplexity
     from hooksteer.evaluate.methods import build_methods, pool_texts_for
     from hooksteer.evaluate.protocol import evaluate
@@ -189,9 +203,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     factors = _parse_floats(args.factors) if isinstance(args.factors, str) else args.factors
     names = [n.strip() for n in (args.methods or "prompt,diffmean,pca,random").split(",") if n.strip()]
     start = time.perf_counter()
-    print(f"Loading {args.model} ...", flush=True)
-    model = hs.load_model(args.model, progress=True)
-    concepts, negatives, prompts = _evaluation_data(args)
+    print(f"Loading {args.model} ({args.model_class}) ...", flush=True)
+    model = _load_for_evaluation(args)
+    concepts, negatives, prompts, split = _evaluation_data(args)
     texts_for = pool_texts_for([*concepts, *negatives])
     methods = build_methods(names, layer=args.layer, seed=args.seed, texts_for=texts_for)
     judge = EmbeddingJudge(perplexity=LMPerplexity(model))
@@ -199,6 +213,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
           f"factors {factors or 'default'} ...", flush=True)
     out_dir = Path(args.out)
     save_config(out_dir, "evaluate", args, concepts=[c.id for c in concepts], prompts=[p.id for p in prompts])
+    split.save(out_dir / "split.json")
     result = evaluate(model, methods, concepts, prompts, judge=judge, max_new_tokens=args.max_new_tokens,
                       do_sample=args.sample, temperature=args.temperature, batch_size=args.batch_size,
                       seed=args.seed, out_dir=out_dir, **({"factors": factors} if factors else {}))
@@ -258,10 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("evaluate", help="AxBench-style comparison of steering methods (held-out factor choice)")
     ev.add_argument("--model", default=DEFAULT_MODEL)
+    ev.add_argument("--model-class", choices=["bridge", "hooked"], default="bridge",
+                    help="TransformerBridge (default: fast generation path) or HookedTransformer")
     ev.add_argument("--small", action="store_true", help="CI preset: 2 concepts, 4 prompts, 3 factors, 24 tokens")
-    ev.add_argument("--concepts", type=int, default=None, help="number of concepts (default 10)")
-    ev.add_argument("--negatives", type=int, default=16, help="extra concepts used only as DiffMean/PCA negatives")
-    ev.add_argument("--prompts", type=int, default=None, help="number of base prompts, split in halves (default 10)")
+    ev.add_argument("--concepts", type=int, default=None, help="number of held-out concepts (default 10)")
+    ev.add_argument("--negatives", type=int, default=16, help="training concepts used only as DiffMean/PCA negatives")
+    ev.add_argument("--prompts", type=int, default=None, help="number of eval base prompts, split in halves (default 10)")
     ev.add_argument("--factors", type=str, default=None, help="steering factors, e.g. '0.2,0.5,1' (× residual norm)")
     ev.add_argument("--methods", default=None, help="comma-separated: prompt,diffmean,pca,random,none")
     ev.add_argument("--layer", type=int, default=None, help="block index for vector methods (default: a third)")

@@ -26,6 +26,7 @@ from hooksteer.evaluate.methods import (
     default_texts_for,
 )
 from hooksteer.evaluate.protocol import (
+    FactorCell,
     check_factors,
     choose_factor,
     evaluate,
@@ -152,6 +153,18 @@ def test_ties_pick_the_first_factor():
                       factors=[0.5, 1.0, 2.0], progress=False)
     assert result.concepts[0].chosen_factor == 0.5
     assert choose_factor(result.concepts[0].cells).factor == 0.5
+
+
+def test_zero_score_ties_are_broken_by_the_mean_rating():
+    def cell(factor, concept, instruction, fluency):
+        ratings = {"concept": concept, "instruction": instruction, "fluency": fluency, "score": 0.0}
+        return FactorCell(factor, ratings, dict(ratings), False, 0.0)
+
+    cells = [cell(0.1, 0.0, 2.0, 0.0), cell(0.2, 1.0, 2.0, 0.0), cell(0.4, 0.5, 0.0, 0.0)]
+    assert choose_factor(cells).factor == 0.2
+    winner = cell(0.8, 0.0, 0.0, 0.0)
+    winner.selection["score"] = 0.1  # any positive score beats every zero-score cell
+    assert choose_factor([*cells, winner]).factor == 0.8
 
 
 def test_judge_sees_concept_reference_and_base_prompt():
@@ -306,19 +319,23 @@ def test_build_methods():
 
 
 # ============================================================================ CLI wiring
-def test_cli_evaluate_wiring(tiny_llama, monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("model_class", ["bridge", "hooked"])
+def test_cli_evaluate_wiring(model_class, tiny_llama, tiny_bridge, monkeypatch, tmp_path, capsys):
     import hooksteer
     from hooksteer import cli
+    from hooksteer.data.splits import DatasetSplit
 
     extra = [Concept(id=f"x{i}", title=f"Extra {i}", text=f"Extra concept {i} is about something else entirely.",
-                     steering_prompts=[f"Talk about extra {i}."]) for i in range(3)]
+                     steering_prompts=[f"Talk about extra {i}."]) for i in range(25)]
+    prompts = [*PROMPTS, *(BasePrompt(id=f"q{i}", text=f"Question number {i}?") for i in range(24))]
     monkeypatch.setattr(hooksteer, "load_model", lambda *a, **k: tiny_llama)
+    monkeypatch.setattr(hooksteer, "load_bridge", lambda *a, **k: tiny_bridge)
     monkeypatch.setattr("hooksteer.data.concepts.load_concepts", lambda limit=None, seed=0: [*CONCEPTS, *extra][:limit])
-    monkeypatch.setattr("hooksteer.data.base_prompts.load_base_prompts", lambda *a, **k: list(PROMPTS))
+    monkeypatch.setattr("hooksteer.data.base_prompts.load_base_prompts", lambda *a, **k: prompts)
     monkeypatch.setattr("hooksteer.evaluate.judges.EmbeddingJudge", lambda **kwargs: KeywordJudge())
     code = cli.main(["evaluate", "--small", "--concepts", "2", "--negatives", "2", "--max-new-tokens", "4",
                      "--factors", "0.5,1", "--methods", "prompt,diffmean,random", "--layer", "1",
-                     "--out", str(tmp_path)])
+                     "--model-class", model_class, "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| method | held-out concept | instruction | fluency | steering score |" in printed
@@ -326,6 +343,10 @@ def test_cli_evaluate_wiring(tiny_llama, monkeypatch, tmp_path, capsys):
     assert loaded.methods == ["prompt", "diffmean", "random"]
     assert loaded.config["factors"] == [0.5, 1.0]
     assert json.loads((tmp_path / "config.json").read_text())["command"] == "evaluate"
+    split = DatasetSplit.load(tmp_path / "split.json")
+    evaluated = {c.concept_id for c in loaded.concepts}
+    assert evaluated <= set(split.held_out_concepts), "the CLI evaluates held-out concepts only"
+    assert set(loaded.config["base_prompts"]) <= set(split.eval_prompts)
 
 
 # ============================================================================ real model (slow)

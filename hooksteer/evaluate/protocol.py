@@ -7,8 +7,9 @@ For every method and concept:
 2. the method generates an answer for every prompt at every steering factor (one batched sweep;
    methods without a factor, such as prompt steering, generate once);
 3. the judge rates each answer (concept, instruction relevance, fluency; score = harmonic mean);
-4. the factor with the best mean score on the **selection** half is chosen (ties: the first factor in
-   the given order), and the **report** half's ratings at that factor are the concept's result;
+4. the factor with the best mean score on the **selection** half is chosen (ties, e.g. all 0: the best
+   mean of the three ratings, then the first factor; see :func:`choose_factor`), and the **report**
+   half's ratings at that factor are the concept's result;
 5. a (concept, factor) cell is flagged as *mode collapse* when ≥ 95% of its outputs are identical.
 
 All generations and ratings are kept; :meth:`EvaluationResult.save` writes ``results.json``,
@@ -250,11 +251,36 @@ def mode_collapse(outputs: Sequence[str], threshold: float = COLLAPSE_THRESHOLD)
 
 
 def choose_factor(cells: Sequence[FactorCell]) -> FactorCell:
-    """The cell with the best mean **selection-half** score (first one on ties)."""
+    """The cell with the best mean **selection-half** score.
+
+    Ties (most often: every factor scores 0, because the harmonic mean is 0 as soon as one rating is 0)
+    are broken by the mean of the three selection-half ratings (concept, instruction, fluency), then by
+    the order of the factors (first wins). So a method that never reaches a non-zero score still reports
+    the factor where it came closest, not merely the first one.
+
+    Example:
+        >>> zero = {"concept": 0.0, "instruction": 2.0, "fluency": 2.0, "score": 0.0}
+        >>> close = {"concept": 1.0, "instruction": 2.0, "fluency": 0.0, "score": 0.0}
+        >>> cells = [FactorCell(0.1, zero, zero, False, 0.1), FactorCell(0.2, close, close, False, 0.1)]
+        >>> choose_factor(cells).factor
+        0.1
+        >>> close["fluency"] = 1.5
+        >>> choose_factor(cells).factor
+        0.2
+    """
     if not cells:
         raise ValueError("no factor cells to choose from")
-    best = max(range(len(cells)), key=lambda i: (cells[i].selection["score"], -i))
-    return cells[best]
+
+    def key(i: int) -> tuple[float, float, int]:
+        ratings = cells[i].selection
+        mean_rating = sum(ratings[k] for k in ("concept", "instruction", "fluency")) / 3
+        return (_finite_or(ratings["score"], -1.0), _finite_or(mean_rating, -1.0), -i)
+
+    return cells[max(range(len(cells)), key=key)]
+
+
+def _finite_or(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default
 
 
 def _mean_scores(generations: Sequence[Generation]) -> dict[str, float]:
@@ -402,5 +428,6 @@ def _run_config(model: nn.Module, methods: Sequence[SteeringMethod], concepts: S
         "generation": asdict(settings),
         "seed": seed,
         "collapse_threshold": COLLAPSE_THRESHOLD,
-        "selection": "best mean selection-half score; report half at that factor",
+        "selection": ("best mean selection-half score (ties: best mean of concept/instruction/fluency, then "
+                      "first factor); report half at that factor"),
     }
