@@ -381,3 +381,17 @@ def test_cli_train_psr(tmp_path, capsys):
         p.name for p in out.iterdir()}
     assert PSR.load(out).layers == [0, 1, 2]
     assert "a-psr-mse" in capsys.readouterr().out
+
+
+def test_response_gates_match_unsteered_gates_for_s_psr(tiny_llama):
+    from hooksteer.psr.trainer import response_gates
+
+    records = _records(tiny_llama, [1], n=2)
+    torch.manual_seed(6)
+    psr = PSR(PSRConfig(layers=[1], d_model=32))
+    psr.set_layer(1, weight=torch.randn(32), bias=0.2, z=torch.randn(32))
+    via_hooks = response_gates(tiny_llama, psr, records[0], alpha=2.0)[1]
+    direct = psr.gate_values(1, records[0].plain[1][None])[0]
+    torch.testing.assert_close(via_hooks, direct, atol=1e-5, rtol=1e-5)
+    assert fit_metrics(psr, records, model=tiny_llama)["lambda_delta_pearson"] == pytest.approx(
+        fit_metrics(psr, records)["lambda_delta_pearson"], abs=1e-4)

@@ -116,6 +116,7 @@ class PSRMethod:
     progress: bool = False
     uses_factors: bool = field(default=True, init=False)
     training: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    psrs: dict[str, PSR] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.psr_config, PSRConfig):
@@ -157,11 +158,12 @@ class PSRMethod:
             alpha_per_factor = 1.0 / natural
         else:
             alpha_per_factor = 1.0
-        fit = fit_metrics(psr, records)
+        fit = fit_metrics(psr, records, model=model)
         info = {"method": "psr", "variant": psr.config.variant, "loss": psr.config.loss, "layers": psr.layers,
                 "n_teacher_examples": len(records), "natural_factor": natural, "mean_delta_norm": delta_norm,
                 "alpha_per_factor": alpha_per_factor, **summary, **{f"fit_{k}": v for k, v in fit.items()}}
         self.training[concept.id] = info
+        self.psrs[concept.id] = psr
         steerer = PSRSteerer(model, psr, alpha_per_factor, info)
         steerer.psr = psr
         return steerer

@@ -37,7 +37,7 @@ from hooksteer.psr.loss import activation_mse, dead_gate_penalty, response_nll
 from hooksteer.psr.model import PSR, PSRConfig, mean_delta_init
 from hooksteer.psr.teacher import TeacherRecord, hook_name
 
-__all__ = ["TrainResult", "PSRBatch", "make_batch", "batch_loss", "fit_metrics", "train_psr"]
+__all__ = ["TrainResult", "PSRBatch", "make_batch", "batch_loss", "fit_metrics", "response_gates", "train_psr"]
 
 
 @dataclass
@@ -195,25 +195,45 @@ def batch_loss(model: Any, psr: PSR, batch: PSRBatch, *, loss: str | None = None
 
 
 @torch.no_grad()
-def fit_metrics(psr: PSR, records: Sequence[TeacherRecord], layer: int | None = None) -> dict[str, float]:
+def response_gates(model: Any, psr: PSR, record: TeacherRecord, alpha: float = 1.0) -> dict[int, Tensor]:
+    """λ_t of every steered layer on the record's response tokens, read through the inference hooks
+    (one pass over ``xy'`` with the PSR steering the response tokens, as in training). For A-PSR the gate
+    of a layer sees the activation already steered by the layers below."""
+    p, n = record.pair.plain_prompt.numel(), record.n_tokens
+    with psr.steer(model, float(alpha), positions=list(range(p, p + n))) as hooks:
+        model(record.pair.plain[None].to(model_device(model)), stop_at_layer=psr.layers[-1] + 1)
+    # a float α is the hook's coefficient, so ``last_gate`` holds λ itself (not α·λ)
+    return {layer: hook.last_gate[0, p : p + n].float().cpu()
+            for layer, (_, hook) in zip(psr.layers, hooks, strict=True)}
+
+
+@torch.no_grad()
+def fit_metrics(psr: PSR, records: Sequence[TeacherRecord], layer: int | None = None, *,
+                model: Any = None) -> dict[str, float]:
     """How well the PSR's *own-layer* term ``λ(h_t)·z`` reproduces the teacher Δ at ``layer`` (default: last).
 
     ``r2`` = 1 − Σ‖λz − Δ‖² / Σ‖Δ‖²; ``r2_constant`` is the same for the best single constant vector
-    (mean Δ), i.e. what constant steering could do; ``lambda_delta_pearson`` correlates λ_t with ‖Δ_t‖.
-    For A-PSR this reads only the layer's own term (the layers below also contribute).
+    (mean Δ), i.e. what constant steering could do; ``lambda_delta_pearson``/``_spearman`` correlate λ_t
+    with ‖Δ_t‖. Without ``model`` λ is read from the unsteered activations (exact for S-PSR); with
+    ``model`` it is read through the hooks (:func:`response_gates`, right for A-PSR too). For A-PSR ``r2``
+    reads only the layer's own term (the layers below also contribute).
     """
-    from analysis.token_effects import pearson
+    from analysis.token_effects import pearson, spearman
 
     layer = psr.layers[-1] if layer is None else layer
     deltas = torch.cat([r.delta[layer] for r in records])
-    plains = torch.cat([r.plain[layer] for r in records])
-    lam = psr.gate_values(layer, plains[None])[0]
-    pred = lam[:, None] * psr.direction(layer)
+    if model is not None:
+        lam = torch.cat([response_gates(model, psr, r)[layer] for r in records])
+    else:
+        plains = torch.cat([r.plain[layer] for r in records])
+        lam = psr.gate_values(layer, plains[None])[0].cpu()
+    pred = lam[:, None] * psr.direction(layer).detach().cpu()
     total = deltas.pow(2).sum()
     constant = deltas - deltas.mean(dim=0)
+    norms = deltas.norm(dim=-1)
     return {"r2": float(1 - (pred - deltas).pow(2).sum() / total),
             "r2_constant": float(1 - constant.pow(2).sum() / total),
-            "lambda_delta_pearson": pearson(lam, deltas.norm(dim=-1)),
+            "lambda_delta_pearson": pearson(lam, norms), "lambda_delta_spearman": spearman(lam, norms),
             "mean_lambda": float(lam.mean()), "dead_share": float((lam == 0).float().mean())}
 
 
