@@ -395,3 +395,21 @@ def test_response_gates_match_unsteered_gates_for_s_psr(tiny_llama):
     torch.testing.assert_close(via_hooks, direct, atol=1e-5, rtol=1e-5)
     assert fit_metrics(psr, records, model=tiny_llama)["lambda_delta_pearson"] == pytest.approx(
         fit_metrics(psr, records)["lambda_delta_pearson"], abs=1e-4)
+
+
+def test_benchmark_tiny_runs_every_method_in_one_evaluation(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "psr_eval.py"
+    spec = importlib.util.spec_from_file_location("psr_eval", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--tiny", "--out", str(tmp_path)])
+    assert set(report["scores"]) == {"prompt", "diffmean", "s-psr-mse", "s-psr-likelihood", "a-psr-mse",
+                                     "a-psr-likelihood"}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["verdict"] == report["verdict"]
+    assert 0.0 <= saved["teacher"][report["data"]["concepts"][0]]["top10_share"] <= 1.0
+    assert all((tmp_path / f"heatmap_{c}.png").is_file() for c in report["data"]["concepts"])
+    assert (tmp_path / "evaluation" / "results.json").is_file()
+    assert "PSR training and teacher fit" in (tmp_path / "results.md").read_text()
