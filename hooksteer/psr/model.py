@@ -62,7 +62,10 @@ class PSRConfig:
         steps / lr / batch_size / weight_decay / seed: AdamW training loop.
         regulariser: weight of max(0, 1 − Σ_t λ_t) per example (0 = off; the paper drops it for AxBench).
         train_alpha: α used while training (1.0).
-        positions: where λ·z is added at inference (``"all"`` as in training).
+        positions: where λ·z is added at inference. Default ``"generated"``: as in training, where only the
+            response tokens are steered (the teacher Δ exists only there). This also keeps the prompt's
+            attention-sink tokens, whose residual norms are many times the rest, from getting huge λ.
+            ``"all"`` steers the prompt too.
         concept_id / steering_prompt / model_name: provenance, not used by the maths.
     """
 
@@ -77,7 +80,7 @@ class PSRConfig:
     regulariser: float = 0.0
     train_alpha: float = 1.0
     seed: int = 0
-    positions: str = "all"
+    positions: str = "generated"
     concept_id: str = ""
     steering_prompt: str = ""
     model_name: str = ""
