@@ -13,9 +13,10 @@ Example:
     ...     model.generate("Tell me about your day.", max_new_tokens=30)
 """
 
+from hooksteer.psr.evaluation import PSRMethod, PSRTeacherData
 from hooksteer.psr.model import PSR, PSRConfig, PSRFileError
 from hooksteer.psr.teacher import TeacherPair, TeacherRecord, compute_teacher, encode_examples, encode_pair
 from hooksteer.psr.trainer import TrainResult, fit_metrics, train_psr
 
-__all__ = ["PSR", "PSRConfig", "PSRFileError", "TeacherPair", "TeacherRecord", "TrainResult", "compute_teacher",
+__all__ = ["PSR", "PSRConfig", "PSRFileError", "PSRMethod", "PSRTeacherData", "TeacherPair", "TeacherRecord", "TrainResult", "compute_teacher",
            "encode_examples", "encode_pair", "fit_metrics", "train_psr"]
