@@ -152,8 +152,9 @@ def compare_vector(
 
     The encoding has two modes:
 
-    * ``reference=None`` (``"direct"``): ``sae.encode(vector)`` — the vector read as if it were an activation
-      (the usual reading; biases included, so a short vector may encode to few or no features);
+    * ``reference=None`` (``"direct"``): the vector read as an offset from the SAE's centre ``b_dec``:
+      ``encode(b_dec + vector)`` (``b_dec`` is subtracted again inside ``encode``), reconstruction
+      ``decode(·) - b_dec``. The encoder bias still applies, so a short vector may encode to few features;
     * ``reference`` activations given (``"delta"``): the mean change in feature activations when the vector
       is added to them, ``mean(encode(h + v) - encode(h))``; its reconstruction is ``Δf @ W_dec`` (the
       decoder bias cancels). This is what the SAE "sees" the vector do at the activations it steers.
@@ -172,8 +173,9 @@ def compare_vector(
     top = torch.topk(cosines, k)
     dtype = sae.W_dec.dtype
     if reference is None:
-        encoding = sae.encode(v.to(dtype)[None])[0].float()
-        reconstruction = sae.decode(encoding.to(dtype)[None])[0].float()
+        centre = sae.b_dec.detach() if getattr(sae.cfg, "apply_b_dec_to_input", False) else torch.zeros_like(sae.b_dec)
+        encoding = sae.encode((centre + v.to(dtype))[None])[0].float()
+        reconstruction = (sae.decode(encoding.to(dtype)[None])[0] - sae.b_dec.detach()).float()
         mode = "direct"
     else:
         if reference.ndim != 2 or reference.shape[1] != v.shape[0]:
@@ -316,6 +318,7 @@ def top_activating_snippets(
     for feature, heap in heaps.items():
         snippets = []
         for value, text_index, position in sorted(heap, reverse=True):
+            position += 1  # feature_activations skipped each text's first token
             tokens = model.to_tokens(texts[text_index])[0].tolist()
             left = model.tokenizer.decode(tokens[max(0, position - window) : position])
             token = model.tokenizer.decode(tokens[position : position + 1])
@@ -340,12 +343,15 @@ def next_token_kl(
     ``vector_q`` (``None`` = unsteered), steering at every position."""
     total, count = 0.0, 0
     for tokens, mask in _batches(model, prompts, batch_size):
-        log_p = _log_probs(model, tokens, vector_p)
-        log_q = _log_probs(model, tokens, vector_q)
-        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (batch, pos)
+        kl = _kl(_log_probs(model, tokens, vector_p), _log_probs(model, tokens, vector_q))
         total += float(kl[mask].sum())
         count += int(mask.sum())
     return total / count
+
+
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(P‖Q) per position from log-probabilities, shape (batch, pos)."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
 def _batches(model: nn.Module, prompts: Sequence[str], batch_size: int):
@@ -426,18 +432,28 @@ def steering_effect_retained(
     sae = load_sae(sae)
     check_hook_name(model, vector.hook_name)
     prompts = check_texts(prompts, "prompts")
-    kl_full = next_token_kl(model, prompts, vector, None, batch_size=batch_size)
-    if not math.isfinite(kl_full) or kl_full <= 0:
+    approxes = [topk_reconstruction(vector, sae, int(k), selection=selection, check_hook=check_hook) for k in ks]
+    full = topk = gap = count = 0.0
+    sums = [[0.0, 0.0] for _ in approxes]  # per k: KL(top-k‖none), KL(full‖top-k)
+    batches = list(_batches(model, prompts, batch_size))
+    for tokens, mask in tqdm(batches, desc="retained effect", disable=not progress):
+        log_none = _log_probs(model, tokens, None)
+        log_full = _log_probs(model, tokens, vector)
+        full += float(_kl(log_full, log_none)[mask].sum())
+        count += int(mask.sum())
+        for row, approx in zip(sums, approxes, strict=True):
+            log_topk = _log_probs(model, tokens, approx)
+            row[0] += float(_kl(log_topk, log_none)[mask].sum())
+            row[1] += float(_kl(log_full, log_topk)[mask].sum())
+    kl_full = full / count
+    if not math.isfinite(kl_full) or kl_full <= 1e-12:
         raise ValueError(f"the vector does not change the next-token distributions (KL={kl_full}); "
                          "scale it up before measuring how much of its effect is retained")
     results = []
-    for k in tqdm(ks, desc="retained effect", disable=not progress):
-        approx = topk_reconstruction(vector, sae, int(k), selection=selection, check_hook=check_hook)
-        kl_topk = next_token_kl(model, prompts, approx, None, batch_size=batch_size)
-        kl_gap = next_token_kl(model, prompts, vector, approx, batch_size=batch_size)
+    for k, approx, (topk, gap) in zip(ks, approxes, sums, strict=True):
         results.append(RetainedEffect(
-            k=int(k), kl_full=kl_full, kl_topk=kl_topk, kl_full_vs_topk=kl_gap, retained=1.0 - kl_gap / kl_full,
-            cosine=float(approx.source["cosine_to_vector"]), norm_ratio=approx.norm() / vector.norm(),
-            features=list(approx.source["features"]),
+            k=int(k), kl_full=kl_full, kl_topk=topk / count, kl_full_vs_topk=gap / count,
+            retained=1.0 - (gap / count) / kl_full, cosine=float(approx.source["cosine_to_vector"]),
+            norm_ratio=approx.norm() / vector.norm(), features=list(approx.source["features"]),
         ))
     return results

@@ -25,7 +25,7 @@ def _figure(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
     return fig, ax
 
 
-def plot_cosines(comparison: Any, *, top: int = 10, title: str | None = None, ax: Any = None) -> Any:
+def plot_cosines(comparison: Any, *, top: int = 5, title: str | None = None, ax: Any = None) -> Any:
     """Histogram of the vector's cosine to every decoder direction, with the top features marked."""
     fig, ax = _figure(ax, (7, 4))
     cosines = comparison.cosines.numpy()

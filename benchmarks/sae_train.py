@@ -46,8 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ks", default="1,5,20")
     parser.add_argument("--strength", type=float, default=0.5, help="vector norm as a fraction of the median "
                                                                     "residual norm at the hook")
-    parser.add_argument("--prompts", type=int, default=16, help="texts for the KL measurement")
-    parser.add_argument("--snippet-texts", type=int, default=120)
+    parser.add_argument("--prompts", type=int, default=12, help="texts for the KL measurement")
+    parser.add_argument("--snippet-texts", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args()
@@ -120,17 +120,19 @@ def main() -> int:
     snippet_texts = heldout[: args.snippet_texts]
     ks = [int(k) for k in args.ks.split(",")]
     report["vectors"] = {}
+    comparisons = {name: compare_vector(vector, sae, k=5) for name, vector in vectors.items()}
+    wanted = sorted({f for cmp in comparisons.values() for f in cmp.top_features[:3]})
+    snippets = top_activating_snippets(model, sae, wanted, snippet_texts, n=3, window=6, progress=True)
+    reference = torch.cat([a[1:] for a in hs.activations.collect_activations(model, prompts[:4], args.hook)])
     for name, vector in vectors.items():
-        cmp = compare_vector(vector, sae, k=5)
-        reference = torch.cat([a[1:] for a in hs.activations.collect_activations(model, prompts[:4], args.hook)])
-        delta = compare_vector(vector * (target_norm / vector.norm()), sae, k=5, reference=reference)
-        snippets = top_activating_snippets(model, sae, cmp.top_features[:3], snippet_texts, n=3, window=6)
+        cmp = comparisons[name]
         scaled = vector * (target_norm / vector.norm())
+        delta = compare_vector(scaled, sae, k=5, reference=reference)
         retained = steering_effect_retained(model, scaled, sae, ks=ks, prompts=prompts)
         retained_omp = steering_effect_retained(model, scaled, sae, ks=ks, prompts=prompts, selection="omp")
         report["vectors"][name] = {
             "norm": vector.norm(), "comparison_direct": cmp.summary(), "comparison_delta": delta.summary(),
-            "snippets": {str(f): [(s.activation, s.text) for s in items] for f, items in snippets.items()},
+            "snippets": {str(f): [(s.activation, s.text) for s in snippets[f]] for f in cmp.top_features[:3]},
             "retained_cosine_selection": [r.to_dict() for r in retained],
             "retained_omp_selection": [r.to_dict() for r in retained_omp],
         }
@@ -139,8 +141,8 @@ def main() -> int:
                                                    zip(cmp.top_features, cmp.top_cosines, strict=True)))
         print(f"  encoding (delta on prompt activations): L0 {delta.encoding_l0}, relative reconstruction "
               f"error {delta.reconstruction_error:.3f}, cosine {delta.reconstruction_cosine:.3f}")
-        for feature, items in snippets.items():
-            for s in items[:2]:
+        for feature in cmp.top_features[:3]:
+            for s in snippets[feature][:2]:
                 print(f"    f{feature} {s.activation:6.2f}  {s.text[:100]}")
         for r, o in zip(retained, retained_omp, strict=True):
             print(f"  k={r.k:3d}: retained {r.retained:6.3f} (cos {r.cosine:.3f}) | OMP retained {o.retained:6.3f} "

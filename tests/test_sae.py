@@ -18,6 +18,7 @@ from analysis.sae_compare import (
     topk_reconstruction,
 )
 from analysis.sae_training import SAETrainingSettings, evaluate_sae, token_chunks, train_sae
+from hooksteer.activations import collect_activations
 from hooksteer.methods.sae_feature import (
     find_concept_features,
     sae_feature_vector,
@@ -146,7 +147,7 @@ def test_compare_vector_encoding_modes_and_errors(trained, corpus):
     vector = SteeringVector(HOOK, torch.randn(32, generator=torch.Generator().manual_seed(0)) * 5)
     direct = compare_vector(vector, sae, k=3)
     assert direct.encoding_mode == "direct" and direct.encoding_l0 <= 4  # TopK encodes at most k features
-    reference = torch.cat(list(__import__("hooksteer").activations.collect_activations(model, corpus[:2], HOOK)))
+    reference = torch.cat(list(collect_activations(model, corpus[:2], HOOK)))
     delta = compare_vector(vector, sae, k=3, reference=reference[1:])
     assert delta.encoding_mode == "delta" and delta.reconstruction.shape == (32,)
     assert delta.reconstruction_error >= 0 and -1 <= delta.reconstruction_cosine <= 1
@@ -201,6 +202,12 @@ def test_top_activating_snippets_are_sorted_and_mark_the_token(trained, corpus):
         values = [s.activation for s in items]
         assert values == sorted(values, reverse=True) and all(v > 0 for v in values)
         assert all("[[" in s.text and "]]" in s.text for s in items)
+    feature, items = next((f, items) for f, items in snippets.items() if items)
+    best = items[0]  # the marked position really is where the feature has that activation
+    acts = next(collect_activations(model, [corpus[best.text_index]], HOOK))
+    assert float(result.sae.encode(acts[best.position][None])[0, feature].detach()) == pytest.approx(best.activation, rel=1e-4)
+    token_id = model.to_tokens(corpus[best.text_index])[0, best.position]
+    assert best.token == model.tokenizer.decode([int(token_id)]) and f"[[{best.token}]]" in best.text
     with pytest.raises(ValueError, match="out of range"):
         top_activating_snippets(model, result.sae, [999], corpus[:2])
 
@@ -270,3 +277,25 @@ def test_train_sae_cli_parses_flags_over_settings_file(tmp_path):
     args = parser.parse_args(["train-sae", "--settings", str(tmp_path / "bad.json")])
     with pytest.raises(ValueError, match="JSON object"):
         settings_from_args(args)
+
+
+# ---------------------------------------------------------------------------- evaluation adapter
+def test_sae_feature_method_in_the_evaluation_protocol(trained, corpus):
+    from hooksteer.data.schema import Concept
+    from hooksteer.evaluate.methods import GenerationSettings
+    from hooksteer.evaluate.sae_method import SAEFeatureMethod
+
+    model, result = trained
+    concepts = [Concept(id=f"c{i}", title=f"C{i}", text=corpus[i]) for i in range(3)]
+    method = SAEFeatureMethod(sae=result.path)  # a folder: loaded lazily
+    steerer = method.prepare(model, concepts[0], concepts[1:])
+    assert steerer.hook_name == HOOK and 0 <= steerer.info["feature_id"] < 64
+    assert steerer.magnitude == pytest.approx(steerer.vector.norm())  # feature_max: typical max activation
+    assert steerer.info["feature_score"] > 0
+    outputs = steerer.generate(["The cat"], [0.0, 1.0], GenerationSettings(max_new_tokens=3), seed=0)
+    assert len(outputs) == 2 and len(outputs[0]) == 1
+    equal = SAEFeatureMethod(sae=result.sae, magnitude=2.5).prepare(model, concepts[0], concepts[1:])
+    assert equal.magnitude == 2.5
+    assert method.config()["name"] == "sae_feature"
+    with pytest.raises(ValueError, match="needs sae"):
+        SAEFeatureMethod().prepare(model, concepts[0], concepts[1:])
