@@ -299,3 +299,23 @@ def test_sae_feature_method_in_the_evaluation_protocol(trained, corpus):
     assert method.config()["name"] == "sae_feature"
     with pytest.raises(ValueError, match="needs sae"):
         SAEFeatureMethod().prepare(model, concepts[0], concepts[1:])
+
+
+def test_train_sae_cli_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    import hooksteer
+    from analysis.cli_sae import add_parser
+
+    monkeypatch.setattr(hooksteer, "load_model", lambda *a, **k: tiny_model("llama"))
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "sae"
+    args = parser.parse_args(["train-sae", "--hook", HOOK, "--d-sae", "32", "--k", "4", "--tokens", "2048",
+                              "--context-size", "32", "--batch-tokens", "256", "--corpora", "wiki",
+                              "--heldout-texts", "5", "--eval-tokens", "300", "--out", str(out), "--no-progress"])
+    assert args.func(args) == 0
+    assert "explained variance" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"] == "train-sae" and config["resolved"]["d_sae"] == 32
+    assert load_sae(out).cfg.d_sae == 32 and (out / "metrics.json").is_file()
