@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -330,9 +331,8 @@ def train_sae(
     with _quiet_sae_lens(), torch.enable_grad():
         runner = sae_lens.LanguageModelSAETrainingRunner(config, override_dataset=dataset, override_model=model,
                                                          override_sae=initial)
-        if not progress:
-            _silence_tqdm()
-        runner.run()
+        with _progress_bars(progress):
+            runner.run()
     sae = sae_lens.SAE.load_from_disk(out, device=settings.device)
     metrics = evaluate_sae(model, sae, heldout, context_size=settings.context_size,
                            max_tokens=settings.eval_tokens, progress=progress)
@@ -385,10 +385,18 @@ class _quiet_sae_lens:
         self._logger.setLevel(self._level)
 
 
-def _silence_tqdm() -> None:
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Disable sae-lens' training progress bar for the run (restored afterwards)."""
     import sae_lens.training.sae_trainer as trainer_module
 
-    trainer_module.tqdm = lambda *a, **k: tqdm(*a, **{**k, "disable": True})  # type: ignore[assignment]
+    original = trainer_module.tqdm
+    if not enabled:
+        trainer_module.tqdm = lambda *a, **k: original(*a, **{**k, "disable": True})  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        trainer_module.tqdm = original
 
 
 # ---------------------------------------------------------------------------- evaluation
