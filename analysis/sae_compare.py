@@ -95,6 +95,9 @@ class VectorComparison:
         top_features / top_cosines: the ``k`` features with the largest cosine (descending).
         encoding: the SAE's feature activations for the vector (see :func:`compare_vector`).
         encoding_l0: number of non-zero entries of ``encoding``.
+        encoding_participation: ``(Σ|e|)² / Σe²`` — how many features effectively carry the encoding (1 = one
+            feature, ``d_sae`` = all equally); unlike L0 it ignores tiny entries (the ``"delta"`` encoding
+            of a TopK SAE touches most features a little, because adding a vector reshuffles the top-k).
         reconstruction: the SAE's reconstruction of the vector from ``encoding``.
         reconstruction_error: ``‖reconstruction - vector‖ / ‖vector‖``.
         reconstruction_cosine: cosine between reconstruction and vector.
@@ -108,6 +111,7 @@ class VectorComparison:
     top_cosines: list[float]
     encoding: Float[Tensor, " d_sae"]
     encoding_l0: int
+    encoding_participation: float
     reconstruction: Float[Tensor, " d_model"]
     reconstruction_error: float
     reconstruction_cosine: float
@@ -120,7 +124,8 @@ class VectorComparison:
             "hook_name": self.hook_name, "vector_norm": self.vector_norm,
             "top_features": self.top_features, "top_cosines": self.top_cosines,
             "max_abs_cosine": float(self.cosines.abs().max()), "encoding_mode": self.encoding_mode,
-            "encoding_l0": self.encoding_l0, "top_encoded": self.top_encoded,
+            "encoding_l0": self.encoding_l0, "encoding_participation": self.encoding_participation,
+            "top_encoded": self.top_encoded,
             "reconstruction_error": self.reconstruction_error,
             "reconstruction_cosine": self.reconstruction_cosine,
         }
@@ -196,6 +201,7 @@ def compare_vector(
         top_cosines=top.values.tolist(),
         encoding=encoding.cpu(),
         encoding_l0=int(nonzero.sum()),
+        encoding_participation=float(encoding.abs().sum() ** 2 / encoding.pow(2).sum()) if nonzero.any() else 0.0,
         reconstruction=reconstruction.cpu(),
         reconstruction_error=float((reconstruction - v).norm() / norm),
         reconstruction_cosine=float(F.cosine_similarity(reconstruction, v, dim=0)),

@@ -139,7 +139,8 @@ def main() -> int:
         print(f"\n== {name} (norm {vector.norm():.2f}, steered at norm {target_norm:.1f})")
         print("  top features by cosine:", ", ".join(f"{f} ({c:.3f})" for f, c in
                                                    zip(cmp.top_features, cmp.top_cosines, strict=True)))
-        print(f"  encoding (delta on prompt activations): L0 {delta.encoding_l0}, relative reconstruction "
+        print(f"  encoding (delta on prompt activations): L0 {delta.encoding_l0}, participation "
+              f"{delta.encoding_participation:.1f}, relative reconstruction "
               f"error {delta.reconstruction_error:.3f}, cosine {delta.reconstruction_cosine:.3f}")
         for feature in cmp.top_features[:3]:
             for s in snippets[feature][:2]:

@@ -147,6 +147,9 @@ def test_compare_vector_encoding_modes_and_errors(trained, corpus):
     vector = SteeringVector(HOOK, torch.randn(32, generator=torch.Generator().manual_seed(0)) * 5)
     direct = compare_vector(vector, sae, k=3)
     assert direct.encoding_mode == "direct" and direct.encoding_l0 <= 4  # TopK encodes at most k features
+    assert 1.0 <= direct.encoding_participation <= direct.encoding_l0 + 1e-4
+    row = compare_vector(SteeringVector(HOOK, sae.W_dec[9].detach() * 20), sae, k=1)
+    assert row.top_features == [9] and row.reconstruction_cosine > 0
     reference = torch.cat(list(collect_activations(model, corpus[:2], HOOK)))
     delta = compare_vector(vector, sae, k=3, reference=reference[1:])
     assert delta.encoding_mode == "delta" and delta.reconstruction.shape == (32,)
