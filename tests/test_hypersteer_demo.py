@@ -54,6 +54,7 @@ def test_demo_trains_saves_and_prints_three_columns(trained):
     saved = json.loads((out / GENERATIONS_FILE).read_text())
     assert saved["rows"] == report["rows"]
     assert report["eval_loss_before"] is not None and report["eval_loss_after"] is not None
+    assert -1.0 <= report["mean_vector_cosine"] <= 1.0 + 1e-6
     for row in report["rows"]:
         assert row["hypersteer_norm"] == pytest.approx(report["factor"] * report["residual_norm"], rel=1e-4)
 

@@ -219,9 +219,10 @@ def run_hypersteer_demo(
     unsteered = generate_texts(model, [request], **generation)[0]
     prompted = generate_texts(model, [steered_chat_prompt(model, c.steering_prompt, request) for c in concepts],
                               chat=False, **generation)
-    rows = []
+    rows, units = [], []
     for concept, prompt_steered in zip(concepts, prompted, strict=True):
         raw = hyper.vector(concept.steering_prompt, request)
+        units.append(raw.unit().vector)
         vector = raw.unit() * (factor * scale)
         with hs.steer(model, vector):
             hyper_steered = generate_texts(model, [request], **generation)[0]
@@ -234,7 +235,18 @@ def run_hypersteer_demo(
                    f"HyperSteer ({row['concept']}, held out)": row["hypersteer"]}
         print_fn(side_by_side(row["base_prompt"], columns))
         print_fn("")
-    report = {"hook_name": hook_name, "factor": factor, "residual_norm": scale, "trained_now": trained_now,
+    # how different are H's vectors for different concepts? (1.0 = H ignores the steering prompt)
+    stacked = torch.stack(units)
+    cosines = (stacked @ stacked.T)[~torch.eye(len(units), dtype=torch.bool)]
+    mean_cosine = float(cosines.mean()) if cosines.numel() else None
+    if mean_cosine is not None:
+        _log(f"Mean cosine similarity between HyperSteer's vectors for different held-out concepts: "
+             f"{mean_cosine:.3f} (near 1 means H does not yet tell the concepts apart)", verbose)
+    if len(rows) > 1 and len({row["hypersteer"] for row in rows}) == 1:
+        _log("Note: HyperSteer wrote the same answer for every held-out concept: this little training has not "
+             "taught H to distinguish concepts (train longer, e.g. benchmarks/hypersteer_eval.py --steps 200).",
+             verbose)
+    report = {"hook_name": hook_name, "mean_vector_cosine": mean_cosine, "factor": factor, "residual_norm": scale, "trained_now": trained_now,
               "steps": meta.get("steps"), "eval_loss_before": before, "eval_loss_after": after,
               "n_train_examples": meta.get("n_train_examples"), "rows": rows,
               "seconds": round(time.perf_counter() - started, 1), "hypersteer_dir": str(hyper_dir)}
