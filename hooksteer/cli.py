@@ -1,9 +1,9 @@
-"""Command-line interface: ``hooksteer demo | diffmean | generate``.
+"""Command-line interface: ``hooksteer demo | diffmean | generate | evaluate | train-hypersteer | train-psr | train-sae``.
 
 Every command that writes outputs saves its settings as ``config.json`` beside them.
 
 Example:
-    $ hooksteer demo                                   # love/hate DiffMean on the embedded model
+    $ hooksteer demo                                   # love/hate DiffMean + a small HyperSteer, embedded model
     $ hooksteer diffmean --contrast-set love_hate --hook blocks.10.hook_resid_post --out love.safetensors
     $ hooksteer generate --vector love.safetensors --coefficient 6 --prompt "Tell me about your day."
 """
@@ -106,6 +106,10 @@ def run_demo(args: argparse.Namespace) -> int:
         indent=2))
     save_config(out_dir, "demo", args, hook_name=hook_name, vector_norm=vector.norm())
     print(f"Saved vector, generations and config to {out_dir}/ ({time.perf_counter() - start:.0f} s)")
+    from hooksteer.hypersteer.demo import run_from_args as run_hypersteer_demo
+
+    if run_hypersteer_demo(model, args) is not None:
+        print(f"Demo finished in {time.perf_counter() - start:.0f} s")
     return 0
 
 
@@ -251,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", action="append", help="user prompt (repeatable)")
     demo.add_argument("--out", default="runs/demo")
     demo.set_defaults(func=run_demo)
+    from hooksteer.hypersteer.demo import add_arguments as add_hypersteer_demo_arguments
+
+    add_hypersteer_demo_arguments(demo)
 
     diff = commands.add_parser("diffmean", help="build and save a DiffMean vector")
     diff.add_argument("--model", default=DEFAULT_MODEL)
@@ -297,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     hyper.add_argument("--resume", help="checkpoint folder to continue from, or 'latest'")
     hyper.add_argument("--no-progress", action="store_true", help="no progress bar")
     hyper.set_defaults(func=run_train_hypersteer)
+    from analysis.cli_sae import add_parser as add_train_sae_parser
+    from hooksteer.psr.cli import add_parser as add_train_psr_parser
+
+    add_train_psr_parser(commands)
+    add_train_sae_parser(commands)
     return parser
 
 

@@ -51,7 +51,8 @@ def test_side_by_side_has_one_column_per_generation():
 
 def test_demo_command_writes_vector_generations_and_config(tiny_default_model, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--max-new-tokens", "4", "--prompt", "hello there"]) == 0
+    assert cli.main(["demo", "--out", str(out), "--max-new-tokens", "4", "--prompt", "hello there",
+                     "--no-hypersteer"]) == 0
     printed = capsys.readouterr().out
     assert "PROMPT: hello there" in printed and "unsteered" in printed
     vector = hs.SteeringVector.load(out / "vector.safetensors", model=tiny_default_model)
@@ -60,6 +61,31 @@ def test_demo_command_writes_vector_generations_and_config(tiny_default_model, t
     assert generations[0]["prompt"] == "hello there" and len(generations[0]) == 4
     config = json.loads((out / "config.json").read_text())
     assert config["command"] == "demo" and config["settings"]["coefficient"] == 4.0
+
+
+def test_demo_command_runs_the_hypersteer_demo_with_its_options(tiny_default_model, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("hooksteer.hypersteer.demo.run_hypersteer_demo",
+                        lambda model, **kwargs: calls.append((model, kwargs)) or {"seconds": 0.0})
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--max-new-tokens", "3", "--prompt", "hi", "--one-sign",
+                     "--hypersteer-steps", "5", "--hypersteer-held-out", "2", "--hypersteer-factor", "0.7"]) == 0
+    assert len(calls) == 1
+    model, kwargs = calls[0]
+    assert model is tiny_default_model
+    assert kwargs["steps"] == 5 and kwargs["held_out"] == 2 and kwargs["factor"] == 0.7
+    assert kwargs["out_dir"] == str(out) and kwargs["max_new_tokens"] == 3
+    calls.clear()
+    assert cli.main(["demo", "--out", str(out), "--max-new-tokens", "3", "--prompt", "hi", "--no-hypersteer"]) == 0
+    assert calls == []
+
+
+def test_train_psr_and_train_sae_commands_are_registered():
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"train-psr", "train-sae"} <= set(commands)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-sae", "--no-such-option"])
 
 
 def test_diffmean_then_generate_commands(tiny_default_model, tmp_path, capsys):

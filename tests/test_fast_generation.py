@@ -113,3 +113,21 @@ def test_twin_hooks_are_removed_after_generation_and_after_errors(tiny_bridge, v
             _tokens(tiny_bridge, fast=True)
     assert count() == before
     assert installed_hook_count(tiny_bridge) == 0
+
+
+def test_psr_steering_takes_the_fast_path_and_matches_the_hookpoint_path(tiny_bridge):
+    from hooksteer.psr import PSR, PSRConfig
+
+    d_model = tiny_bridge.cfg.d_model
+    g = torch.Generator().manual_seed(5)
+    psr = PSR(PSRConfig(layers=[1], d_model=d_model, positions="all"))
+    psr.set_layer(1, weight=torch.randn(d_model, generator=g), bias=0.5, z=torch.randn(d_model, generator=g) * 4)
+    unsteered = _tokens(tiny_bridge, fast=True)
+    with psr.steer(tiny_bridge, 3.0):
+        plan = fast_path_hooks(tiny_bridge)
+        assert plan is not None and len(plan) == 1, "PSR hooks are hooksteer's own: the fast path applies"
+        fast = _tokens(tiny_bridge, fast=True)
+        slow = _tokens(tiny_bridge, fast=False)
+    assert fast == slow
+    assert fast != unsteered
+    assert fast_path_hooks(tiny_bridge) == []

@@ -34,7 +34,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooksteer.hooks import AddGated, PositionSpec, ReluGate, add_gated, check_hook_name, track_positions
+from hooksteer.hooks import (
+    AddGated,
+    PositionSpec,
+    PositionTracker,
+    ReluGate,
+    add_gated,
+    apply_steering_hooks,
+    check_hook_name,
+)
 from hooksteer.psr.teacher import hook_name
 from hooksteer.vectors import check_finite
 
@@ -215,13 +223,16 @@ class PSR(nn.Module):
               positions: PositionSpec | None = None) -> Iterator[list[tuple[str, AddGated]]]:
         """Install the PSR on ``model`` while the block runs (KV-cache safe; hooks removed on exit).
 
+        Installed through :func:`hooksteer.hooks.apply_steering_hooks`, so ``generate_texts`` on a
+        TransformerBridge keeps its fast path while a PSR steers.
+
         Yields the installed hooks; ``hook.last_gate`` holds the λ·α of the latest forward pass.
         """
         self.check_model(model)
-        with track_positions(model) as tracker:
-            fwd_hooks = self.hooks(alpha, positions=positions, tracker=tracker)
-            with model.hooks(fwd_hooks=fwd_hooks):
-                yield fwd_hooks
+        tracker = PositionTracker()
+        fwd_hooks = self.hooks(alpha, positions=positions, tracker=tracker)
+        with apply_steering_hooks(model, fwd_hooks, tracker):
+            yield fwd_hooks
 
     def check_model(self, model: nn.Module) -> None:
         d_model = int(model.cfg.d_model)
