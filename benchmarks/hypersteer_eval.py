@@ -37,11 +37,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
-import platform
-import random
 import statistics
 import sys
 import time
@@ -52,8 +48,12 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):  # hooksteer / analysis, and common.py (also when loaded via importlib)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+import common  # noqa: E402
+from common import fmt, log  # noqa: E402
+
 DEFAULT_OUT = REPO / "runs" / "benchmarks" / "hypersteer_eval"
 
 
@@ -123,93 +123,28 @@ def tiny_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             "factors": [0.5, 2.0], "max_new_tokens": 4, "timing_vectors": 2, "timing_concepts": 2,
             "n_blocks": 1, "lr": 1e-3, "warmup_steps": 0, "teacher_min_concept": 0.0,
             "teacher_min_fluency": 0.0}
-    for key, value in tiny.items():
-        if getattr(args, key) == parser.get_default(key):
-            setattr(args, key, value)
-
-
-# ============================================================================ tiny stand-ins
-TINY_WORDS = ("river", "castle", "music", "garden", "winter", "engine", "forest", "planet", "bread", "ocean",
-              "mountain", "library", "summer", "market", "bridge", "island")
-
-
-def tiny_concepts(n: int) -> list[Any]:
-    """Hand-made concepts for ``--tiny`` (not real data: only the wiring is being tested)."""
-    from hooksteer.data.concepts import steering_prompts_for
-    from hooksteer.data.schema import Concept
-
-    if n > len(TINY_WORDS):
-        raise SystemExit(f"--tiny supports at most {len(TINY_WORDS)} concepts")
-    return [Concept(id=w, title=w.capitalize(), description=f"tiny concept {w}",
-                    steering_prompts=steering_prompts_for(w.capitalize()), source="hand-made (tiny benchmark)",
-                    text=(f"The {w} is a thing people talk about. Every {w} has a long story behind it. "
-                          f"Many people like the {w} very much."))
-            for w in TINY_WORDS[:n]]
-
-
-class KeywordJudge:
-    """Cheap deterministic judge for ``--tiny``: concept 2 if the concept's title word is in the output, else
-    0.5; instruction 1; fluency from the share of distinct word bigrams. Not a real judge."""
-
-    name = "keyword (tiny)"
-
-    def rate(self, concept: str, instruction: str, outputs: Sequence[str]) -> list[Any]:
-        from hooksteer.evaluate.base import JudgeScores
-        from hooksteer.evaluate.judges import distinct_bigram_ratio
-
-        word = str(getattr(concept, "title", concept)).split(" (")[0].lower()
-        return [JudgeScores(concept=2.0 if word in o.lower() else 0.5, instruction=1.0,
-                            fluency=min(2.0, max(0.1, 2.0 * distinct_bigram_ratio(o)))) for o in outputs]
+    common.apply_tiny_defaults(args, parser, tiny)
 
 
 # ============================================================================ steps
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def load_data(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     """All concepts needed (train + held-out) and all base prompts."""
-    from hooksteer.data.base_prompts import load_base_prompts, load_templated
-
     n_concepts = args.train_concepts + args.held_out
-    if args.tiny:
-        concepts = tiny_concepts(n_concepts)
-        prompts = load_templated()
-    else:
-        from hooksteer.data.concepts import load_concepts
-
-        concepts = load_concepts(limit=n_concepts, seed=args.concept_seed)
-        prompts = load_base_prompts(args.prompt_sources)
+    concepts, prompts = common.load_concepts_and_prompts(args, n_concepts)
     n_prompts = args.train_prompts + args.eval_prompts
     if len(concepts) < n_concepts or len(prompts) < n_prompts:
         raise SystemExit(f"need {n_concepts} concepts and {n_prompts} base prompts, have {len(concepts)} and "
                          f"{len(prompts)}")
     # choose the prompts used by the split deterministically (split seed), so that the split has exactly
     # train_prompts + eval_prompts of them
-    picked = sorted(prompts, key=lambda p: p.id)
-    random.Random(f"{args.seed}-prompt-pool").shuffle(picked)
-    return concepts, picked[:n_prompts]
-
-
-def make_judge(args: argparse.Namespace, model: Any) -> Any:
-    if args.tiny:
-        return KeywordJudge()
-    from hooksteer.evaluate.judges import EmbeddingJudge, LMPerplexity
-
-    # fluency scorer = the same (unsteered) base model: no hook is active when the judge runs
-    return EmbeddingJudge(perplexity=LMPerplexity(model))
+    return concepts, common.pick_prompts(prompts, args.seed, n_prompts)
 
 
 def teacher_examples(args: argparse.Namespace, model: Any, judge: Any, concepts: Sequence[Any],
                      prompts: Sequence[Any], cache: Path) -> tuple[list[Any], dict[str, Any]]:
-    from hooksteer.data.teacher import TeacherConfig, generate_teacher_targets
-
-    config = TeacherConfig(n_candidates=args.teacher_candidates, max_new_tokens=args.teacher_tokens,
-                           temperature=args.teacher_temperature, seed=args.seed, batch_size=args.teacher_batch,
-                           min_concept=args.teacher_min_concept, min_fluency=args.teacher_min_fluency)
-    pairs = [(c, p) for c in concepts for p in prompts]
-    result = generate_teacher_targets(model, pairs, judge, config, cache_path=cache, progress=not args.tiny)
-    return result.examples, {**result.stats, "settings": dataclasses.asdict(config)}
+    """Teacher examples for every (concept, prompt) pair, and the generation stats."""
+    result, stats = common.teacher_targets(args, model, judge, concepts, prompts, cache)
+    return result.examples, stats
 
 
 def train_variant(args: argparse.Namespace, model: Any, variant: str, train: list[Any], held: list[Any],
@@ -288,14 +223,6 @@ def role_summary(result: Any, roles: dict[str, str]) -> dict[str, dict[str, dict
 
 
 # ============================================================================ report
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def markdown(report: dict[str, Any]) -> str:
     from hooksteer.evaluate.report import table
 
@@ -313,11 +240,7 @@ def markdown(report: dict[str, Any]) -> str:
         if not rows:
             continue
         lines += [f"## {title}", ""]
-        body = [[m, fmt(r["concept"]), fmt(r["instruction"]), fmt(r["fluency"]), fmt(r["score"]),
-                 ", ".join(fmt(f, 2) for f in r["chosen_factors"]), str(r["collapsed_cells"])]
-                for m, r in sorted(rows.items(), key=lambda kv: -kv[1]["score"])]
-        lines.append(table(body, ("method", "concept", "instruction", "fluency", "steering score",
-                                  "chosen factors", "collapsed cells")))
+        lines.append(common.score_table(rows))
         lines.append("")
     lines += ["## Training", ""]
     body = [[v["variant"], str(v["steps"]), str(v["n_train_examples"]), fmt(v.get("train_loss_end")),
@@ -345,10 +268,10 @@ def verdict(scores: dict[str, dict[str, dict[str, float]]]) -> str:
         rows = scores.get(role)
         if not rows:
             continue
-        ranked = sorted(rows.items(), key=lambda kv: -kv[1]["score"])
+        ranked = common.rank_by_score(rows)
         best, best_row = ranked[0]
         ties = [m for m, r in ranked if abs(r["score"] - best_row["score"]) < 1e-9]
-        order = " > ".join(f"{m} {r['score']:.3f}" for m, r in ranked)
+        order = common.ranking_text(ranked)
         n = int(best_row["n_concepts"])
         head = f"tie between {', '.join(ties)}" if len(ties) > 1 else f"**{best}** wins"
         parts.append(f"On {label} concepts ({n}): {head} ({order}).")
@@ -359,37 +282,24 @@ def verdict(scores: dict[str, dict[str, dict[str, float]]]) -> str:
 # ============================================================================ main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    began = time.perf_counter()
+    began = common.start_run(args)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
 
-    import hooksteer as hs
-    from hooksteer.data.splits import make_split
     from hooksteer.evaluate.methods import DiffMeanMethod, PromptSteering, pool_texts_for
-    from hooksteer.evaluate.protocol import evaluate
     from hooksteer.hypersteer.evaluation import HyperSteerMethod
 
     # ---- model, data, split
     log("loading model and data ...")
-    if args.tiny:
-        from hooksteer.testing import tiny_model
-
-        model = tiny_model("llama", seed=args.seed)
-    else:
-        model = hs.load_model(args.model) if args.model else hs.load_model(progress=False)
-    model.requires_grad_(False)
-    model.eval()
+    model = common.load_model(args.tiny, args.seed, args.model)
     concepts, prompts = load_data(args)
-    split = make_split(concepts, prompts, seed=args.seed, held_out=args.held_out, held_in=args.held_in,
-                       eval_prompts=args.eval_prompts)
-    split.save(out / "split.json")
+    split = common.save_split(concepts, prompts, out / "split.json", seed=args.seed, held_out=args.held_out,
+                              held_in=args.held_in, eval_prompts=args.eval_prompts)
     train_concepts = split.select(concepts, split.train_concepts)
     held_out = split.select(concepts, split.held_out_concepts)
     held_in = [] if args.no_held_in else split.select(concepts, split.held_in_concepts)
     train_prompts = split.select(prompts, split.train_prompts)
     eval_prompts = split.select(prompts, split.eval_prompts)
-    judge = make_judge(args, model)
+    judge = common.make_judge(args.tiny, model)
 
     # ---- teacher targets
     cache = args.teacher_cache or out / "teacher.jsonl"
@@ -432,11 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     roles = {c.id: "held_out" for c in held_out} | {c.id: "held_in" for c in held_in}
     log(f"evaluating {[m.name for m in methods]} on {len(held_out)} held-out + {len(held_in)} held-in concepts × "
         f"{len(eval_prompts)} prompts, factors {args.factors} ...")
-    start = time.perf_counter()
-    result = evaluate(model, methods, eval_concepts, eval_prompts, judge=judge, factors=args.factors,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, seed=args.seed,
-                      out_dir=out / "evaluation", progress=not args.tiny)
-    eval_seconds = time.perf_counter() - start
+    result, eval_seconds = common.run_evaluation(args, model, methods, eval_concepts, eval_prompts, judge)
     scores = role_summary(result, roles)
 
     # ---- timing
@@ -452,13 +358,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             hyper_info[c.method].setdefault("natural_factor", []).append(c.info["natural_factor"])
             hyper_info[c.method].setdefault("mean_delta_norm", []).append(c.info["mean_delta_norm"])
     report = {
-        "benchmark": "hypersteer_eval",
-        "command": " ".join(["benchmarks/hypersteer_eval.py", *(sys.argv[1:] if argv is None else list(argv))]),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "machine": platform.platform(), "device": "cpu"},
-        "model": str(getattr(model.cfg, "model_name", "tiny")),
-        "judge": getattr(judge, "name", type(judge).__name__),
+        **common.run_info("hypersteer_eval", args, argv, model, judge),
         "data": {"n_train_concepts": len(train_concepts), "n_train_prompts": len(train_prompts),
                  "n_held_out": len(held_out), "n_held_in": len(held_in), "n_eval_prompts": len(eval_prompts),
                  "n_train_examples": len(train_examples), "n_eval_loss_examples": len(eval_examples),
@@ -474,12 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": time.perf_counter() - began},
     }
     report["verdict"] = verdict(scores)
-    report["seconds"]["total"] = time.perf_counter() - began
-    (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
-    text = markdown(report)
-    (out / "results.md").write_text(text)
-    print(text)
-    log(f"done in {report['seconds']['total']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
+    common.save_report(report, out, began, markdown)
     return report
 
 

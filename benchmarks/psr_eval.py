@@ -32,11 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
-import platform
-import random
 import statistics
 import sys
 import time
@@ -47,8 +43,12 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):  # hooksteer / analysis, and common.py (also when loaded via importlib)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+import common  # noqa: E402
+from common import fmt, log  # noqa: E402
+
 DEFAULT_OUT = REPO / "runs" / "benchmarks" / "psr_eval"
 
 
@@ -90,9 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         tiny = {"concepts": 2, "train_prompts": 3, "eval_prompts": 2, "teacher_tokens": 8, "steps_closed": 20,
                 "steps": 3, "factors": [0.5, 2.0], "max_new_tokens": 4, "teacher_min_concept": 0.0,
                 "teacher_min_fluency": 0.0}
-        for key, value in tiny.items():
-            if getattr(args, key) == p.get_default(key):
-                setattr(args, key, value)
+        common.apply_tiny_defaults(args, p, tiny)
     if args.eval_prompts < 2:
         p.error("--eval-prompts must be >= 2")
     if args.out is None:
@@ -100,51 +98,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def load_data(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
-    from hooksteer.data.base_prompts import load_base_prompts, load_templated
-
-    if args.tiny:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from hypersteer_eval import tiny_concepts
-
-        concepts, prompts = tiny_concepts(args.concepts), load_templated()
-    else:
-        from hooksteer.data.concepts import load_concepts
-
-        concepts = load_concepts(limit=args.concepts, seed=args.concept_seed)
-        prompts = load_base_prompts(args.prompt_sources)
+    """The ``--concepts`` concepts and the train + eval base prompts."""
+    concepts, prompts = common.load_concepts_and_prompts(args, args.concepts)
     n_prompts = args.train_prompts + args.eval_prompts
-    picked = sorted(prompts, key=lambda p: p.id)
-    random.Random(f"{args.seed}-prompt-pool").shuffle(picked)
-    if len(picked) < n_prompts:
-        raise SystemExit(f"need {n_prompts} base prompts, have {len(picked)}")
-    return concepts, picked[:n_prompts]
+    if len(prompts) < n_prompts:
+        raise SystemExit(f"need {n_prompts} base prompts, have {len(prompts)}")
+    return concepts, common.pick_prompts(prompts, args.seed, n_prompts)
 
 
-def make_judge(args: argparse.Namespace, model: Any) -> Any:
-    if args.tiny:
-        from hypersteer_eval import KeywordJudge
-
-        return KeywordJudge()
-    from hooksteer.evaluate.judges import EmbeddingJudge, LMPerplexity
-
-    return EmbeddingJudge(perplexity=LMPerplexity(model))
-
-
-def teacher_examples(args, model, judge, concepts, prompts, cache) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    from hooksteer.data.teacher import TeacherConfig, generate_teacher_targets
-
-    config = TeacherConfig(n_candidates=args.teacher_candidates, max_new_tokens=args.teacher_tokens,
-                           temperature=args.teacher_temperature, seed=args.seed, batch_size=args.teacher_batch,
-                           min_concept=args.teacher_min_concept, min_fluency=args.teacher_min_fluency)
-    result = generate_teacher_targets(model, [(c, p) for c in concepts for p in prompts], judge, config,
-                                      cache_path=cache, progress=not args.tiny)
+def teacher_examples(args: argparse.Namespace, model: Any, judge: Any, concepts: Sequence[Any],
+                     prompts: Sequence[Any], cache: Path) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Teacher examples per concept id (every (concept, prompt) pair tried), and the generation stats."""
+    result, stats = common.teacher_targets(args, model, judge, concepts, prompts, cache)
     by_concept = {c.id: [e for e in result.examples if e.concept_id == c.id] for c in concepts}
-    return by_concept, {**result.stats, "settings": dataclasses.asdict(config)}
+    return by_concept, stats
 
 
 def teacher_analysis(records: Sequence[Any], layer: int, diffmean_unit: torch.Tensor | None) -> dict[str, float]:
@@ -184,12 +152,6 @@ def draw_heatmap(model: Any, record: Any, psrs: dict[str, Any], layer: int, path
     return corr
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def markdown(report: dict[str, Any]) -> str:
     from hooksteer.evaluate.report import table
 
@@ -201,11 +163,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['data']['n_train_prompts']} train prompts ({report['data']['n_teacher_examples']} accepted "
              f"examples); evaluated on {report['data']['n_eval_prompts']} held-out prompts (factor chosen on half, "
              "scored on the other half).", "", "## Steering scores (report half, chosen factor)", ""]
-    body = [[m, fmt(r["concept"]), fmt(r["instruction"]), fmt(r["fluency"]), fmt(r["score"]),
-             ", ".join(fmt(f, 2) for f in r["chosen_factors"]), str(r["collapsed_cells"])]
-            for m, r in sorted(report["scores"].items(), key=lambda kv: -kv[1]["score"])]
-    lines.append(table(body, ("method", "concept", "instruction", "fluency", "steering score", "chosen factors",
-                              "collapsed cells")))
+    lines.append(common.score_table(report["scores"]))
     lines += ["", "## Teacher: how concentrated prompt steering is over tokens", ""]
     body = [[c, str(t["n_tokens"]), fmt(t["top10_share"]), fmt(t["gini"]), fmt(t["max_over_median"], 2),
              fmt(t["mean_delta_norm"], 1), fmt(t["mean_resid_norm"], 1), fmt(t.get("cos_delta_diffmean")),
@@ -226,8 +184,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def verdict(scores: dict[str, dict[str, Any]], n: int) -> str:
-    ranked = sorted(scores.items(), key=lambda kv: -kv[1]["score"])
-    order = " > ".join(f"{m} {r['score']:.3f}" for m, r in ranked)
+    order = common.ranking_text(common.rank_by_score(scores))
     psr = {m: r["score"] for m, r in scores.items() if "psr" in m}
     parts = [f"Ranking ({n} concepts): {order}."]
     if "prompt" in scores and psr:
@@ -243,39 +200,26 @@ def verdict(scores: dict[str, dict[str, Any]], n: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    began = time.perf_counter()
+    began = common.start_run(args)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
 
-    import hooksteer as hs
-    from hooksteer.data.splits import make_split
     from hooksteer.evaluate.methods import DiffMeanMethod, PromptSteering, pool_texts_for
-    from hooksteer.evaluate.protocol import evaluate
     from hooksteer.hypersteer.config import default_layer
     from hooksteer.psr import PSRConfig
     from hooksteer.psr.evaluation import PSRMethod, PSRTeacherData
 
     log("loading model and data ...")
-    if args.tiny:
-        from hooksteer.testing import tiny_model
-
-        model = tiny_model("llama", seed=args.seed)
-    else:
-        model = hs.load_model(progress=False)
-    model.requires_grad_(False)
-    model.eval()
+    model = common.load_model(args.tiny, args.seed)
     n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
     layer = args.layer if args.layer is not None else default_layer(n_layers)
     apsr_layers = args.apsr_layers or list(range(max(0, layer - 6), layer + 1))
     concepts, prompts = load_data(args)
-    split = make_split(concepts, prompts, seed=args.seed, held_out=len(concepts), held_in=0,
-                       eval_prompts=args.eval_prompts)
-    split.save(out / "split.json")
+    split = common.save_split(concepts, prompts, out / "split.json", seed=args.seed, held_out=len(concepts),
+                              held_in=0, eval_prompts=args.eval_prompts)
     eval_concepts = split.select(concepts, split.held_out_concepts)
     train_prompts = split.select(prompts, split.train_prompts)
     eval_prompts = split.select(prompts, split.eval_prompts)
-    judge = make_judge(args, model)
+    judge = common.make_judge(args.tiny, model)
 
     log(f"teacher targets: {len(eval_concepts)} concepts × {len(train_prompts)} train prompts ...")
     start = time.perf_counter()
@@ -291,14 +235,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     data = PSRTeacherData(model, examples, layers=sorted({layer, *apsr_layers}),
                           max_response_tokens=args.teacher_tokens)
-    common = {"d_model": d_model, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+    shared = {"d_model": d_model, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
               "regulariser": args.regulariser}
     psr_methods = [
-        PSRMethod(data, PSRConfig(layers=[layer], variant="single", loss="mse", steps=args.steps_closed, **common)),
-        PSRMethod(data, PSRConfig(layers=[layer], variant="single", loss="likelihood", steps=args.steps, **common)),
-        PSRMethod(data, PSRConfig(layers=apsr_layers, variant="adaptive", loss="mse", steps=args.steps, **common)),
+        PSRMethod(data, PSRConfig(layers=[layer], variant="single", loss="mse", steps=args.steps_closed, **shared)),
+        PSRMethod(data, PSRConfig(layers=[layer], variant="single", loss="likelihood", steps=args.steps, **shared)),
+        PSRMethod(data, PSRConfig(layers=apsr_layers, variant="adaptive", loss="mse", steps=args.steps, **shared)),
         PSRMethod(data, PSRConfig(layers=apsr_layers, variant="adaptive", loss="likelihood", steps=args.steps,
-                                  **common)),
+                                  **shared)),
     ]
     texts_for = pool_texts_for(list(concepts))
     diffmean = DiffMeanMethod(layer=layer, texts_for=texts_for)
@@ -311,11 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     log(f"evaluating {[m.name for m in methods]} on {len(eval_concepts)} concepts × {len(eval_prompts)} held-out "
         f"prompts, factors {args.factors} (PSRs train inside prepare()) ...")
-    start = time.perf_counter()
-    result = evaluate(model, methods, eval_concepts, eval_prompts, judge=judge, factors=args.factors,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, seed=args.seed,
-                      out_dir=out / "evaluation", progress=not args.tiny)
-    eval_seconds = time.perf_counter() - start
+    result, eval_seconds = common.run_evaluation(args, model, methods, eval_concepts, eval_prompts, judge)
     summary = result.summary()
     scores = {}
     for method in result.methods:
@@ -343,12 +283,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                           "fit_lambda_delta_pearson", "fit_lambda_delta_spearman",
                                           "fit_dead_share", "natural_factor", "train_seconds")}
     report = {
-        "benchmark": "psr_eval",
-        "command": " ".join(["benchmarks/psr_eval.py", *(sys.argv[1:] if argv is None else list(argv))]),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "machine": platform.platform(), "device": "cpu"},
-        "model": str(getattr(model.cfg, "model_name", "tiny")), "judge": getattr(judge, "name", type(judge).__name__),
+        **common.run_info("psr_eval", args, argv, model, judge),
         "layer": layer, "apsr_layers": apsr_layers,
         "data": {"n_concepts": len(eval_concepts), "concepts": [c.id for c in eval_concepts],
                  "n_train_prompts": len(train_prompts), "n_eval_prompts": len(eval_prompts),
@@ -363,12 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seconds": {"teacher": teacher_seconds, "evaluate_incl_training": eval_seconds},
     }
     report["verdict"] = verdict(scores, len(eval_concepts))
-    report["seconds"]["total"] = time.perf_counter() - began
-    (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
-    text = markdown(report)
-    (out / "results.md").write_text(text)
-    print(text)
-    log(f"done in {report['seconds']['total']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
+    common.save_report(report, out, began, markdown)
     return report
 
 

@@ -1,0 +1,218 @@
+"""Setup and reporting shared by ``hypersteer_eval.py`` and ``psr_eval.py``.
+
+Model loading (tiny random model or the embedded one), the ``--tiny`` stand-ins (hand-made concepts and a keyword
+judge), base-prompt picking, the train / eval split, teacher targets (cached JSONL) and the common parts of the
+report (run information, score table, ranking text, saving ``results.json`` / ``results.md``).
+
+The scripts import it as a top-level module ``common`` (they put this folder on ``sys.path``), so it works both
+when they are run as ``python benchmarks/<script>.py`` and when tests load them with :mod:`importlib`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+# ============================================================================ small helpers
+def log(message: str) -> None:
+    """Print ``message`` with a wall-clock time stamp (flushed at once)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Format a table cell: floats with ``digits`` decimals, ``None`` / NaN as a dash, anything else as ``str``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def apply_tiny_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser, tiny: Mapping[str, Any]) -> None:
+    """Set each ``tiny`` setting the user left at its parser default (explicit flags win)."""
+    for key, value in tiny.items():
+        if getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
+
+
+# ============================================================================ tiny stand-ins
+TINY_WORDS = ("river", "castle", "music", "garden", "winter", "engine", "forest", "planet", "bread", "ocean",
+              "mountain", "library", "summer", "market", "bridge", "island")
+
+
+def tiny_concepts(n: int) -> list[Any]:
+    """Hand-made concepts for ``--tiny`` (not real data: only the wiring is being tested)."""
+    from hooksteer.data.concepts import steering_prompts_for
+    from hooksteer.data.schema import Concept
+
+    if n > len(TINY_WORDS):
+        raise SystemExit(f"--tiny supports at most {len(TINY_WORDS)} concepts")
+    return [Concept(id=w, title=w.capitalize(), description=f"tiny concept {w}",
+                    steering_prompts=steering_prompts_for(w.capitalize()), source="hand-made (tiny benchmark)",
+                    text=(f"The {w} is a thing people talk about. Every {w} has a long story behind it. "
+                          f"Many people like the {w} very much."))
+            for w in TINY_WORDS[:n]]
+
+
+class KeywordJudge:
+    """Cheap deterministic judge for ``--tiny``: concept 2 if the concept's title word is in the output, else
+    0.5; instruction 1; fluency from the share of distinct word bigrams. Not a real judge."""
+
+    name = "keyword (tiny)"
+
+    def rate(self, concept: str, instruction: str, outputs: Sequence[str]) -> list[Any]:
+        from hooksteer.evaluate.base import JudgeScores
+        from hooksteer.evaluate.judges import distinct_bigram_ratio
+
+        word = str(getattr(concept, "title", concept)).split(" (")[0].lower()
+        return [JudgeScores(concept=2.0 if word in o.lower() else 0.5, instruction=1.0,
+                            fluency=min(2.0, max(0.1, 2.0 * distinct_bigram_ratio(o)))) for o in outputs]
+
+
+def start_run(args: argparse.Namespace) -> float:
+    """Set torch's thread count to ``args.threads``, create the output folder ``args.out`` and return the start
+    time (:func:`time.perf_counter`)."""
+    torch.set_num_threads(args.threads)
+    began = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    return began
+
+
+# ============================================================================ model, data, judge
+def load_model(tiny: bool, seed: int, name: str | None = None) -> Any:
+    """The frozen base model in eval mode: a tiny random llama with ``tiny``, else ``name`` (default: the
+    embedded SmolLM2-135M-Instruct)."""
+    if tiny:
+        from hooksteer.testing import tiny_model
+
+        model = tiny_model("llama", seed=seed)
+    else:
+        import hooksteer as hs
+
+        model = hs.load_model(name) if name else hs.load_model(progress=False)
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def load_concepts_and_prompts(args: argparse.Namespace, n_concepts: int) -> tuple[list[Any], list[Any]]:
+    """``n_concepts`` concepts and every base prompt: tiny stand-ins and the templated prompts with
+    ``args.tiny``, else Wikipedia concepts (``args.concept_seed``) and ``args.prompt_sources``."""
+    from hooksteer.data.base_prompts import load_base_prompts, load_templated
+
+    if args.tiny:
+        return tiny_concepts(n_concepts), load_templated()
+    from hooksteer.data.concepts import load_concepts
+
+    return load_concepts(limit=n_concepts, seed=args.concept_seed), load_base_prompts(args.prompt_sources)
+
+
+def pick_prompts(prompts: Sequence[Any], seed: int, n: int) -> list[Any]:
+    """``n`` base prompts chosen deterministically from ``seed`` (independent of the input order)."""
+    picked = sorted(prompts, key=lambda p: p.id)
+    random.Random(f"{seed}-prompt-pool").shuffle(picked)
+    return picked[:n]
+
+
+def make_judge(tiny: bool, model: Any) -> Any:
+    """The judge: :class:`KeywordJudge` with ``tiny``, else the embedding judge whose fluency scorer is the same
+    (unsteered) base model (no hook is active when the judge runs)."""
+    if tiny:
+        return KeywordJudge()
+    from hooksteer.evaluate.judges import EmbeddingJudge, LMPerplexity
+
+    return EmbeddingJudge(perplexity=LMPerplexity(model))
+
+
+def save_split(concepts: Sequence[Any], prompts: Sequence[Any], path: Path, *, seed: int, held_out: int,
+               held_in: int, eval_prompts: int) -> Any:
+    """Split concepts and base prompts with :func:`hooksteer.data.splits.make_split` and save it to ``path``."""
+    from hooksteer.data.splits import make_split
+
+    split = make_split(concepts, prompts, seed=seed, held_out=held_out, held_in=held_in, eval_prompts=eval_prompts)
+    split.save(path)
+    return split
+
+
+def teacher_targets(args: argparse.Namespace, model: Any, judge: Any, concepts: Sequence[Any],
+                    prompts: Sequence[Any], cache: Path) -> tuple[Any, dict[str, Any]]:
+    """Judge-filtered teacher targets for every (concept, prompt) pair from the ``--teacher-*`` flags, cached in
+    the JSONL file ``cache``: the generation result and its stats (with the settings used)."""
+    from hooksteer.data.teacher import TeacherConfig, generate_teacher_targets
+
+    config = TeacherConfig(n_candidates=args.teacher_candidates, max_new_tokens=args.teacher_tokens,
+                           temperature=args.teacher_temperature, seed=args.seed, batch_size=args.teacher_batch,
+                           min_concept=args.teacher_min_concept, min_fluency=args.teacher_min_fluency)
+    pairs = [(c, p) for c in concepts for p in prompts]
+    result = generate_teacher_targets(model, pairs, judge, config, cache_path=cache, progress=not args.tiny)
+    return result, {**result.stats, "settings": dataclasses.asdict(config)}
+
+
+def run_evaluation(args: argparse.Namespace, model: Any, methods: Sequence[Any], concepts: Sequence[Any],
+                   prompts: Sequence[Any], judge: Any) -> tuple[Any, float]:
+    """One :func:`hooksteer.evaluate.protocol.evaluate` call (all methods, same judge, ``--factors``, ``--seed``,
+    generation flags; results under ``args.out / "evaluation"``): the result and the seconds it took."""
+    from hooksteer.evaluate.protocol import evaluate
+
+    start = time.perf_counter()
+    result = evaluate(model, methods, concepts, prompts, judge=judge, factors=args.factors,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, seed=args.seed,
+                      out_dir=args.out / "evaluation", progress=not args.tiny)
+    return result, time.perf_counter() - start
+
+
+# ============================================================================ report
+def run_info(benchmark: str, args: argparse.Namespace, argv: Sequence[str] | None, model: Any,
+             judge: Any) -> dict[str, Any]:
+    """The head of ``results.json``: benchmark name, command line, config, environment, model and judge."""
+    return {
+        "benchmark": benchmark,
+        "command": " ".join([f"benchmarks/{benchmark}.py", *(sys.argv[1:] if argv is None else list(argv))]),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "machine": platform.platform(), "device": "cpu"},
+        "model": str(getattr(model.cfg, "model_name", "tiny")),
+        "judge": getattr(judge, "name", type(judge).__name__),
+    }
+
+
+def rank_by_score(rows: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, Any]]:
+    """``(method, row)`` pairs, highest ``score`` first."""
+    return sorted(rows.items(), key=lambda kv: -kv[1]["score"])
+
+
+def ranking_text(ranked: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """``"a 0.900 > b 0.700"`` for ranked ``(method, row)`` pairs."""
+    return " > ".join(f"{m} {r['score']:.3f}" for m, r in ranked)
+
+
+def score_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of per-method steering scores (best first), chosen factors and collapsed cells."""
+    from hooksteer.evaluate.report import table
+
+    body = [[m, fmt(r["concept"]), fmt(r["instruction"]), fmt(r["fluency"]), fmt(r["score"]),
+             ", ".join(fmt(f, 2) for f in r["chosen_factors"]), str(r["collapsed_cells"])]
+            for m, r in rank_by_score(rows)]
+    return table(body, ("method", "concept", "instruction", "fluency", "steering score", "chosen factors",
+                        "collapsed cells"))
+
+
+def save_report(report: dict[str, Any], out: Path, began: float, markdown: Callable[[dict[str, Any]], str]) -> None:
+    """Stamp the total seconds since ``began``, write ``results.json`` and ``results.md`` under ``out`` and
+    print the markdown."""
+    report["seconds"]["total"] = time.perf_counter() - began
+    (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    text = markdown(report)
+    (out / "results.md").write_text(text)
+    print(text)
+    log(f"done in {report['seconds']['total']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
