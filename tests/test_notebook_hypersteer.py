@@ -10,7 +10,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.mark.real_model
-@pytest.mark.slow
 def test_hypersteer_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("HOOKSTEER_EXAMPLES_OUT", str(tmp_path))
     monkeypatch.setenv("HOOKSTEER_HYPERSTEER_STEPS", "8")

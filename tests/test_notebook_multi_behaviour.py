@@ -10,7 +10,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.mark.real_model
-@pytest.mark.slow
 def test_multi_behaviour_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("HOOKSTEER_EXAMPLES_OUT", str(tmp_path))
     notebook = nbformat.read(EXAMPLES / "multi_behaviour.ipynb", as_version=4)

@@ -1,5 +1,5 @@
 """examples/psr_token_heatmaps.ipynb runs top to bottom and saves its heatmap (tiny model by default; the
-embedded model in the slow real-model run)."""
+embedded model, in the default run)."""
 
 from pathlib import Path
 
@@ -29,6 +29,5 @@ def test_psr_notebook_tiny(tmp_path, monkeypatch):
 
 
 @pytest.mark.real_model
-@pytest.mark.slow
 def test_psr_notebook_real_model(tmp_path, monkeypatch):
     _run(tmp_path, monkeypatch, None)

@@ -11,7 +11,6 @@ FIGURES = ("sae_cosines.png", "sae_feature_heatmap.png", "sae_retained.png")
 
 
 @pytest.mark.real_model
-@pytest.mark.slow
 def test_sae_notebook_runs_and_saves_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("HOOKSTEER_EXAMPLES_OUT", str(tmp_path))
     monkeypatch.setenv("HOOKSTEER_SAE_DIR", str(tmp_path / "sae"))  # force the small-SAE training path
