@@ -89,17 +89,19 @@ def start_run(args: argparse.Namespace) -> float:
 
 
 # ============================================================================ model, data, judge
-def load_model(tiny: bool, seed: int, name: str | None = None) -> Any:
+def load_model(tiny: bool, seed: int, name: str | None = None, device: str | None = None) -> Any:
     """The frozen base model in eval mode: a tiny random llama with ``tiny``, else ``name`` (default: the
-    embedded SmolLM2-135M-Instruct)."""
+    embedded SmolLM2-135M-Instruct), on ``device`` (default: TransformerLens' choice, CUDA when available)."""
     if tiny:
         from hooksteer.testing import tiny_model
 
         model = tiny_model("llama", seed=seed)
+        if device is not None:
+            model = model.to(device)
     else:
         import hooksteer as hs
 
-        model = hs.load_model(name) if name else hs.load_model(progress=False)
+        model = hs.load_model(name, device=device) if name else hs.load_model(progress=False, device=device)
     model.requires_grad_(False)
     model.eval()
     return model
@@ -172,6 +174,14 @@ def run_evaluation(args: argparse.Namespace, model: Any, methods: Sequence[Any],
 
 
 # ============================================================================ report
+def _device_name(model: Any) -> str:
+    """``"cpu"``, or the accelerator's name (e.g. ``"cuda: NVIDIA H200"``) when the model lives on one."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
 def run_info(benchmark: str, args: argparse.Namespace, argv: Sequence[str] | None, model: Any,
              judge: Any) -> dict[str, Any]:
     """The head of ``results.json``: benchmark name, command line, config, environment, model and judge."""
@@ -180,7 +190,7 @@ def run_info(benchmark: str, args: argparse.Namespace, argv: Sequence[str] | Non
         "command": " ".join([f"benchmarks/{benchmark}.py", *(sys.argv[1:] if argv is None else list(argv))]),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "machine": platform.platform(), "device": "cpu"},
+                        "threads": torch.get_num_threads(), "machine": platform.platform(), "device": _device_name(model)},
         "model": str(getattr(model.cfg, "model_name", "tiny")),
         "judge": getattr(judge, "name", type(judge).__name__),
     }

@@ -45,28 +45,30 @@ PROMPTS = [
 CASES = ["hf", "bridge", "bridge+steer", "bridge+per_token", "hookpoints", "hookpoints+steer", "hooked", "hooked+steer"]
 
 
-def run_case(case: str, batch: int, new_tokens: int, repeats: int, tokens_out: str) -> dict:
+def run_case(case: str, batch: int, new_tokens: int, repeats: int, tokens_out: str, device: str | None = None) -> dict:
     import torch
 
     import hooksteer as hs
     from hooksteer.generation import chat_prompts, generate_tokens
 
     started = time.perf_counter()
+    device = device or "cpu"
     if case == "hf":
-        model, tokenizer = hs.models.load_hf_model()
+        model, tokenizer = hs.models.load_hf_model(device=device)
     elif case.startswith(("bridge", "hookpoints")):
-        model = hs.load_bridge()
+        model = hs.load_bridge(device=device)
         tokenizer = model.tokenizer
     else:
-        model = hs.load_model(progress=False)
+        model = hs.load_model(progress=False, device=device)
         tokenizer = model.tokenizer
+    on_cuda = torch.device(device).type == "cuda"
     load_s = time.perf_counter() - started
     texts = [hs.format_chat(tokenizer, p) for p in PROMPTS[:batch]] if case == "hf" else chat_prompts(
         model, PROMPTS[:batch])
 
     def generate() -> list[torch.Tensor]:
         if case == "hf":
-            encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
+            encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
             out = model.generate(**encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
             return list(out[:, encoded["input_ids"].shape[1]:])
@@ -86,6 +88,8 @@ def run_case(case: str, batch: int, new_tokens: int, repeats: int, tokens_out: s
                 rows = generate()
         else:
             rows = generate()
+        if on_cuda:
+            torch.cuda.synchronize()
         timings.append(time.perf_counter() - begin)
     Path(tokens_out).write_text(json.dumps([row.tolist() for row in rows]))
     best = min(timings)
@@ -93,6 +97,8 @@ def run_case(case: str, batch: int, new_tokens: int, repeats: int, tokens_out: s
         "case": case, "batch": batch, "new_tokens": new_tokens, "seconds": best, "all_seconds": timings,
         "tokens_per_s": batch * new_tokens / best, "load_s": load_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": torch.cuda.get_device_name() if on_cuda else "cpu",
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
     }
 
 
@@ -103,13 +109,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per case (default: torch's own)")
+    parser.add_argument("--device", default="cpu", help="torch device for every case, e.g. cuda (default cpu)")
     parser.add_argument("--json", default="runs/benchmarks/generation.json")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--tokens-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        result = run_case(args.child[0], int(args.child[1]), args.new_tokens, args.repeats, args.tokens_out)
+        result = run_case(args.child[0], int(args.child[1]), args.new_tokens, args.repeats, args.tokens_out, args.device)
         print("RESULT " + json.dumps(result))
         return
 
@@ -120,7 +127,7 @@ def main() -> None:
         for case in args.cases:
             tokens_file = out_dir / f"tokens-{case}-{batch}.json"
             command = [sys.executable, __file__, "--child", case, str(batch), "--new-tokens", str(args.new_tokens),
-                       "--repeats", str(args.repeats), "--tokens-out", str(tokens_file)]
+                       "--repeats", str(args.repeats), "--tokens-out", str(tokens_file), "--device", args.device]
             env = {**os.environ, "TQDM_DISABLE": "1"}
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)
@@ -136,7 +143,7 @@ def main() -> None:
 
     print(f"\nGreedy generation, {args.new_tokens} new tokens, SmolLM2-135M-Instruct, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch threads: {args.threads or 'default'}\n")
+          f"torch threads: {args.threads or 'default'}, device: {results[0]['device'] if results else args.device}\n")
     print("| case | batch | s | tokens/s | × HF | × same path unsteered | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     by_key = {(r["case"], r["batch"]): r for r in results}

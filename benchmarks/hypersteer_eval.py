@@ -65,6 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "or .../tiny with --tiny)")
     p.add_argument("--model", default=None, help="base model (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: CUDA when available, else CPU)")
     p.add_argument("--seed", type=int, default=0, help="split / training / evaluation seed")
     # data
     p.add_argument("--concept-seed", type=int, default=0, help="seed of load_concepts' shuffle")
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # ---- model, data, split
     log("loading model and data ...")
-    model = common.load_model(args.tiny, args.seed, args.model)
+    model = common.load_model(args.tiny, args.seed, args.model, args.device)
     concepts, prompts = load_data(args)
     split = common.save_split(concepts, prompts, out / "split.json", seed=args.seed, held_out=args.held_out,
                               held_in=args.held_in, eval_prompts=args.eval_prompts)
