@@ -323,6 +323,18 @@ def test_heatmaps(tmp_path):
         heatmap_png(tokens, {"λ": [1.0, 2.0]}, tmp_path / "bad.png")
 
 
+def test_heatmap_cells_carry_the_computed_projections():
+    import re
+
+    g = torch.Generator().manual_seed(0)
+    delta, vector = torch.randn(5, 8, generator=g), torch.randn(8, generator=g)
+    expected = projections(delta, hs.SteeringVector("blocks.0.hook_resid_post", vector))
+    torch.testing.assert_close(expected, delta @ (vector / vector.norm()))
+    html = heatmap_html([f"t{i}" for i in range(5)], {"Δ·v": expected})
+    shown = [float(x) for x in re.findall(r"title='([^']+)'", html)]
+    assert shown == pytest.approx(expected.tolist(), rel=1e-3, abs=1e-4)
+
+
 # ============================================================================ evaluation adapter and CLI
 def test_psr_method_in_evaluate(tiny_llama, tmp_path):
     from hooksteer.evaluate.base import JudgeScores
