@@ -107,6 +107,19 @@ def load_model(tiny: bool, seed: int, name: str | None = None, device: str | Non
     return model
 
 
+def load_bridge(tiny: bool, seed: int, device: str | None = None) -> Any:
+    """A TransformerBridge for generation: a tiny random one with ``tiny``, else the embedded model's (same
+    weights as :func:`load_model`'s), on ``device`` (default: TransformerLens' choice)."""
+    if tiny:
+        from hooksteer.testing import tiny_bridge
+
+        bridge = tiny_bridge(seed=seed)
+        return bridge.to(device) if device is not None else bridge
+    import hooksteer as hs
+
+    return hs.load_bridge(device=device)
+
+
 def load_concepts_and_prompts(args: argparse.Namespace, n_concepts: int) -> tuple[list[Any], list[Any]]:
     """``n_concepts`` concepts and every base prompt: tiny stand-ins and the templated prompts with
     ``args.tiny``, else Wikipedia concepts (``args.concept_seed``) and ``args.prompt_sources``."""

@@ -58,6 +58,14 @@ def test_tiny_pipeline_runs_and_saves(tmp_path):
     assert again["data"]["teacher"]["n_reused_from_cache"] == again["data"]["teacher"]["n_pairs"]
 
 
+def test_tiny_pipeline_with_a_bridge_writing_teacher_targets(tmp_path):
+    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--teacher-model-class", "bridge", "--steps", "2",
+                                "--no-held-in"])
+    assert report["config"]["teacher_model_class"] == "bridge"
+    assert report["data"]["n_train_examples"] > 0 and report["data"]["teacher"]["n_reused_from_cache"] == 0
+    assert set(report["scores"]["held_out"]) == {"prompt", "diffmean", "hypersteer-cross_attention"}
+
+
 @pytest.mark.parametrize("variant", ["no_context", "in_context", "cross_attention"])
 def test_adapter_gives_one_unit_vector_per_prompt(tiny_llama, variant):
     hyper = HyperSteer(tiny_llama, HyperSteerConfig(variant=variant, n_blocks=1, head_init_std=0.1))
