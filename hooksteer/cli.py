@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import textwrap
@@ -312,9 +313,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_user_error(error: BaseException) -> bool:
+    """Errors caused by the command's input (bad values, missing files or packages), shown without traceback."""
+    from analysis.corpora import CorpusMissingError
+    from hooksteer.data.base_prompts import BasePromptDataMissingError
+    from hooksteer.data.concepts import ConceptDataMissingError
+    from hooksteer.models import ModelNotInstalledError
+
+    return isinstance(error, (ValueError, KeyError, FileNotFoundError, ModelNotInstalledError,
+                              ConceptDataMissingError, BasePromptDataMissingError, CorpusMissingError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a bad input prints ``hooksteer COMMAND: error: ...`` and returns 2.
+
+    Set ``HOOKSTEER_DEBUG=1`` to get the traceback instead.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as error:
+        if os.environ.get("HOOKSTEER_DEBUG") or not _is_user_error(error):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"hooksteer {args.command}: error: {message}\n(set HOOKSTEER_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

