@@ -93,6 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=["cross_attention"],
                    choices=["no_context", "in_context", "cross_attention"])
     p.add_argument("--n-blocks", type=int, default=2, help="H blocks")
+    p.add_argument("--pooling", choices=["last", "mean"], default="last", help="what H's head reads (see HyperSteerConfig)")
     p.add_argument("--layer", type=int, default=None, help="injection layer (default ~2/3 of the depth)")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per variant")
     p.add_argument("--batch-size", type=int, default=8)
@@ -156,7 +157,7 @@ def train_variant(args: argparse.Namespace, model: Any, variant: str, train: lis
                   out: Path) -> tuple[Any, dict[str, Any]]:
     from hooksteer.hypersteer import HyperSteer, HyperSteerConfig, HyperSteerTrainer
 
-    config = HyperSteerConfig(variant=variant, n_blocks=args.n_blocks, layer=args.layer, lr=args.lr,
+    config = HyperSteerConfig(variant=variant, n_blocks=args.n_blocks, layer=args.layer, lr=args.lr, pooling=args.pooling,
                               batch_size=args.batch_size, max_steps=args.steps, warmup_steps=args.warmup_steps,
                               seed=args.seed, eval_every=args.eval_every, log_every=max(1, min(5, args.steps)),
                               save_every=0, extra={"trained_steps": args.steps})

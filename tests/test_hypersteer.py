@@ -67,6 +67,33 @@ def test_each_variant_gives_vectors_of_the_right_shape(tiny_model, variant):
     assert torch.allclose(table[2], hyper.vectors(STEER[0], BASE[2])[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["no_context", "cross_attention"])
+def test_mean_pooling_reads_the_mean_of_the_real_tokens(tiny_llama, variant):
+    hyper = HyperSteer(tiny_llama, variant=variant, n_blocks=1, pooling="mean", seed=1)
+    seen = {}
+    hyper.ln_final.register_forward_pre_hook(lambda module, args: seen.__setitem__("pooled", args[0].detach()))
+    captured = {}
+    hyper.blocks[-1].register_forward_hook(lambda module, args, out: captured.__setitem__("x", out.detach()))
+    table = hyper.vectors(STEER, BASE)
+    lengths = [len(hyper_ids) for hyper_ids in (tiny_llama.tokenizer(s, add_special_tokens=False)["input_ids"]
+                                               for s in STEER)]
+    x = captured["x"]
+    for row, n in enumerate(lengths):
+        torch.testing.assert_close(seen["pooled"][row], x[row, :n].mean(0))
+    # padding does not leak: each row equals the same prompt alone
+    torch.testing.assert_close(table[1], hyper.vectors(STEER[1], BASE[1])[0], atol=1e-6, rtol=1e-5)
+    last = HyperSteer(tiny_llama, variant=variant, n_blocks=1, seed=1)
+    assert not torch.allclose(last.vectors(STEER, BASE), table)
+
+
+def test_pooling_is_saved_and_validated(tiny_llama, tmp_path):
+    hyper = HyperSteer(tiny_llama, variant="no_context", n_blocks=1, pooling="mean")
+    hyper.save(tmp_path / "h")
+    assert HyperSteer.load(tmp_path / "h", tiny_llama).config.pooling == "mean"
+    with pytest.raises(HyperSteerConfigError, match="pooling must be one of"):
+        HyperSteer(tiny_llama, pooling="max")
+
+
 def test_variants_that_read_the_base_prompt_require_it(tiny_llama):
     with pytest.raises(ValueError, match="needs base_prompt"):
         HyperSteer(tiny_llama, variant="cross_attention", n_blocks=1).vector(STEER[0])
@@ -306,8 +333,9 @@ def test_train_hypersteer_command_on_a_tiny_model(tmp_path, capsys):
                  "--resume", "latest"]) == 0
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": "tiny:llama", "n_blocks": 9, "examples": str(records)}))
-    with pytest.raises(HyperSteerConfigError, match="exceeds"):
-        main(["train-hypersteer", str(bad), "--out", str(tmp_path / "bad")])
+    capsys.readouterr()
+    assert main(["train-hypersteer", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert "hooksteer train-hypersteer: error: n_blocks=9 exceeds" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- real model (slow)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 VARIANTS: tuple[str, ...] = ("no_context", "in_context", "cross_attention")
 ACTIVATION_CACHE_MODES: tuple[str, ...] = ("cpu", "device", "off")
+POOLING_MODES: tuple[str, ...] = ("last", "mean")
 
 Variant = Literal["no_context", "in_context", "cross_attention"]
 
@@ -50,6 +51,9 @@ class HyperSteerConfig:
         head_init_std: std of the output head's initial weights (bias starts at 0); small, so training
             starts near "no steering". 0 gives an exactly-zero head.
         freeze_embeddings: keep H's copy of the token (and position) embeddings fixed.
+        pooling: what the head reads: ``"last"`` — H's last real input token (the paper's choice), or
+            ``"mean"`` — the mean over H's real input tokens (every token of the steering prompt, so the
+            concept's own tokens reach the head directly even when H has few blocks).
 
     Data:
         chat_template: wrap base prompts in the base model's chat template (when it has one).
@@ -76,6 +80,7 @@ class HyperSteerConfig:
     n_blocks: int = 2
     head_init_std: float = 1e-3
     freeze_embeddings: bool = False
+    pooling: str = "last"
 
     chat_template: bool = True
     append_eos: bool = True
@@ -125,6 +130,8 @@ class HyperSteerConfig:
         """Raise :class:`HyperSteerConfigError` for an invalid setting (model-dependent checks need n_layers)."""
         if self.variant not in VARIANTS:
             raise HyperSteerConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.pooling not in POOLING_MODES:
+            raise HyperSteerConfigError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.activation_cache not in ACTIVATION_CACHE_MODES:
             raise HyperSteerConfigError(
                 f"activation_cache must be one of {ACTIVATION_CACHE_MODES}, got {self.activation_cache!r}"

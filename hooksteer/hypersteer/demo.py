@@ -43,7 +43,8 @@ def _log(message: str, verbose: bool) -> None:
 
 
 def _build_and_train(model: Any, hyper_dir: Path, *, train_concepts: int, held_out: int, train_prompts: int,
-                     eval_prompts: int, steps: int, n_blocks: int, layer: int | None, lr: float, batch_size: int,
+                     eval_prompts: int, steps: int, n_blocks: int, pooling: str, layer: int | None, lr: float,
+                     batch_size: int,
                      teacher_candidates: int, teacher_tokens: int, min_concept: float, min_fluency: float,
                      judge: Any, seed: int, verbose: bool) -> tuple[Any, dict[str, Any]]:
     from hooksteer.data.base_prompts import load_base_prompts
@@ -80,7 +81,7 @@ def _build_and_train(model: Any, hyper_dir: Path, *, train_concepts: int, held_o
     if not train.examples:
         raise RuntimeError("no teacher target passed the judge, so there is nothing to train HyperSteer on; "
                            "lower min_concept/min_fluency or use more train concepts")
-    config = HyperSteerConfig(variant="cross_attention", n_blocks=n_blocks, layer=layer, lr=lr,
+    config = HyperSteerConfig(variant="cross_attention", n_blocks=n_blocks, layer=layer, lr=lr, pooling=pooling,
                               batch_size=batch_size, max_steps=steps, warmup_steps=0, seed=seed,
                               eval_every=steps, log_every=max(1, steps // 5), save_every=0,
                               extra={"trained_steps": steps, "trained_by": "hooksteer demo"})
@@ -142,6 +143,7 @@ def run_hypersteer_demo(
     eval_prompts: int = 2,
     steps: int = 24,
     n_blocks: int = 1,
+    pooling: str = "last",
     layer: int | None = None,
     lr: float = 3e-4,
     batch_size: int = 4,
@@ -166,7 +168,7 @@ def run_hypersteer_demo(
             generations go to ``out_dir/hypersteer_generations.json``.
         train_concepts / held_out: Wikipedia concepts to train on / to steer towards (never trained on).
         train_prompts / eval_prompts: hand-written base prompts for training / for the held-out generations.
-        steps, n_blocks, layer, lr, batch_size: HyperSteer training (cross-attention variant).
+        steps, n_blocks, pooling, layer, lr, batch_size: HyperSteer training (cross-attention variant).
         teacher_candidates, teacher_tokens, min_concept, min_fluency: teacher targets and the judge's filter.
         factor: HyperSteer strength as a fraction of the mean residual norm at its site.
         max_new_tokens: tokens per generated answer (greedy).
@@ -202,7 +204,8 @@ def run_hypersteer_demo(
     else:
         hyper, meta = _build_and_train(
             model, hyper_dir, train_concepts=train_concepts, held_out=held_out, train_prompts=train_prompts,
-            eval_prompts=eval_prompts, steps=steps, n_blocks=n_blocks, layer=layer, lr=lr, batch_size=batch_size,
+            eval_prompts=eval_prompts, steps=steps, n_blocks=n_blocks, pooling=pooling, layer=layer, lr=lr,
+            batch_size=batch_size,
             teacher_candidates=teacher_candidates, teacher_tokens=teacher_tokens, min_concept=min_concept,
             min_fluency=min_fluency, judge=judge, seed=seed, verbose=verbose)
         trained_now = True
@@ -267,6 +270,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hypersteer-held-out", type=int, default=3, help="held-out concepts shown (default 3)")
     group.add_argument("--hypersteer-factor", type=float, default=0.3,
                        help="HyperSteer strength, fraction of the residual norm at its site (default 0.3)")
+    group.add_argument("--hypersteer-pooling", choices=["last", "mean"], default="last",
+                       help="what H's head reads: the last steering-prompt token (default, as in the paper) or "
+                            "the mean over its tokens")
     group.add_argument("--retrain-hypersteer", action="store_true",
                        help="train a new HyperSteer even if OUT/hypersteer/ holds one")
 
@@ -278,6 +284,7 @@ def run_from_args(model: Any, args: argparse.Namespace) -> dict[str, Any] | None
     return run_hypersteer_demo(
         model, out_dir=args.out, steps=args.hypersteer_steps, train_concepts=args.hypersteer_train_concepts,
         held_out=args.hypersteer_held_out, factor=args.hypersteer_factor, retrain=args.retrain_hypersteer,
+        pooling=getattr(args, "hypersteer_pooling", "last"),
         max_new_tokens=getattr(args, "max_new_tokens", 40))
 
 

@@ -158,7 +158,8 @@ class HyperSteer(nn.Module):
         context: Float[Tensor, "batch ctx d_model"] | None = None,
         context_mask: Bool[Tensor, "batch ctx"] | None = None,
     ) -> Float[Tensor, "batch d_model"]:
-        """Δ for each row: H's last real input token through blocks, final norm and head.
+        """Δ for each row: H's last real input token (or the mean of its real tokens, ``pooling="mean"``)
+        through blocks, final norm and head.
 
         Args:
             h_ids: right-padded input tokens of H (steering prompt, ⊕ base prompt for ``in_context``).
@@ -178,8 +179,13 @@ class HyperSteer(nn.Module):
             x = x + self.pos_embed(h_ids)
         for block in self.blocks:
             x = block(x, context, context_mask)
-        last = x[torch.arange(x.shape[0], device=x.device), h_lengths.to(x.device) - 1]
-        return self.head(self.ln_final(last))
+        lengths = h_lengths.to(x.device)
+        if self.config.pooling == "mean":
+            real = (torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]).to(x.dtype)
+            pooled = (x * real[..., None]).sum(1) / lengths[:, None].to(x.dtype)
+        else:
+            pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]
+        return self.head(self.ln_final(pooled))
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None
