@@ -45,14 +45,13 @@ PROMPTS = [
 CASES = ["hf", "bridge", "bridge+steer", "bridge+per_token", "hookpoints", "hookpoints+steer", "hooked", "hooked+steer"]
 
 
-def run_case(case: str, batch: int, new_tokens: int, repeats: int, tokens_out: str, device: str | None = None) -> dict:
+def run_case(case: str, batch: int, new_tokens: int, repeats: int, tokens_out: str, device: str = "cpu") -> dict:
     import torch
 
     import hooksteer as hs
     from hooksteer.generation import chat_prompts, generate_tokens
 
     started = time.perf_counter()
-    device = device or "cpu"
     if case == "hf":
         model, tokenizer = hs.models.load_hf_model(device=device)
     elif case.startswith(("bridge", "hookpoints")):

@@ -222,9 +222,9 @@ def run_hypersteer_demo(
     unsteered = generate_texts(model, [request], **generation)[0]
     prompted = generate_texts(model, [steered_chat_prompt(model, c.steering_prompt, request) for c in concepts],
                               chat=False, **generation)
+    raw_vectors = hyper.vector([c.steering_prompt for c in concepts], request)  # one batched pass through H
     rows, units = [], []
-    for concept, prompt_steered in zip(concepts, prompted, strict=True):
-        raw = hyper.vector(concept.steering_prompt, request)
+    for concept, prompt_steered, raw in zip(concepts, prompted, raw_vectors, strict=True):
         units.append(raw.unit().vector)
         vector = raw.unit() * (factor * scale)
         with hs.steer(model, vector):
@@ -247,7 +247,8 @@ def run_hypersteer_demo(
              f"{mean_cosine:.3f} (near 1 means H does not yet tell the concepts apart)", verbose)
     if len(rows) > 1 and len({row["hypersteer"] for row in rows}) == 1:
         _log("Note: HyperSteer wrote the same answer for every held-out concept: this little training has not "
-             "taught H to distinguish concepts (train longer, e.g. benchmarks/hypersteer_eval.py --steps 200).",
+             "taught H to distinguish concepts (it needs many more training concepts, e.g. "
+             "benchmarks/hypersteer_eval.py --train-concepts 2000 on a GPU; more steps on few concepts overfit).",
              verbose)
     report = {"hook_name": hook_name, "mean_vector_cosine": mean_cosine, "factor": factor, "residual_norm": scale, "trained_now": trained_now,
               "steps": meta.get("steps"), "eval_loss_before": before, "eval_loss_after": after,
