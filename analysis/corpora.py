@@ -21,7 +21,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from hooksteer.packaged import packaged_file
+from hooksteer.packaged import PackageMissingError, packaged_file
 
 __all__ = [
     "BBC_INSTALL_COMMAND",
@@ -41,7 +41,7 @@ BBC_CATEGORIES = ("business", "entertainment", "politics", "sports", "tech")
 CORPORA = ("wiki", "bbc")
 
 
-class CorpusMissingError(RuntimeError):
+class CorpusMissingError(PackageMissingError):
     """The package that ships a corpus is not installed."""
 
 

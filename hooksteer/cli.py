@@ -315,13 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _is_user_error(error: BaseException) -> bool:
     """Errors caused by the command's input (bad values, missing files or packages), shown without traceback."""
-    from analysis.corpora import CorpusMissingError
-    from hooksteer.data.base_prompts import BasePromptDataMissingError
-    from hooksteer.data.concepts import ConceptDataMissingError
-    from hooksteer.models import ModelNotInstalledError
+    from hooksteer.packaged import PackageMissingError
 
-    return isinstance(error, (ValueError, KeyError, FileNotFoundError, ModelNotInstalledError,
-                              ConceptDataMissingError, BasePromptDataMissingError, CorpusMissingError))
+    return isinstance(error, (ValueError, KeyError, FileNotFoundError, PackageMissingError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

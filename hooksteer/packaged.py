@@ -15,6 +15,16 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
+__all__ = ["PackageMissingError", "packaged_file"]
+
+
+class PackageMissingError(RuntimeError):
+    """A registry package that ships weights or data is not installed; the message has the install command.
+
+    The model, concept, base-prompt and corpus loaders raise subclasses of it, so one ``except`` catches
+    every "data not installed" case.
+    """
+
 
 def packaged_file(package: str, relative: str) -> pathlib.Path | None:
     """Path of ``relative`` inside installed ``package``, or ``None`` if either is missing."""

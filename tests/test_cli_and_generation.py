@@ -151,3 +151,16 @@ def test_debug_variable_shows_the_traceback(tiny_default_model, tmp_path, monkey
         cli.main(["diffmean", "--contrast-set", "love_hate", "--hook", "blocks.99.hook_resid_post",
                   "--out", str(tmp_path / "v.safetensors")])
 
+
+
+def test_every_missing_package_error_is_a_user_error_with_its_install_command():
+    from analysis.corpora import CorpusMissingError
+    from hooksteer.data.base_prompts import BasePromptDataMissingError
+    from hooksteer.data.concepts import ConceptDataMissingError
+    from hooksteer.models import ModelNotInstalledError
+    from hooksteer.packaged import PackageMissingError
+
+    for error_class in (CorpusMissingError, BasePromptDataMissingError, ConceptDataMissingError, ModelNotInstalledError):
+        assert issubclass(error_class, PackageMissingError), error_class
+        assert cli._is_user_error(error_class("pip install --no-deps x")), error_class
+    assert not cli._is_user_error(RuntimeError("a bug")), "other runtime errors keep their traceback"

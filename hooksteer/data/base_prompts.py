@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable
 
 from hooksteer.data.schema import BasePrompt
-from hooksteer.packaged import packaged_file
+from hooksteer.packaged import PackageMissingError, packaged_file
 
 __all__ = [
     "BasePromptDataMissingError",
@@ -83,7 +83,7 @@ TEMPLATED_REQUESTS: tuple[tuple[str, str], ...] = (
 )
 
 
-class BasePromptDataMissingError(RuntimeError):
+class BasePromptDataMissingError(PackageMissingError):
     """A package holding base prompts is not installed."""
 
 

@@ -27,7 +27,7 @@ import re
 from typing import Any
 
 from hooksteer.data.schema import Concept
-from hooksteer.packaged import packaged_file
+from hooksteer.packaged import PackageMissingError, packaged_file
 
 __all__ = [
     "WIKI_INSTALL_COMMAND",
@@ -59,7 +59,7 @@ STEERING_TEMPLATES: tuple[str, ...] = (
 )
 
 
-class ConceptDataMissingError(RuntimeError):
+class ConceptDataMissingError(PackageMissingError):
     """The package holding the Wikipedia vital articles is not installed."""
 
 
