@@ -250,12 +250,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Training", ""]
     body = [[v["variant"], str(v["steps"]), str(v["n_train_examples"]), fmt(v.get("train_loss_end")),
-             fmt(v["eval_loss_start"]), fmt(v["eval_loss_end"]), fmt(v["seconds"], 1)]
+             fmt(v["eval_loss_start"]), fmt(v["eval_loss_end"]), fmt(v["seconds"], 1),
+             fmt(v.get("separation", {}).get("between_concepts")), fmt(v.get("separation", {}).get("within_concept"))]
             for v in report["training"].values()]
     lines.append(table(body, ("variant", "steps", "train examples", "last train loss", "eval loss (start)",
-                              "eval loss (end)", "seconds")))
+                              "eval loss (end)", "seconds", "cos between concepts", "cos within concept")))
     lines += ["", "Eval loss: target cross-entropy on held-out concepts × eval prompts (teacher targets, never "
-              "trained on).", "", "## Seconds per new steering vector", ""]
+              "trained on). Cosines (`hooksteer.hypersteer.diagnostics.vector_separation`): mean cosine of H's "
+              "vectors for two different held-out concepts at the same eval prompt (1.0 = H ignores the steering "
+              "prompt), and for one concept at two different eval prompts (context variants only).", "",
+              "## Seconds per new steering vector", ""]
     t = report["timing"]
     body = [[f"hypersteer-{name}", fmt(v["seconds_per_vector"], 4), fmt(v["seconds_per_vector_batched"], 4),
              "one vector per (concept, base prompt)"] for name, v in t["hypersteer"].items()]
@@ -292,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out: Path = args.out
 
     from hooksteer.evaluate.methods import DiffMeanMethod, PromptSteering, pool_texts_for
+    from hooksteer.hypersteer.diagnostics import vector_separation
     from hooksteer.hypersteer.evaluation import HyperSteerMethod
 
     # ---- model, data, split
@@ -331,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         hyper, info = train_variant(args, model, variant, train_examples, eval_examples, out / f"hyper-{variant}")
         if info["train_loss"]:
             info["train_loss_end"] = info["train_loss"][-1]["loss"]
+        if len(held_out) > 1:  # does H tell the held-out concepts apart? (1.0 = it ignores the steering prompt)
+            info["separation"] = vector_separation(hyper, [c.steering_prompts[0] for c in held_out],
+                                                   [p.text for p in eval_prompts])
         hypers[variant], training[variant] = hyper, info
         log(f"  {variant}: eval loss {fmt(info['eval_loss_start'])} → {fmt(info['eval_loss_end'])}, "
             f"{info['seconds']:.0f} s")

@@ -365,3 +365,58 @@ def test_context_of_the_wrong_width_is_rejected(tiny_llama):
         hyper(ids, torch.tensor([3]), torch.randn(1, 4, 48), torch.ones(1, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="needs the base prompt"):
         hyper(ids, torch.tensor([3]))
+
+
+def test_mean_pairwise_cosine_and_its_errors():
+    from hooksteer.hypersteer.diagnostics import mean_pairwise_cosine
+
+    assert mean_pairwise_cosine(torch.eye(3)) == pytest.approx(0.0)
+    assert mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [2.0, 0.0], [-3.0, 0.0]])) == pytest.approx(-1 / 3)
+    with pytest.raises(ValueError, match="at least two"):
+        mean_pairwise_cosine(torch.ones(1, 4))
+    with pytest.raises(ValueError, match="all zeros"):
+        mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+
+
+class _FixedHyper:
+    """Stand-in for a HyperSteer whose vector is a chosen function of (steering prompt, base prompt)."""
+
+    def __init__(self, table, needs_base_prompt):
+        self.table, self.needs_base_prompt = table, needs_base_prompt
+        self.config = HyperSteerConfig(variant="cross_attention" if needs_base_prompt else "no_context")
+
+    def vectors(self, steering, base=None):
+        steering = [steering] if isinstance(steering, str) else steering
+        return torch.stack([self.table(s, b) for s, b in zip(steering, base or [None] * len(steering))])
+
+
+def test_vector_separation_measures_concept_and_prompt_dependence():
+    from hooksteer.hypersteer.diagnostics import vector_separation
+
+    axes = {"cats": torch.tensor([1.0, 0.0, 0.0]), "rome": torch.tensor([0.0, 1.0, 0.0])}
+    # vectors depend only on the concept: orthogonal across concepts, identical across prompts
+    by_concept = _FixedHyper(lambda s, b: axes[s], needs_base_prompt=True)
+    report = vector_separation(by_concept, ["cats", "rome"], ["hi", "plan a trip"])
+    assert report["between_concepts"] == pytest.approx(0.0) and report["within_concept"] == pytest.approx(1.0)
+    assert report["separation"] == pytest.approx(1.0)
+    # vectors ignore the concept (the collapse a small training run shows)
+    collapsed = _FixedHyper(lambda s, b: axes["cats"] + (0.0 if b == "hi" else 1.0) * axes["rome"], needs_base_prompt=True)
+    report = vector_separation(collapsed, ["cats", "rome"], ["hi", "plan a trip"])
+    assert report["between_concepts"] == pytest.approx(1.0)
+    assert report["within_concept"] == pytest.approx(2 ** -0.5) and report["separation"] < 0
+    # no-context H: one prompt is enough, within_concept undefined
+    report = vector_separation(_FixedHyper(lambda s, b: axes[s], needs_base_prompt=False), ["cats", "rome"], ["hi", "x"])
+    assert report["within_concept"] is None and report["n_prompts"] == 1 and report["separation"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="two steering prompts"):
+        vector_separation(by_concept, ["cats"], ["hi"])
+
+
+def test_vector_separation_on_a_real_tiny_hypersteer(tiny_llama):
+    from hooksteer.hypersteer.diagnostics import vector_separation
+
+    torch.manual_seed(0)
+    hyper = HyperSteer(tiny_llama, HyperSteerConfig(variant="cross_attention", n_blocks=1, head_init_std=0.02))
+    report = vector_separation(hyper, ["Write about cats.", "Write about Rome."], ["Hi!", "Plan a trip.", "Why?"])
+    assert report["n_prompts"] == 3 and report["n_concepts"] == 2
+    assert -1.0 <= report["between_concepts"] < 1.0 - 1e-4, "different steering prompts give different vectors"
+    assert -1.0 <= report["within_concept"] < 1.0 - 1e-4, "cross-attention H reads the base prompt"

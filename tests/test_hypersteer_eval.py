@@ -18,11 +18,15 @@ from hooksteer.hypersteer.evaluation import HyperSteerDirections, HyperSteerMeth
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("hypersteer_eval", REPO / "benchmarks" / "hypersteer_eval.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _benchmark():
+    return _script("hypersteer_eval")
 
 
 CONCEPTS = [Concept(id=w, title=w, steering_prompts=[f"Write about {w}. Every sentence must be about {w}."],
@@ -53,6 +57,15 @@ def test_tiny_pipeline_runs_and_saves(tmp_path):
     # no leak: held-out concepts never among the training concepts
     split = json.loads((tmp_path / "split.json").read_text())
     assert not set(split["held_out_concepts"]) & set(split["train_concepts"])
+    # H's vectors for the two held-out concepts are compared; the stand-alone script reproduces the figures
+    separation = {name: saved["training"][name]["separation"] for name in ("no_context", "cross_attention")}
+    assert separation["no_context"]["within_concept"] is None and separation["no_context"]["n_prompts"] == 1
+    assert -1.0 <= separation["cross_attention"]["between_concepts"] <= 1.0
+    assert "cos between concepts" in text
+    recomputed = _script("hypersteer_separation").main([str(tmp_path)])["variants"]
+    for name, row in separation.items():
+        assert recomputed[name]["between_concepts"] == pytest.approx(row["between_concepts"], abs=1e-5)
+    assert (tmp_path / "separation.json").is_file()
     # teacher targets are cached: a rerun reuses all of them
     again = _benchmark().main(["--tiny", "--out", str(tmp_path), "--steps", "1"])
     assert again["data"]["teacher"]["n_reused_from_cache"] == again["data"]["teacher"]["n_pairs"]

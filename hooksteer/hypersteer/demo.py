@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from hooksteer.hypersteer.diagnostics import mean_pairwise_cosine
+
 DEMO_FILE = "demo.json"
 GENERATIONS_FILE = "hypersteer_generations.json"
 HYPER_DIR = "hypersteer"
@@ -239,9 +241,7 @@ def run_hypersteer_demo(
         print_fn(side_by_side(row["base_prompt"], columns))
         print_fn("")
     # how different are H's vectors for different concepts? (1.0 = H ignores the steering prompt)
-    stacked = torch.stack(units)
-    cosines = (stacked @ stacked.T)[~torch.eye(len(units), dtype=torch.bool)]
-    mean_cosine = float(cosines.mean()) if cosines.numel() else None
+    mean_cosine = mean_pairwise_cosine(torch.stack(units)) if len(units) > 1 else None
     if mean_cosine is not None:
         _log(f"Mean cosine similarity between HyperSteer's vectors for different held-out concepts: "
              f"{mean_cosine:.3f} (near 1 means H does not yet tell the concepts apart)", verbose)
