@@ -387,7 +387,7 @@ class _FixedHyper:
 
     def vectors(self, steering, base=None):
         steering = [steering] if isinstance(steering, str) else steering
-        return torch.stack([self.table(s, b) for s, b in zip(steering, base or [None] * len(steering))])
+        return torch.stack([self.table(s, b) for s, b in zip(steering, base or [None] * len(steering), strict=True)])
 
 
 def test_vector_separation_measures_concept_and_prompt_dependence():
