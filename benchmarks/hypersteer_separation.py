@@ -7,11 +7,16 @@ between H's vectors for two different held-out concepts at the same eval prompt 
 steering prompt) and, for the context variants, between one concept's vectors at two eval prompts.
 Newer ``hypersteer_eval`` runs record the same figures themselves; this script covers older runs.
 
+With ``--compare OTHER_RUN`` (a run on the same split, e.g. the same data with more H blocks) it also
+reports :func:`~hooksteer.hypersteer.diagnostics.vector_agreement`: the mean cosine between the two runs'
+vectors for the same held-out (concept, eval prompt) pairs, per variant both runs trained.
+
 Writes ``separation.json`` into the run folder and prints a markdown table.
 
 Usage::
 
     .venv/bin/python benchmarks/hypersteer_separation.py runs/benchmarks/hypersteer_eval
+    .venv/bin/python benchmarks/hypersteer_separation.py runs/hs_scale400 --compare runs/hs_scale400_b20
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from common import fmt, log  # noqa: E402
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="output folder of benchmarks/hypersteer_eval.py")
+    p.add_argument("--compare", type=Path, default=None, help="another hypersteer_eval output folder on the same split")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--device", default=None, help="torch device (default: CPU, or CUDA when available)")
     return p.parse_args(argv)
@@ -53,26 +59,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from hooksteer.data.splits import DatasetSplit
     from hooksteer.hypersteer import HyperSteer
-    from hooksteer.hypersteer.diagnostics import vector_separation
+    from hooksteer.hypersteer.diagnostics import vector_agreement, vector_separation
 
     model = common.load_model(bool(config.get("tiny")), config["seed"], config.get("model"), args.device)
     concepts, prompts = common.load_concepts_and_prompts(run_args, config["train_concepts"] + config["held_out"])
     split = DatasetSplit.load(args.run / "split.json")
     held_out = split.select(concepts, split.held_out_concepts)
     eval_prompts = split.select(prompts, split.eval_prompts)
-    report: dict[str, Any] = {"run": str(args.run), "variants": {}}
+    if args.compare is not None and DatasetSplit.load(args.compare / "split.json") != split:
+        raise SystemExit(f"{args.compare} was run on another split than {args.run}: its vectors are not comparable")
+    report: dict[str, Any] = {"run": str(args.run), "compare": str(args.compare) if args.compare else None,
+                              "variants": {}}
     for variant in config["variants"]:
         hyper = HyperSteer.load(args.run / f"hyper-{variant}", model)
         hyper.eval()
         report["variants"][variant] = vector_separation(hyper, [c.steering_prompts[0] for c in held_out],
                                                         [p.text for p in eval_prompts])
         log(f"{variant}: {report['variants'][variant]}")
+        if args.compare is not None and (args.compare / f"hyper-{variant}").is_dir():
+            other = HyperSteer.load(args.compare / f"hyper-{variant}", model)
+            other.eval()
+            report["variants"][variant]["agreement_with_compare"] = vector_agreement(
+                hyper, other, [c.steering_prompts[0] for c in held_out], [p.text for p in eval_prompts])
+            report["variants"][variant]["compare_n_blocks"] = other.config.n_blocks
     (args.run / "separation.json").write_text(json.dumps(report, indent=2))
     from hooksteer.evaluate.report import table
 
-    body = [[v, fmt(r["between_concepts"]), fmt(r["within_concept"]), str(r["n_concepts"]), str(r["n_prompts"])]
-            for v, r in report["variants"].items()]
-    print(table(body, ("variant", "cos between concepts", "cos within concept", "concepts", "prompts")))
+    body = [[v, str(r["n_concepts"]), str(r["n_prompts"]), fmt(r["between_concepts"]), fmt(r["within_concept"]),
+             fmt(r.get("agreement_with_compare"))] for v, r in report["variants"].items()]
+    print(table(body, ("variant", "concepts", "prompts", "cos between concepts", "cos within concept",
+                       "cos with --compare run")))
     return report
 
 

@@ -420,3 +420,17 @@ def test_vector_separation_on_a_real_tiny_hypersteer(tiny_llama):
     assert report["n_prompts"] == 3 and report["n_concepts"] == 2
     assert -1.0 <= report["between_concepts"] < 1.0 - 1e-4, "different steering prompts give different vectors"
     assert -1.0 <= report["within_concept"] < 1.0 - 1e-4, "cross-attention H reads the base prompt"
+
+
+def test_vector_agreement_compares_two_hypernetworks_pair_by_pair():
+    from hooksteer.hypersteer.diagnostics import vector_agreement
+
+    axes = {"cats": torch.tensor([1.0, 0.0]), "rome": torch.tensor([0.0, 1.0])}
+    same = _FixedHyper(lambda s, b: axes[s], needs_base_prompt=True)
+    swapped = _FixedHyper(lambda s, b: axes["rome" if s == "cats" else "cats"], needs_base_prompt=True)
+    flipped_on_one_prompt = _FixedHyper(lambda s, b: axes[s] * (-1.0 if b == "x" else 1.0), needs_base_prompt=True)
+    assert vector_agreement(same, same, ["cats", "rome"], ["hi", "x"]) == pytest.approx(1.0)
+    assert vector_agreement(same, swapped, ["cats", "rome"], ["hi", "x"]) == pytest.approx(0.0)
+    assert vector_agreement(same, flipped_on_one_prompt, ["cats", "rome"], ["hi", "x"]) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        vector_agreement(same, same, [], ["hi"])

@@ -62,7 +62,8 @@ def test_tiny_pipeline_runs_and_saves(tmp_path):
     assert separation["no_context"]["within_concept"] is None and separation["no_context"]["n_prompts"] == 1
     assert -1.0 <= separation["cross_attention"]["between_concepts"] <= 1.0
     assert "cos between concepts" in text
-    recomputed = _script("hypersteer_separation").main([str(tmp_path)])["variants"]
+    recomputed = _script("hypersteer_separation").main([str(tmp_path), "--compare", str(tmp_path)])["variants"]
+    assert all(row["agreement_with_compare"] == pytest.approx(1.0, abs=1e-5) for row in recomputed.values())
     for name, row in separation.items():
         assert recomputed[name]["between_concepts"] == pytest.approx(row["between_concepts"], abs=1e-5)
     assert (tmp_path / "separation.json").is_file()

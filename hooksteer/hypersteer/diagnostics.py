@@ -12,6 +12,9 @@ measures it:
 * ``separation``: ``within_concept - between_concepts`` for context variants, ``1 - between_concepts``
   for ``no_context`` (larger = concepts more distinct than prompts are).
 
+:func:`vector_agreement` compares two hypernetworks (e.g. trained with 2 and with 20 blocks): the mean
+cosine between their vectors for the same (steering prompt, base prompt) pairs.
+
 Example:
     >>> import torch
     >>> round(mean_pairwise_cosine(torch.eye(3)), 6)
@@ -32,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["mean_pairwise_cosine", "vector_separation"]
+__all__ = ["mean_pairwise_cosine", "vector_agreement", "vector_separation"]
 
 
 def mean_pairwise_cosine(vectors: Float[Tensor, "n d_model"]) -> float:
@@ -83,3 +86,25 @@ def vector_separation(hyper: Any, steering_prompts: Sequence[str], base_prompts:
             "separation": (within - between) if within is not None else 1.0 - between,
             "n_concepts": len(steering_prompts), "n_prompts": len(prompts_used),
             "mean_norm": float(stacked.norm(dim=-1).mean())}
+
+
+def _grid(hyper: Any, steering_prompts: Sequence[str], base_prompts: Sequence[str]) -> Float[Tensor, "n d_model"]:
+    """H's vectors for every (steering prompt, base prompt) pair, concept-major."""
+    steer = [s for s in steering_prompts for _ in base_prompts]
+    if hyper.needs_base_prompt:
+        return hyper.vectors(steer, [b for _ in steering_prompts for b in base_prompts]).float().cpu()
+    return hyper.vectors(steer).float().cpu()
+
+
+def vector_agreement(hyper_a: Any, hyper_b: Any, steering_prompts: Sequence[str], base_prompts: Sequence[str]) -> float:
+    """Mean cosine between ``hyper_a``'s and ``hyper_b``'s vectors for the same (steering, base prompt) pairs.
+
+    1.0 means the two hypernetworks steer the same way on these pairs, whatever their sizes.
+    """
+    steering_prompts, base_prompts = list(steering_prompts), list(base_prompts)
+    if not steering_prompts or not base_prompts:
+        raise ValueError("need at least one steering prompt and one base prompt")
+    a, b = _grid(hyper_a, steering_prompts, base_prompts), _grid(hyper_b, steering_prompts, base_prompts)
+    if a.shape != b.shape:
+        raise ValueError(f"the two hypernetworks write vectors of different shapes: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
