@@ -70,17 +70,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.compare} was run on another split than {args.run}: its vectors are not comparable")
     report: dict[str, Any] = {"run": str(args.run), "compare": str(args.compare) if args.compare else None,
                               "variants": {}}
+    steering_prompts, base_prompts = [c.steering_prompts[0] for c in held_out], [p.text for p in eval_prompts]
     for variant in config["variants"]:
         hyper = HyperSteer.load(args.run / f"hyper-{variant}", model)
         hyper.eval()
-        report["variants"][variant] = vector_separation(hyper, [c.steering_prompts[0] for c in held_out],
-                                                        [p.text for p in eval_prompts])
+        report["variants"][variant] = vector_separation(hyper, steering_prompts, base_prompts)
         log(f"{variant}: {report['variants'][variant]}")
         if args.compare is not None and (args.compare / f"hyper-{variant}").is_dir():
             other = HyperSteer.load(args.compare / f"hyper-{variant}", model)
             other.eval()
-            report["variants"][variant]["agreement_with_compare"] = vector_agreement(
-                hyper, other, [c.steering_prompts[0] for c in held_out], [p.text for p in eval_prompts])
+            report["variants"][variant]["agreement_with_compare"] = vector_agreement(hyper, other, steering_prompts,
+                                                                                     base_prompts)
             report["variants"][variant]["compare_n_blocks"] = other.config.n_blocks
     (args.run / "separation.json").write_text(json.dumps(report, indent=2))
     from hooksteer.evaluate.report import table

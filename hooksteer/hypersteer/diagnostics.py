@@ -56,6 +56,14 @@ def mean_pairwise_cosine(vectors: Float[Tensor, "n d_model"]) -> float:
     return float(cosines[off_diagonal].mean())
 
 
+def _grid(hyper: Any, steering_prompts: Sequence[str], base_prompts: Sequence[str]) -> Float[Tensor, "n d_model"]:
+    """H's vectors for every (steering prompt, base prompt) pair, concept-major."""
+    steer = [s for s in steering_prompts for _ in base_prompts]
+    if hyper.needs_base_prompt:
+        return hyper.vectors(steer, [b for _ in steering_prompts for b in base_prompts]).float().cpu()
+    return hyper.vectors(steer).float().cpu()
+
+
 def vector_separation(hyper: Any, steering_prompts: Sequence[str], base_prompts: Sequence[str]) -> dict[str, Any]:
     """Between-concept and within-concept cosines of ``hyper``'s vectors (see the module docstring).
 
@@ -70,14 +78,10 @@ def vector_separation(hyper: Any, steering_prompts: Sequence[str], base_prompts:
     if not base_prompts:
         raise ValueError("need at least one base prompt")
     uses_context = bool(hyper.needs_base_prompt)
-    prompts_used = base_prompts if uses_context else base_prompts[:1]
-    grid = []  # (n_prompts, n_concepts, d_model)
-    for base in prompts_used:
-        if uses_context:
-            grid.append(hyper.vectors(steering_prompts, [base] * len(steering_prompts)).float().cpu())
-        else:
-            grid.append(hyper.vectors(steering_prompts).float().cpu())
-    stacked = torch.stack(grid)
+    prompts_used = base_prompts if uses_context else base_prompts[:1]  # H(s) is the same for every prompt
+    # (n_prompts, n_concepts, d_model), in one batched pass through H
+    stacked = _grid(hyper, steering_prompts, prompts_used).view(len(steering_prompts), len(prompts_used), -1)
+    stacked = stacked.transpose(0, 1)
     between = sum(mean_pairwise_cosine(row) for row in stacked) / len(stacked)
     within = None
     if uses_context and len(prompts_used) > 1:
@@ -86,14 +90,6 @@ def vector_separation(hyper: Any, steering_prompts: Sequence[str], base_prompts:
             "separation": (within - between) if within is not None else 1.0 - between,
             "n_concepts": len(steering_prompts), "n_prompts": len(prompts_used),
             "mean_norm": float(stacked.norm(dim=-1).mean())}
-
-
-def _grid(hyper: Any, steering_prompts: Sequence[str], base_prompts: Sequence[str]) -> Float[Tensor, "n d_model"]:
-    """H's vectors for every (steering prompt, base prompt) pair, concept-major."""
-    steer = [s for s in steering_prompts for _ in base_prompts]
-    if hyper.needs_base_prompt:
-        return hyper.vectors(steer, [b for _ in steering_prompts for b in base_prompts]).float().cpu()
-    return hyper.vectors(steer).float().cpu()
 
 
 def vector_agreement(hyper_a: Any, hyper_b: Any, steering_prompts: Sequence[str], base_prompts: Sequence[str]) -> float:
