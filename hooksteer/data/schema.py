@@ -61,13 +61,19 @@ class BasePrompt:
 @dataclass(frozen=True)
 class SteeringExample:
     """One training/evaluation record: the model should answer ``base_prompt`` with ``target``
-    (a completion written under the steering prompt, i.e. a teacher target) about ``concept_id``."""
+    (a completion written under the steering prompt, i.e. a teacher target) about ``concept_id``.
+
+    ``finished``: ``True`` when the teacher's answer ended with its own end-of-text token, ``False`` when
+    it was cut at a token limit, ``None`` when unknown (older records). Only a finished target is trained
+    to end with EOS: a cut-off answer did not end there.
+    """
 
     concept_id: str
     steering_prompt: str
     base_prompt: str
     target: str = ""
     base_prompt_id: str = ""
+    finished: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
