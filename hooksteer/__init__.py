@@ -35,9 +35,12 @@ _EXPORTS: dict[str, str] = {
     "SteeringFileError": "hooksteer.vectors",
     "SteeringSet": "hooksteer.vectors",
     "SteeringVector": "hooksteer.vectors",
+    "export_gguf": "hooksteer.llamacpp",
+    "load_gguf": "hooksteer.llamacpp",
 }
 _SUBMODULES = (
     "hooks", "methods", "models", "vectors", "activations", "generation", "testing", "data", "evaluate", "hypersteer",
+    "llamacpp",
 )
 
 __all__ = [
@@ -51,9 +54,11 @@ __all__ = [
     "add_gated",
     "add_per_token",
     "add_vector",
+    "export_gguf",
     "format_chat",
     "hooks",
     "load_bridge",
+    "load_gguf",
     "load_model",
     "methods",
     "steer",
@@ -72,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
         steer,
         track_positions,
     )
+    from hooksteer.llamacpp import export_gguf, load_gguf
     from hooksteer.models import DEFAULT_MODEL, format_chat, load_bridge, load_model
     from hooksteer.vectors import SteeringFileError, SteeringSet, SteeringVector
 

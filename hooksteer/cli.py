@@ -1,4 +1,4 @@
-"""Command-line interface: ``hooksteer demo | diffmean | generate | evaluate | train-hypersteer | train-psr | train-sae``.
+"""Command-line interface: ``hooksteer demo | diffmean | generate | evaluate | train-hypersteer | train-psr | train-sae | export-gguf``.
 
 Every command that writes outputs saves its settings as ``config.json`` beside them.
 
@@ -130,8 +130,16 @@ def run_diffmean(args: argparse.Namespace) -> int:
     else:
         raise SystemExit("give --contrast-set NAME, or both --positive FILE and --negative FILE")
     model = hs.load_model(args.model, progress=True)
+    if args.gguf:  # refuse a site llama.cpp lacks before computing anything
+        from hooksteer.llamacpp import control_vector_layer
+
+        control_vector_layer(args.hook, model.cfg.n_layers)
     vector = hs.methods.diffmean(model, positive, negative, args.hook, aggregation=args.aggregation, progress=True)
     out = Path(args.out)
+    if args.gguf:
+        from hooksteer.llamacpp import export_gguf
+
+        print(f"Wrote llama.cpp control vector {export_gguf(vector, args.gguf, model=model)}")
     vector.save(out)
     save_config(out.parent, "diffmean", args, vector_norm=vector.norm())
     print(f"Saved {vector} to {out}")
@@ -268,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--negative", help="file with one negative text per line")
     diff.add_argument("--aggregation", choices=["last", "mean"], default="mean")
     diff.add_argument("--out", required=True)
+    diff.add_argument("--gguf", help="also write the vector as a llama.cpp control vector (.gguf)")
     diff.set_defaults(func=run_diffmean)
 
     gen = commands.add_parser("generate", help="generate with a saved vector, side by side with unsteered")
@@ -310,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_psr_parser(commands)
     add_train_sae_parser(commands)
+    from hooksteer.llamacpp import add_parser as add_export_gguf_parser
+
+    add_export_gguf_parser(commands)
     return parser
 
 
