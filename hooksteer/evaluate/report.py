@@ -1,7 +1,7 @@
 """Reports of an evaluation run: markdown tables and the factor-sweep figure.
 
 Example:
-    >>> from hooksteer.evaluate.protocol import load_results                      # doctest: +SKIP
+    >>> from hooksteer.evaluate.result import load_results                        # doctest: +SKIP
     >>> result = load_results("runs/eval")                                         # doctest: +SKIP
     >>> print(markdown_table(result))                                              # doctest: +SKIP
     >>> plot_factor_sweep(result, "runs/eval/factor_sweep.png")                    # doctest: +SKIP
@@ -12,12 +12,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from hooksteer.evaluate.protocol import EvaluationResult
+from typing import Any, Protocol
 
 HEADER = ("method", "held-out concept", "instruction", "fluency", "steering score")
+
+
+class ReportedResult(Protocol):
+    """What the report reads from a :class:`hooksteer.evaluate.result.EvaluationResult` (which imports this
+    module to write its reports, so the report does not import it back)."""
+
+    config: dict[str, Any]
+    concepts: Sequence[Any]  # ConceptResult records
+
+    @property
+    def methods(self) -> list[str]: ...
+
+    def summary(self) -> dict[str, dict[str, float]]: ...
 
 
 def _fmt(value: float) -> str:
@@ -42,7 +52,7 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(result: EvaluationResult) -> str:
+def markdown_table(result: ReportedResult) -> str:
     """Per method: report-half ratings at the factor chosen on the selection half, averaged over concepts."""
     summary = result.summary()
     rows = [[method, *(_fmt(summary[method][key]) for key in ("concept", "instruction", "fluency", "score"))]
@@ -50,7 +60,7 @@ def markdown_table(result: EvaluationResult) -> str:
     return table(rows, HEADER)
 
 
-def concept_table(result: EvaluationResult) -> str:
+def concept_table(result: ReportedResult) -> str:
     """Per method and concept: chosen factor, report-half ratings, collapsed factors."""
     rows = [[c.method, c.concept_id, _factor(c.chosen_factor),
              *(_fmt(c.report[key]) for key in ("concept", "instruction", "fluency", "score")),
@@ -60,7 +70,7 @@ def concept_table(result: EvaluationResult) -> str:
                         "steering score", "collapsed at"))
 
 
-def sweep_curves(result: EvaluationResult, half: str = "report") -> dict[str, tuple[list[float], list[float]]]:
+def sweep_curves(result: ReportedResult, half: str = "report") -> dict[str, tuple[list[float], list[float]]]:
     """Per factor-using method: (factors, mean ``half`` score over concepts). Factor-free methods get ``([], [y])``."""
     curves: dict[str, tuple[list[float], list[float]]] = {}
     for method in result.methods:
@@ -78,7 +88,7 @@ def sweep_curves(result: EvaluationResult, half: str = "report") -> dict[str, tu
     return curves
 
 
-def plot_factor_sweep(result: EvaluationResult, path: str | Path, *, half: str = "report") -> Path:
+def plot_factor_sweep(result: ReportedResult, path: str | Path, *, half: str = "report") -> Path:
     """Mean steering score vs factor per method (factor-free methods as horizontal lines); saves ``path``."""
     import matplotlib
 
@@ -103,7 +113,7 @@ def plot_factor_sweep(result: EvaluationResult, path: str | Path, *, half: str =
     return path
 
 
-def markdown_report(result: EvaluationResult) -> str:
+def markdown_report(result: ReportedResult) -> str:
     """The summary table, then the per-concept table, with the run's key settings."""
     config = result.config
     settings = (f"model `{config.get('model')}`, judge `{config.get('judge')}`, seed {config.get('seed')}, "

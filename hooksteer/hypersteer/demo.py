@@ -185,9 +185,9 @@ def run_hypersteer_demo(
         A report dict (also the JSON file): eval losses, seconds, and one row per held-out concept.
     """
     import hooksteer as hs
-    from hooksteer.cli import side_by_side
     from hooksteer.data.schema import Concept
     from hooksteer.data.teacher import steered_chat_prompt
+    from hooksteer.display import side_by_side
     from hooksteer.evaluate.methods import residual_norm
     from hooksteer.generation import generate_texts
 
