@@ -82,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
 
     import hooksteer as hs
     from analysis.sae_training import train_sae
+    from hooksteer.io import atomic_write_json
 
     settings = settings_from_args(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     config = {"command": "train-sae", "settings": {k: v for k, v in vars(args).items() if k != "func"},
               "resolved": settings.to_dict()}
-    (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    atomic_write_json(out / "config.json", config, default=str)
     torch.manual_seed(settings.seed)
     model = hs.load_model(args.model) if args.model else hs.load_model()
     start = time.perf_counter()

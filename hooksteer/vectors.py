@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
+
+from hooksteer.io import atomic_save_file
 
 FORMAT_VERSION = "1"
 _LAYER_PATTERN = re.compile(r"^blocks\.(\d+)\.")
@@ -54,7 +55,12 @@ def layer_of(hook_name: str) -> int | None:
 
 
 def check_finite(tensor: Tensor, what: str) -> None:
-    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values."""
+    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values (or no values: the meta device)."""
+    if tensor.device.type == "meta":
+        raise ValueError(
+            f"{what} is on the meta device: it has a shape but no values (materialise it, e.g. load the "
+            "weights, before steering with it)"
+        )
     if not torch.isfinite(tensor).all():
         n_bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"{what} contains {n_bad} NaN/inf value(s); steering with it would corrupt activations.")
@@ -288,52 +294,87 @@ class SteeringSet:
             "d_model": str(self._vectors[0].d_model),
             "vectors": entries_json,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
+        return atomic_save_file(tensors, path, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, d_model: int | None = None, model: Any = None) -> SteeringSet:
-        """Load a file written by :meth:`save` (or :meth:`SteeringVector.save`)."""
+        """Load a file written by :meth:`save` (or :meth:`SteeringVector.save`).
+
+        The header (metadata and every tensor's shape and dtype) is checked before any tensor is read;
+        anything malformed raises :class:`SteeringFileError` saying what.
+        """
         path = Path(path)
         if model is not None:
             d_model = int(model.cfg.d_model)
         if not path.is_file():
-            raise SteeringFileError(f"no steering file at {path}")
+            raise SteeringFileError(f"no steering file at {path}" + (" (it is a directory)" if path.is_dir() else ""))
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as error:
+                entries = _checked_entries(path, metadata, {key: handle.get_slice(key) for key in handle.keys()},
+                                           d_model)
+                tensors = [handle.get_tensor(f"vector.{i}") for i in range(len(entries))]
+        except (SafetensorError, OSError) as error:
             raise SteeringFileError(f"{path} is not a valid safetensors file (corrupt or truncated?): {error}") from error
-        if metadata.get("format") != "hooksteer.steering":
-            raise SteeringFileError(f"{path} is a safetensors file but not a hooksteer steering file")
-        try:
-            entries = json.loads(metadata["vectors"])
-        except (KeyError, json.JSONDecodeError) as error:
-            raise SteeringFileError(f"{path} has corrupt metadata: {error}") from error
         vectors = []
-        for i, entry in enumerate(entries):
-            key = f"vector.{i}"
-            if key not in tensors:
-                raise SteeringFileError(f"{path} lacks tensor {key!r} (corrupt file)")
-            tensor = tensors[key]
-            if d_model is not None and tensor.shape[-1] != d_model:
-                raise SteeringFileError(
-                    f"{path} holds a vector of width {tensor.shape[-1]} for {entry['hook_name']!r}, "
-                    f"but the model has d_model={d_model}: it was made for another model"
-                )
-            vectors.append(
-                SteeringVector(entry["hook_name"], tensor, method=entry.get("method", "custom"),
-                               source=entry.get("source", {}))
-            )
+        for i, (entry, tensor) in enumerate(zip(entries, tensors, strict=True)):
+            try:
+                vectors.append(SteeringVector(entry["hook_name"], tensor, method=entry.get("method", "custom"),
+                                              source=entry.get("source", {})))
+            except (TypeError, ValueError) as error:
+                raise SteeringFileError(f"{path}: vector {i}: {error}") from error
         return cls(vectors)
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(v) for v in self._vectors)
         return f"SteeringSet([{inner}])"
+
+
+def _checked_entries(path: Path, metadata: dict[str, str], slices: dict[str, Any],
+                     d_model: int | None) -> list[dict[str, Any]]:
+    """The ``vectors`` entries of a steering file's header, after checking them against its tensors."""
+    if metadata.get("format") != "hooksteer.steering":
+        raise SteeringFileError(f"{path} is a safetensors file but not a hooksteer steering file")
+    try:
+        entries = json.loads(metadata["vectors"])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise SteeringFileError(f"{path} has corrupt metadata: {error}") from error
+    if not isinstance(entries, list):
+        raise SteeringFileError(f"{path}: metadata 'vectors' must be a list of entries, got {type(entries).__name__}")
+    if not entries:
+        raise SteeringFileError(f"{path} holds no vectors")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise SteeringFileError(f"{path}: metadata entry {i} must be an object, got {type(entry).__name__}")
+        for key, kind, required in (("hook_name", str, True), ("method", str, False), ("source", dict, False)):
+            if (required or key in entry) and not isinstance(entry.get(key), kind):
+                raise SteeringFileError(f"{path}: entry {i}: '{key}' must be a {kind.__name__}, got {entry.get(key)!r}")
+        if not entry["hook_name"]:
+            raise SteeringFileError(f"{path}: entry {i}: 'hook_name' is empty")
+    expected = [f"vector.{i}" for i in range(len(entries))]
+    missing, extra = [k for k in expected if k not in slices], sorted(set(slices) - set(expected))
+    if missing:
+        raise SteeringFileError(f"{path} lacks tensor {missing[0]!r} (corrupt file)")
+    if extra:
+        raise SteeringFileError(f"{path} holds tensors not described by its metadata: {extra[:5]}")
+    header_width = metadata.get("d_model")
+    for i, key in enumerate(expected):
+        shape, dtype = list(slices[key].get_shape()), str(slices[key].get_dtype())
+        hook_name = entries[i]["hook_name"]
+        if len(shape) != 1:
+            raise SteeringFileError(f"{path}: vector {i} for {hook_name!r} must be 1-D (d_model,), got shape {shape}")
+        if not dtype.startswith(("F", "BF")):
+            raise SteeringFileError(f"{path}: vector {i} for {hook_name!r} must be floating-point, got {dtype}")
+        if shape[0] == 0:
+            raise SteeringFileError(f"{path}: vector {i} for {hook_name!r} is empty")
+        if header_width is not None and str(shape[0]) != str(header_width):
+            raise SteeringFileError(f"{path}: vector {i} has width {shape[0]} but the header says d_model={header_width}")
+        if d_model is not None and shape[0] != d_model:
+            raise SteeringFileError(
+                f"{path} holds a vector of width {shape[0]} for {hook_name!r}, "
+                f"but the model has d_model={d_model}: it was made for another model"
+            )
+    return entries
 
 
 def as_vector_list(items: Iterable[SteeringVector | SteeringSet] | Mapping[str, Tensor]) -> list[SteeringVector]:

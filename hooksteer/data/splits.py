@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from hooksteer.data.schema import BasePrompt, Concept, SteeringExample
+from hooksteer.io import atomic_write_text
 
 __all__ = ["DataLeakError", "DatasetSplit", "Split", "make_split"]
 
@@ -77,18 +78,26 @@ class DatasetSplit:
             raise DataLeakError(f"held-in concepts must be training concepts; not in training: {missing[:5]}")
 
     def check_examples(self, train_examples: Iterable[SteeringExample]) -> None:
-        """Raise :class:`DataLeakError` if a training example uses a held-out concept or an eval prompt.
+        """Raise :class:`DataLeakError` if a training example uses a held-out concept or an eval prompt, or a
+        concept that is not a training concept of this split.
 
         Examples are matched by ``concept_id`` and ``base_prompt_id`` (falling back to the prompt text
-        when ``meta["prompt_texts"]`` was recorded by :func:`make_split`).
+        when ``meta["prompt_texts"]`` was recorded by :func:`make_split`). Ids and texts are compared
+        after :func:`normalise_text` (case, surrounding and repeated whitespace do not hide a leak).
         """
-        held_out = set(self.held_out_concepts)
-        eval_ids = set(self.eval_prompts)
-        eval_texts = {self.meta.get("prompt_texts", {}).get(pid) for pid in eval_ids} - {None}
+        train = {normalise_text(c) for c in self.train_concepts}
+        held_out = {normalise_text(c) for c in self.held_out_concepts}
+        eval_ids = {normalise_text(p) for p in self.eval_prompts}
+        eval_texts = {normalise_text(text) for pid, text in self.meta.get("prompt_texts", {}).items()
+                      if pid in set(self.eval_prompts) and isinstance(text, str)}
         for example in train_examples:
-            if example.concept_id in held_out:
+            concept = normalise_text(example.concept_id)
+            if concept in held_out:
                 raise DataLeakError(f"training example uses held-out concept {example.concept_id!r}")
-            if example.base_prompt_id in eval_ids or example.base_prompt in eval_texts:
+            if concept not in train:
+                raise DataLeakError(f"training example concept {example.concept_id!r} is not a training concept "
+                                    "of the split")
+            if normalise_text(example.base_prompt_id) in eval_ids or normalise_text(example.base_prompt) in eval_texts:
                 raise DataLeakError(f"training example uses eval prompt {example.base_prompt[:60]!r}")
 
     # ---- queries ----------------------------------------------------------------------------------
@@ -127,10 +136,7 @@ class DatasetSplit:
     def save(self, path: str | pathlib.Path) -> pathlib.Path:
         """Write the split as JSON (after :meth:`check_no_leak`)."""
         self.check_no_leak()
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
-        return path
+        return atomic_write_text(pathlib.Path(path), json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> DatasetSplit:
@@ -140,6 +146,16 @@ class DatasetSplit:
 
 #: Short alias.
 Split = DatasetSplit
+
+
+def normalise_text(text: str) -> str:
+    """Case-folded, with whitespace runs collapsed and the ends stripped (what the leak checks compare).
+
+    Example:
+        >>> normalise_text("  What is  a Volcano?\n")
+        'what is a volcano?'
+    """
+    return " ".join(str(text).split()).casefold()
 
 
 def _disjoint(name_a: str, a: Iterable[str], name_b: str, b: set[str]) -> None:

@@ -181,10 +181,10 @@ class HyperSteerConfig:
         return cls(**data)
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        """Write the settings as JSON, atomically (:func:`hooksteer.io.atomic_write_json`)."""
+        from hooksteer.io import atomic_write_json
+
+        return atomic_write_json(Path(path), self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HyperSteerConfig:

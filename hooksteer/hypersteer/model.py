@@ -267,15 +267,16 @@ class HyperSteer(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created). Returns it."""
+        from hooksteer.io import atomic_write_files
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "base_model": self.signature,
                 "config": self.config.to_dict()}
-        tmp = directory / (WEIGHTS_FILE + ".tmp")
-        save_file(self.trainable_state_dict(), str(tmp),
-                  metadata={"format": FORMAT, "d_model": str(self.signature["d_model"])})
-        os.replace(tmp, directory / WEIGHTS_FILE)
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        state, weights_meta = self.trainable_state_dict(), {"format": FORMAT, "d_model": str(self.signature["d_model"])}
+        atomic_write_files({  # both staged on disk before either is renamed: never new weights with an old config
+            directory / WEIGHTS_FILE: lambda tmp: save_file(state, str(tmp), metadata=weights_meta),
+            directory / CONFIG_FILE: json.dumps(meta, indent=2).encode(),
+        })
         return directory
 
     def load_weights(self, directory: str | os.PathLike) -> None:
@@ -322,6 +323,9 @@ class HyperSteer(nn.Module):
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise HyperSteerFileError(f"{config_path} is not a HyperSteer config (format {FORMAT!r} expected)")
         saved, current = meta.get("base_model", {}), base_signature(model)
+        if not isinstance(saved, dict) or not isinstance(meta.get("config"), dict):
+            raise HyperSteerFileError(f"{config_path}: 'base_model' and 'config' must be JSON objects, got "
+                                      f"{type(saved).__name__} and {type(meta.get('config')).__name__}")
         for key in ("d_model", "n_layers", "d_vocab"):
             if saved.get(key) != current[key]:
                 raise HyperSteerFileError(
@@ -330,8 +334,11 @@ class HyperSteer(nn.Module):
                 )
         try:
             config = HyperSteerConfig.from_dict(meta["config"])
-        except (KeyError, TypeError, HyperSteerConfigError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise HyperSteerFileError(f"{config_path} has an invalid config: {error}") from error
-        hyper = cls(model, config)
+        try:
+            hyper = cls(model, config)
+        except (TypeError, ValueError) as error:  # HyperSteerConfigError included
+            raise HyperSteerFileError(f"{config_path} has an invalid config: {error}") from error
         hyper.load_weights(directory)
         return hyper

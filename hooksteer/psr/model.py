@@ -42,6 +42,7 @@ from hooksteer.hooks import (
     add_gated,
     apply_steering_hooks,
     check_hook_name,
+    finite_scalar,
 )
 from hooksteer.psr.teacher import hook_name
 from hooksteer.vectors import check_finite
@@ -228,6 +229,8 @@ class PSR(nn.Module):
 
         Yields the installed hooks; ``hook.last_gate`` holds the λ·α of the latest forward pass.
         """
+        if not isinstance(alpha, Tensor) or alpha.ndim == 0:
+            finite_scalar(alpha, "PSR alpha")  # a per-row alpha tensor is checked by RowScaledGate
         self.check_model(model)
         tracker = PositionTracker()
         fwd_hooks = self.hooks(alpha, positions=positions, tracker=tracker)
@@ -244,16 +247,18 @@ class PSR(nn.Module):
     # ------------------------------------------------------------------ files
     def save(self, directory: str | Path) -> Path:
         """Write ``psr_config.json`` and ``psr.safetensors`` into ``directory``."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from hooksteer.io import atomic_write_files
 
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
         tensors = {f"{kind}.{layer}": tensor.detach().float().cpu().contiguous()
                    for layer in self.layers
                    for kind, tensor in (("w", self.gate(layer).weight), ("b", self.gate(layer).bias.reshape(1)),
                                         ("z", self.direction(layer)))}
-        save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "hooksteer-psr-1"})
-        (out / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        config = json.dumps(self.config.to_dict(), indent=2).encode()  # both files staged, then renamed
+        atomic_write_files({out / WEIGHTS_FILE: save(tensors, metadata={"format": "hooksteer-psr-1"}),
+                            out / CONFIG_FILE: config})
         return out
 
     @classmethod
@@ -263,21 +268,15 @@ class PSR(nn.Module):
         Raises:
             PSRFileError: missing/corrupt files, missing or mis-shaped tensors, non-finite values.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         folder = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (folder / name).is_file():
                 raise PSRFileError(f"{folder} has no {name}: not a saved PSR")
-        try:
-            config = PSRConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as error:
-            raise PSRFileError(f"{folder / CONFIG_FILE} is not a valid PSR config: {error}") from error
-        try:
-            tensors = load_file(str(folder / WEIGHTS_FILE))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise PSRFileError(f"{folder / WEIGHTS_FILE} is corrupt or truncated: {error}") from error
+        config = _read_config(folder / CONFIG_FILE)
+        if model is not None and int(model.cfg.d_model) != config.d_model:
+            raise PSRFileError(f"{folder}: this PSR was made for d_model={config.d_model}, the model has "
+                               f"{int(model.cfg.d_model)}")
+        tensors = _read_weights(folder / WEIGHTS_FILE, config)  # shapes checked in the header before reading
         psr = cls(config)
         for layer in config.layers:
             try:
@@ -297,6 +296,56 @@ class PSR(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.config.short_name}, layers={self.layers}, d_model={self.config.d_model}"
+
+
+def _read_config(path: Path) -> PSRConfig:
+    """The saved config, every field checked (``d_model`` too, before anything is allocated for it)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PSRFileError(f"{path} is not a valid PSR config: {error}") from error
+    if not isinstance(data, dict):
+        raise PSRFileError(f"{path} is not a valid PSR config: expected a JSON object, got {type(data).__name__}")
+    d_model = data.get("d_model")
+    if isinstance(d_model, bool) or not isinstance(d_model, int) or not 1 <= d_model <= 2**20:
+        raise PSRFileError(f"{path}: d_model must be an integer in 1..{2**20}, got {d_model!r}")
+    layers = data.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+        raise PSRFileError(f"{path}: layers must be a list of integers, got {layers!r}")
+    try:
+        return PSRConfig.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise PSRFileError(f"{path} is not a valid PSR config: {error}") from error
+
+
+def _read_weights(path: Path, config: PSRConfig) -> dict[str, Tensor]:
+    """The weights of every layer of ``config``, after checking names, shapes and finiteness."""
+    from safetensors import SafetensorError, safe_open
+
+    expected = {f"{kind}.{layer}": [1] if kind == "b" else [config.d_model]
+                for layer in config.layers for kind in ("w", "b", "z")}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            present = set(handle.keys())
+            for key, shape in expected.items():
+                if key not in present:
+                    raise PSRFileError(f"{path} lacks tensor {key!r}")
+                found = list(handle.get_slice(key).get_shape())
+                if found != shape:
+                    raise PSRFileError(f"{path}: {key} has shape {found}, expected {shape} (d_model={config.d_model})")
+            tensors = {key: handle.get_tensor(key) for key in expected}
+    except (SafetensorError, OSError, ValueError) as error:
+        if isinstance(error, PSRFileError):
+            raise
+        raise PSRFileError(f"{path} is corrupt or truncated: {error}") from error
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise PSRFileError(f"{path}: {key} must be floating-point, got {tensor.dtype}")
+        try:
+            check_finite(tensor, key)
+        except ValueError as error:
+            raise PSRFileError(f"{path}: {error}") from error
+    return tensors
 
 
 def mean_delta_init(psr: PSR, deltas: dict[int, Sequence[Tensor]]) -> None:
