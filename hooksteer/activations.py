@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooksteer.hooks import check_hook_name
+from hooksteer.hooks import check_hook_name, model_lock
 
 
 class _StopForward(Exception):
@@ -80,14 +80,15 @@ def pad_token_id(model: Any) -> int:
 def activations_for_tokens(
     model: nn.Module, tokens: Int[Tensor, "batch pos"], hook_name: str
 ) -> Float[Tensor, "batch pos d_model"]:
-    """Activation at ``hook_name`` for a batch of token ids, stopping the forward pass there."""
+    """Activation at ``hook_name`` for a batch of token ids, stopping the forward pass there (under the
+    model's lock: waits while another thread steers the model)."""
     captured: dict[str, Tensor] = {}
 
     def capture(activation: Tensor, hook: Any) -> Tensor:
         captured["value"] = activation.detach()
         raise _StopForward
 
-    with model.hooks(fwd_hooks=[(hook_name, capture)]):
+    with model_lock(model), model.hooks(fwd_hooks=[(hook_name, capture)]):
         try:
             model(tokens.to(model_device(model)))
         except _StopForward:

@@ -8,13 +8,16 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from hooksteer.activations import check_texts, left_pad, pad_token_id, tokenize
+from hooksteer.activations import check_texts, left_pad, model_device, pad_token_id, tokenize
 from hooksteer.fast_generation import fast_path_hooks, hf_twin, twin_hooks
+from hooksteer.hooks import model_lock
 from hooksteer.models import format_chat
 
 
@@ -44,21 +47,54 @@ def generate_texts(
         prompts: user messages (``chat=True``) or raw prompts (``chat=False``).
         max_new_tokens: tokens to generate per prompt.
         chat: format prompts with the model's chat template first.
-        do_sample / temperature / seed: sampling settings (greedy by default; ``seed`` makes sampling repeatable).
+        do_sample / temperature / seed: sampling settings (greedy by default; ``seed`` makes sampling repeatable
+            without touching the global torch random state, which is restored afterwards).
         stop_at_eos: stop a row at its end-of-text token (``False`` always generates ``max_new_tokens``).
         progress: show TransformerLens's per-token progress bar.
         fast: on a ``TransformerBridge``, run steering installed with :func:`hooksteer.steer` on the
             weight-sharing Hugging Face twin (:mod:`hooksteer.fast_generation`); ``False`` forces the
             bridge's own hook points. Same tokens either way.
+
+    Raises:
+        ValueError: ``max_new_tokens < 1``, a sampling temperature that is not > 0, or a prompt whose
+            tokens plus ``max_new_tokens`` do not fit in the model's context (``cfg.n_ctx``): checked
+            before anything runs.
     """
     texts = chat_prompts(model, prompts, system=system) if chat else check_texts(prompts, "prompts")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if seed is not None:
-        torch.manual_seed(seed)
-    rows = generate_tokens(model, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                           temperature=temperature, stop_at_eos=stop_at_eos, progress=progress, fast=fast)
+    check_generation_settings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature)
+    with model_lock(model), torch.random.fork_rng(devices=_cuda_devices(model), enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        rows = generate_tokens(model, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                               temperature=temperature, stop_at_eos=stop_at_eos, progress=progress, fast=fast)
     return [_decode_until_eos(model, row) for row in rows]
+
+
+def check_generation_settings(*, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0) -> None:
+    """Raise ``ValueError`` for ``max_new_tokens < 1`` or, when sampling, a temperature that is not a finite number > 0."""
+    integer = isinstance(max_new_tokens, numbers.Integral) and not isinstance(max_new_tokens, bool)
+    if not integer or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if do_sample and not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"sampling temperature must be a finite number > 0, got {temperature!r} "
+                         "(for greedy decoding pass do_sample=False)")
+
+
+def check_context(model: Any, prompt_lengths: Sequence[int], max_new_tokens: int) -> None:
+    """Raise ``ValueError`` when the longest prompt plus ``max_new_tokens`` exceeds the model's ``n_ctx``."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    longest = max(prompt_lengths)
+    if n_ctx and longest + max_new_tokens > int(n_ctx):
+        raise ValueError(
+            f"the prompt has {longest} tokens and max_new_tokens={max_new_tokens}: {longest + max_new_tokens} "
+            f"positions do not fit in the model's context (n_ctx={n_ctx}); shorten the prompt or ask for at "
+            f"most {max(0, int(n_ctx) - longest)} new tokens"
+        )
+
+
+def _cuda_devices(model: Any) -> list[int]:
+    device = model_device(model)
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def generate_tokens(model: Any, texts: list[str], *, max_new_tokens: int, do_sample: bool = False,
@@ -67,7 +103,17 @@ def generate_tokens(model: Any, texts: list[str], *, max_new_tokens: int, do_sam
     """New token ids for each text (already formatted), through the fastest loop for the model class:
     Hugging Face's for a ``TransformerBridge`` (on its weight-sharing twin when every hook on the bridge
     is hooksteer steering at a residual site, see :mod:`hooksteer.fast_generation`), TransformerLens's
-    for a ``HookedTransformer``."""
+    for a ``HookedTransformer``. Holds the model's lock (waits while another thread steers it) and checks
+    the context length before generating."""
+    check_generation_settings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature)
+    check_context(model, [int(tokenize(model, text).shape[0]) for text in texts], max_new_tokens)
+    with model_lock(model):
+        return _generate_tokens(model, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                temperature=temperature, stop_at_eos=stop_at_eos, progress=progress, fast=fast)
+
+
+def _generate_tokens(model: Any, texts: list[str], *, max_new_tokens: int, do_sample: bool, temperature: float,
+                     stop_at_eos: bool, progress: bool, fast: bool) -> list[torch.Tensor]:
     if is_bridge(model):
         settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
                     "stop_at_eos": stop_at_eos}

@@ -17,11 +17,20 @@ Example (TransformerLens style, with your own hook list):
 Example (one line):
     >>> with steer(model, vec * 4.0, positions="generated"):             # doctest: +SKIP
     ...     model.generate("Hello", max_new_tokens=10)
+
+Threads: a steering context belongs to the thread that entered it. While it is active it holds the
+model's lock (:func:`model_lock`), so :func:`steer` and hooksteer's generation / activation functions in
+other threads wait for it to exit, and a forward pass another thread runs on the model by itself is
+refused with :class:`SteeringThreadError` instead of being steered.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import operator
+import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +51,22 @@ GateFn = Callable[[Float[Tensor, "batch pos d_model"]], Float[Tensor, "batch pos
 HookFn = Callable[[Tensor, Any], Tensor]
 
 _NAMED_POSITIONS = ("all", "prompt", "generated")
+# Hook points whose activation has no (batch, pos, ...) token axis: (batch, head, query_pos, key_pos).
+_NO_TOKEN_AXIS = ("hook_pattern", "hook_attn_scores")
+
+
+class SteeringThreadError(RuntimeError):
+    """A forward pass from one thread met steering (or a position tracker) installed by another thread."""
+
+
+def _check_thread(owner: int | None, what: str) -> None:
+    if owner is not None and threading.get_ident() != owner:
+        raise SteeringThreadError(
+            f"{what} was installed by another thread, and steering belongs to the thread that entered it: "
+            "this forward pass would be steered by someone else's vectors. Run it through "
+            "hooksteer.generation.generate_texts (it waits for the steering to end) or inside "
+            "`with hooksteer.hooks.model_lock(model):`"
+        )
 
 
 # ============================================================================ positions
@@ -71,6 +96,7 @@ class PositionTracker:
         self.prompt_lengths: Int[Tensor, " batch"] | None = None
         self._last_input: Tensor | None = None
         self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._owner: int | None = None
 
     # -- attaching
     def attach(self, model: nn.Module) -> PositionTracker:
@@ -79,6 +105,7 @@ class PositionTracker:
             raise RuntimeError("this PositionTracker is already attached to a model")
         first_block = _first_block(model)
         self._handle = first_block.register_forward_pre_hook(self._on_first_block, with_kwargs=True)
+        self._owner = threading.get_ident()
         return self
 
     def detach(self) -> None:
@@ -86,6 +113,7 @@ class PositionTracker:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+            self._owner = None
 
     @property
     def attached(self) -> bool:
@@ -93,6 +121,7 @@ class PositionTracker:
 
     # -- the pre-hook
     def _on_first_block(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        _check_thread(self._owner, "a PositionTracker on this model")
         hidden = args[0] if args else next(
             (kwargs[k] for k in ("resid_pre", "hidden_states", "x") if k in kwargs), None
         )
@@ -210,7 +239,7 @@ def _validate_positions(positions: PositionSpec) -> PositionSpec:
         return positions
     if isinstance(positions, slice):
         raise TypeError("positions must be 'all', 'prompt', 'generated' or explicit indices, not a slice")
-    indices = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    indices = _integer_indices(positions)
     if indices.numel() == 0:
         raise ValueError("positions is an empty list: nothing would be steered")
     if (indices < 0).any():
@@ -219,6 +248,37 @@ def _validate_positions(positions: PositionSpec) -> PositionSpec:
             "while generating); use 'generated' or explicit indices"
         )
     return indices
+
+
+def _integer_indices(positions: Any) -> Int[Tensor, " n"]:
+    """A flat LongTensor of token indices; floats, bools and nested lists are refused, not rounded or flattened."""
+    if isinstance(positions, Tensor):
+        if positions.dtype == torch.bool or positions.is_floating_point() or positions.is_complex():
+            raise TypeError(f"positions must be integer token indices, got a {positions.dtype} tensor")
+        if positions.ndim > 1:
+            raise ValueError(f"positions must be a flat list of token indices, got shape {tuple(positions.shape)}")
+        return positions.detach().to("cpu", torch.long).reshape(-1)
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        positions = [positions]
+    try:
+        items = list(positions)
+    except TypeError:
+        raise TypeError(
+            f"positions must be 'all', 'prompt', 'generated' or a list of integer token indices, "
+            f"got {type(positions).__name__}"
+        ) from None
+    values = []
+    for item in items:
+        if isinstance(item, (list, tuple, Tensor)) and not (isinstance(item, Tensor) and item.ndim == 0):
+            raise ValueError(f"positions must be a flat list of token indices, got a nested entry {item!r}")
+        is_bool = isinstance(item, bool) or (isinstance(item, Tensor) and item.dtype == torch.bool)
+        try:
+            values.append(operator.index(item) if not is_bool else None)
+        except TypeError:
+            values.append(None)
+        if values[-1] is None:
+            raise TypeError(f"positions must be integer token indices, got {item!r}")
+    return torch.tensor(values, dtype=torch.long)
 
 
 def _position_mask(
@@ -250,10 +310,47 @@ def _direction_tensor(direction: Direction) -> Tensor:
     return tensor
 
 
+def finite_scalar(value: Any, what: str) -> float:
+    """``float(value)``, refusing NaN and infinities (which would corrupt every steered activation)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be a finite number, got {number}")
+    return number
+
+
+def _no_token_axis(hook_name: str) -> bool:
+    return hook_name.rsplit(".", 1)[-1] in _NO_TOKEN_AXIS
+
+
+def _no_token_axis_message(name: str, shape: tuple[int, ...] | None = None) -> str:
+    what = f"has shape {shape}" if shape is not None else "has shape (batch, head, query_pos, key_pos)"
+    if shape is not None and _no_token_axis(name):
+        what += " = (batch, head, query_pos, key_pos)"
+    return (
+        f"{name} {what}: it has no single token axis (query_pos, key_pos), so positions, per-token "
+        "coefficients and gates are not defined there; steer it with positions='all' and a constant "
+        "coefficient, or steer a (batch, pos, ...) site such as attn.hook_z or hook_resid_post"
+    )
+
+
+def _trailing_ones(tensor: Tensor, ndim: int) -> Tensor:
+    """``tensor`` with singleton axes appended up to ``ndim`` axes (to broadcast over heads / features)."""
+    return tensor.reshape(*tensor.shape, *([1] * (ndim - tensor.ndim)))
+
+
 class SteeringHook:
     """Base of the hook objects: ``hook(activation, hook) -> activation + c_t · v``.
 
     Subclasses define :meth:`coefficients`, the per-token coefficient for the current pass.
+
+    The token axis is axis 1 of every activation with one: ``(batch, pos, d)`` residual / MLP sites and
+    ``(batch, pos, head, d_head)`` attention sites (``hook_q/k/v/z``), where ``v`` is added to every head.
+    Position-dependent steering (``positions``, per-token coefficients, gates) at a site without a
+    token axis (``hook_pattern`` / ``hook_attn_scores``, ``(batch, head, query_pos, key_pos)``) raises
+    ``ValueError``; it is never applied to the wrong axis.
     """
 
     def __init__(self, direction: Direction, *, positions: PositionSpec = "all",
@@ -261,6 +358,7 @@ class SteeringHook:
         self.direction = _direction_tensor(direction)
         self.positions = _validate_positions(positions)
         self.tracker = tracker
+        self._reached: Tensor | None = None  # which explicit positions some forward pass has reached
         if self.needs_tracker and tracker is None:
             raise ValueError(
                 f"{type(self).__name__} with positions={positions!r} needs a PositionTracker, because "
@@ -272,39 +370,64 @@ class SteeringHook:
     def needs_tracker(self) -> bool:
         return not (isinstance(self.positions, str) and self.positions == "all")
 
+    @property
+    def per_token(self) -> bool:
+        """Whether the added amount differs between tokens (so the site needs a token axis)."""
+        return self.needs_tracker
+
     def coefficients(self, activation: Tensor, absolute: Tensor | None) -> Tensor | float:
         raise NotImplementedError
 
     def __call__(self, activation: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
+        name = getattr(hook, "name", None) or "this hook point"
         direction = self.direction.to(device=activation.device, dtype=activation.dtype)
         if activation.shape[-1] != direction.shape[-1]:
-            name = getattr(hook, "name", "this hook point")
             raise ValueError(
                 f"steering vector has width {direction.shape[-1]} but {name} has width {activation.shape[-1]}"
             )
-        if direction.ndim == 2 and direction.shape[0] != activation.shape[0]:
-            raise ValueError(
-                f"per-row directions have batch {direction.shape[0]} but the activation has batch "
-                f"{activation.shape[0]}"
-            )
-        if activation.ndim != 3:
+        if direction.ndim == 2:
+            if direction.shape[0] != activation.shape[0]:
+                raise ValueError(
+                    f"per-row directions have batch {direction.shape[0]} but the activation has batch "
+                    f"{activation.shape[0]}"
+                )
+            direction = direction.reshape(direction.shape[0], *([1] * (activation.ndim - 2)), direction.shape[1])
+        if not self.per_token:
             return activation + self.coefficients(activation, None) * direction
-        absolute = self._absolute_positions(activation)
+        absolute = self._absolute_positions(activation, name)
         coefficient = self.coefficients(activation, absolute)
         if isinstance(coefficient, Tensor):
-            coefficient = coefficient.to(activation.dtype)[..., None]
-        row_direction = direction[:, None, :] if direction.ndim == 2 else direction
-        steered = activation + coefficient * row_direction
+            coefficient = _trailing_ones(coefficient.to(activation.dtype), activation.ndim)
+        steered = activation + coefficient * direction
         mask = _position_mask(self.positions, absolute, self.tracker) if absolute is not None else None
         if mask is None:
             return steered
-        return torch.where(mask[:, :, None], steered, activation)
+        return torch.where(_trailing_ones(mask, activation.ndim), steered, activation)
 
-    def _absolute_positions(self, activation: Tensor) -> Tensor | None:
+    def _absolute_positions(self, activation: Tensor, name: str) -> Tensor | None:
+        if _no_token_axis(name) or activation.ndim < 3:
+            raise ValueError(_no_token_axis_message(name, tuple(activation.shape)))
         if not self.needs_tracker:
             return None
         assert self.tracker is not None  # checked in __init__
-        return self.tracker.positions(activation.shape[1], activation.device)
+        known = self.tracker.absolute
+        if known is not None and tuple(activation.shape[:2]) != tuple(known.shape):
+            raise ValueError(
+                f"{name} has shape {tuple(activation.shape)} but the tokens of this forward pass are "
+                f"(batch, pos) = {tuple(known.shape)}: its axis 1 is not the token axis, so positions / "
+                "per-token coefficients cannot be honoured there; steer it with positions='all'"
+            )
+        absolute = self.tracker.positions(activation.shape[1], activation.device)
+        if isinstance(self.positions, Tensor):
+            reached = torch.isin(self.positions.to(absolute.device), absolute)
+            self._reached = reached if self._reached is None else self._reached | reached
+        return absolute
+
+    def unreached_positions(self) -> list[int]:
+        """Explicit positions no forward pass has reached so far (empty before the first pass)."""
+        if not isinstance(self.positions, Tensor) or self._reached is None:
+            return []
+        return self.positions[~self._reached.cpu()].tolist()
 
 
 class AddVector(SteeringHook):
@@ -313,7 +436,7 @@ class AddVector(SteeringHook):
     def __init__(self, direction: Direction, coefficient: float = 1.0, *, positions: PositionSpec = "all",
                  tracker: PositionTracker | None = None) -> None:
         super().__init__(direction, positions=positions, tracker=tracker)
-        self.coefficient = float(coefficient)
+        self.coefficient = finite_scalar(coefficient, "coefficient")
 
     def coefficients(self, activation: Tensor, absolute: Tensor | None) -> float:
         return self.coefficient
@@ -348,6 +471,7 @@ class AddPerToken(SteeringHook):
         source = self.coefficient_source
         if callable(source) and not isinstance(source, Tensor):
             values = torch.as_tensor(source(absolute), device=activation.device)
+            check_finite(values, "per-token coefficients returned by the callable")
             try:
                 return torch.broadcast_to(values, absolute.shape)
             except RuntimeError:
@@ -387,8 +511,12 @@ class AddGated(SteeringHook):
         if not callable(gate):
             raise TypeError("gate must be callable: activation (batch, pos, d_model) -> (batch, pos)")
         self.gate = gate
-        self.coefficient = float(coefficient)
+        self.coefficient = finite_scalar(coefficient, "coefficient")
         self.last_gate: Tensor | None = None
+
+    @property
+    def per_token(self) -> bool:
+        return True
 
     def coefficients(self, activation: Tensor, absolute: Tensor | None) -> Tensor:
         values = self.gate(activation)
@@ -396,6 +524,7 @@ class AddGated(SteeringHook):
             raise ValueError(
                 f"gate returned shape {tuple(values.shape)}, expected {tuple(activation.shape[:-1])}"
             )
+        check_finite(values, "gate values")
         self.last_gate = values.detach()
         return self.coefficient * values
 
@@ -509,6 +638,7 @@ def build_steering_hooks(
     flat = as_vector_list(vectors)
     if not flat:
         raise ValueError("steer() needs at least one SteeringVector or SteeringSet")
+    coefficient = finite_scalar(coefficient, "coefficient")
     if per_token is not None and gate is not None:
         raise ValueError("pass either per_token or gate, not both")
     for vector in flat:
@@ -562,6 +692,24 @@ def steer(
 # Steering installed through apply_steering_hooks, per model: lets hooksteer.generation replay the same
 # hook objects on a faster module that shares the model's weights (see hooksteer.fast_generation).
 _ACTIVE_STEERING: weakref.WeakKeyDictionary[nn.Module, list[SteeringHandle]] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The model's re-entrant lock: held by every active steering context (by the thread that entered it),
+    and taken by hooksteer's generation and activation functions, so they wait while another thread
+    steers the model. Take it around your own forward passes to wait the same way.
+
+    Example:
+        >>> with model_lock(model):                                        # doctest: +SKIP
+        ...     logits = model(tokens)      # never runs while another thread is steering
+    """
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
 
 
 def active_steering(model: nn.Module) -> list[SteeringHandle]:
@@ -586,22 +734,117 @@ def apply_steering_hooks(model: nn.Module, fwd_hooks: Sequence[tuple[str, HookFn
     raises. Steering installed this way is visible to :func:`active_steering`, which lets
     :func:`hooksteer.generation.generate_texts` run it on the fast path.
 
+    Contexts may exit in any order: each removes exactly its own hooks (by handle), and an inner
+    ``model.hooks()`` block never removes them. The block holds :func:`model_lock` (see the module
+    docstring for the thread rule).
+
     Example:
         >>> tracker = PositionTracker()                                    # doctest: +SKIP
         >>> hooks = [("blocks.6.hook_resid_post", add_vector(v, 4.0, positions="generated", tracker=tracker))]
         >>> with apply_steering_hooks(model, hooks, tracker):              # doctest: +SKIP
         ...     generate_texts(model, ["Hi"])
     """
-    for hook_name, _ in fwd_hooks:
+    fwd_hooks = list(fwd_hooks)
+    for hook_name, hook in fwd_hooks:
         check_hook_name(model, hook_name)
-    handle = SteeringHandle(tracker=tracker, fwd_hooks=list(fwd_hooks))  # type: ignore[arg-type]
-    tracker.attach(model)
-    try:
-        with model.hooks(fwd_hooks=list(fwd_hooks)):
-            _ACTIVE_STEERING.setdefault(model, []).append(handle)
+        _check_site(model, hook_name, hook)
+    handle = SteeringHandle(tracker=tracker, fwd_hooks=fwd_hooks)  # type: ignore[arg-type]
+    with model_lock(model):
+        tracker.attach(model)
+        try:
+            installed = _install_hooks(model, fwd_hooks)
             try:
-                yield handle
+                _ACTIVE_STEERING.setdefault(model, []).append(handle)
+                try:
+                    yield handle
+                finally:
+                    _ACTIVE_STEERING[model].remove(handle)
             finally:
-                _ACTIVE_STEERING[model].remove(handle)
-    finally:
-        tracker.detach()
+                _remove_hooks(installed)
+        finally:
+            tracker.detach()
+    _warn_unreached(fwd_hooks)
+
+
+def _check_site(model: nn.Module, hook_name: str, hook: HookFn) -> None:
+    """Refuse, before installing anything, steering that the site's shape or the context cannot honour."""
+    if not isinstance(hook, SteeringHook):
+        return
+    hook._reached = None  # positions reached are counted per steering context
+    if hook.per_token and _no_token_axis(hook_name):
+        raise ValueError(_no_token_axis_message(hook_name))
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if isinstance(hook.positions, Tensor) and n_ctx and int(hook.positions.max()) >= int(n_ctx):
+        past = sorted({int(p) for p in hook.positions if int(p) >= int(n_ctx)})
+        raise ValueError(
+            f"positions {_short_list(past)} are past the model's context (n_ctx={n_ctx}): no token can ever be "
+            "there, so they would steer nothing"
+        )
+
+
+def _short_list(values: Sequence[Any], limit: int = 5) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"[{shown}{', …' if len(values) > limit else ''}]"
+
+
+def _warn_unreached(fwd_hooks: Sequence[tuple[str, HookFn]]) -> None:
+    for hook_name, hook in fwd_hooks:
+        missing = hook.unreached_positions() if isinstance(hook, SteeringHook) else []
+        if missing:
+            warnings.warn(
+                f"steering at {hook_name}: positions {_short_list(missing)} were never reached by any forward "
+                "pass in the block, so nothing was steered there", UserWarning, stacklevel=4,
+            )
+
+
+class _ThreadGuard:
+    """Wraps a steering hook so that it runs only in the thread that installed it (see the module docstring)."""
+
+    def __init__(self, hook: HookFn) -> None:
+        self.hook = hook
+        self.owner = threading.get_ident()
+
+    def __call__(self, activation: Tensor, hook: Any = None) -> Any:
+        _check_thread(self.owner, f"steering at {getattr(hook, 'name', None) or 'a hook point'}")
+        return self.hook(activation, hook)
+
+    def __repr__(self) -> str:
+        return f"hooksteer({self.hook!r})"
+
+
+def _hook_points(model: nn.Module) -> list[Any]:
+    return list({id(point): point for point in model.hook_dict.values()}.values())
+
+
+def _install_hooks(model: nn.Module, fwd_hooks: Sequence[tuple[str, HookFn]]) -> list[tuple[Any, Any]]:
+    """Add the hooks through TransformerLens (aliases resolved as ``model.hooks`` does) and return the
+    ``(hook point, handle)`` of each, detached from any context level so only we remove them."""
+    guards = {id(guard): guard for guard in (_ThreadGuard(hook) for _, hook in fwd_hooks)}
+    pairs = [(name, guard) for (name, _), guard in zip(fwd_hooks, guards.values(), strict=True)]
+    try:
+        with model.hooks(fwd_hooks=pairs, reset_hooks_end=False):
+            pass
+    except BaseException:
+        _remove_hooks(_installed_guards(model, guards))
+        raise
+    installed = _installed_guards(model, guards)
+    if len(installed) < len(pairs):
+        _remove_hooks(installed)
+        raise RuntimeError(f"TransformerLens installed {len(installed)} of {len(pairs)} steering hooks")
+    return installed
+
+
+def _installed_guards(model: nn.Module, guards: dict[int, _ThreadGuard]) -> list[tuple[Any, Any]]:
+    installed = []
+    for point in _hook_points(model):
+        for lens in point.fwd_hooks:
+            if id(getattr(lens, "user_hook", None)) in guards:
+                lens.context_level = None
+                installed.append((point, lens))
+    return installed
+
+
+def _remove_hooks(installed: list[tuple[Any, Any]]) -> None:
+    for point, lens in installed:
+        lens.hook.remove()
+        point.fwd_hooks = [other for other in point.fwd_hooks if other is not lens]
