@@ -597,6 +597,8 @@ def read_with_ggml(path: str | os.PathLike) -> tuple[str | None, dict[int, np.nd
     lib.gguf_get_tensor_type.restype = ctypes.c_int
     lib.gguf_find_key.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     lib.gguf_find_key.restype = ctypes.c_int64
+    lib.gguf_get_kv_type.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_kv_type.restype = ctypes.c_int
     lib.gguf_get_val_str.argtypes = [ctypes.c_void_p, ctypes.c_int64]
     lib.gguf_get_val_str.restype = ctypes.c_char_p
     lib.ggml_get_tensor.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
@@ -615,7 +617,8 @@ def read_with_ggml(path: str | os.PathLike) -> tuple[str | None, dict[int, np.nd
         raise ControlVectorFileError(f"llama.cpp's gguf_init_from_file could not read {path}")
     try:
         key = lib.gguf_find_key(gguf_ctx, b"general.architecture")
-        arch = lib.gguf_get_val_str(gguf_ctx, key).decode() if key >= 0 else None
+        is_string = key >= 0 and lib.gguf_get_kv_type(gguf_ctx, key) == 8   # GGUF_TYPE_STRING
+        arch = lib.gguf_get_val_str(gguf_ctx, key).decode() if is_string else None
         out: dict[int, np.ndarray] = {}
         for i in range(lib.gguf_get_n_tensors(gguf_ctx)):
             name = lib.gguf_get_tensor_name(gguf_ctx, i).decode()
@@ -707,7 +710,14 @@ class LlamaCppModel:
                 data[n_embd * (n - 1): n_embd * n] = array
         else:
             n_embd, data = control_vector_buffer(list(control), n_layers=self.n_layers)
-        self._cvec = np.ascontiguousarray(data, dtype=np.float32)   # kept alive while llama.cpp copies it
+        # llama_adapter_cvec::apply copies only the layers the buffer covers and leaves the others as they
+        # were: a shorter buffer after a longer one would keep the old vector's deeper layers. Pad to full
+        # depth (layers 1 .. n_layers-1) so every layer is overwritten.
+        full = n_embd * (self.n_layers - 1)
+        if data.size > full:
+            raise ValueError(f"the control vector has {data.size // n_embd} layers; the model has {self.n_layers - 1}")
+        self._cvec = np.zeros(full, dtype=np.float32)       # kept alive while llama.cpp copies it
+        self._cvec[: data.size] = data
         pointer = self._cvec.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         end = self.n_layers if layer_end is None else layer_end
         if lc.llama_set_adapter_cvec(self.ctx, pointer, self._cvec.size, n_embd, layer_start, end) != 0:
