@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,13 +29,12 @@ DEMO_PROMPTS = (
 
 # ---------------------------------------------------------------------------- output helpers
 def save_config(out_dir: Path, command: str, args: argparse.Namespace, **extra: Any) -> Path:
-    """Write the command's settings to ``out_dir/config.json``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the command's settings to ``out_dir/config.json`` (atomically: the old file or the new one)."""
+    from hooksteer.io import atomic_write_json
+
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     config = {"command": command, "settings": settings, **extra}
-    path = out_dir / "config.json"
-    path.write_text(json.dumps(config, indent=2, default=str))
-    return path
+    return atomic_write_json(out_dir / "config.json", config, default=str)
 
 
 def _default_layer(model: Any) -> int:
@@ -53,12 +51,15 @@ def run_demo(args: argparse.Namespace) -> int:
     import hooksteer as hs
     from hooksteer.data.contrast import contrast_texts
     from hooksteer.generation import generate_texts
+    from hooksteer.hooks import check_hook_name
+    from hooksteer.io import atomic_write_json
 
     start = time.perf_counter()
     print(f"Loading {args.model} ...", flush=True)
     model = hs.load_model(args.model, progress=True)
     layer = args.layer if args.layer is not None else _default_layer(model)
     hook_name = f"blocks.{layer}.hook_resid_{args.site}"
+    check_hook_name(model, hook_name)  # --layer in range, before anything is computed
     positive, negative = contrast_texts(args.contrast_set)
     print(f"Building a DiffMean vector at {hook_name} from {len(positive)}+{len(negative)} hand-written texts ...")
     vector = hs.methods.diffmean(model, positive, negative, hook_name, aggregation="mean", progress=True)
@@ -80,9 +81,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print()
     out_dir = Path(args.out)
     vector.save(out_dir / "vector.safetensors")
-    (out_dir / "generations.json").write_text(json.dumps(
-        [{"prompt": p, **{name: texts[i] for name, texts in columns.items()}} for i, p in enumerate(prompts)],
-        indent=2))
+    atomic_write_json(out_dir / "generations.json",
+                      [{"prompt": p, **{name: texts[i] for name, texts in columns.items()}}
+                       for i, p in enumerate(prompts)])
     save_config(out_dir, "demo", args, hook_name=hook_name, vector_norm=vector.norm())
     print(f"Saved vector, generations and config to {out_dir}/ ({time.perf_counter() - start:.0f} s)")
     from hooksteer.hypersteer.demo import run_from_args as run_hypersteer_demo
@@ -100,14 +101,16 @@ def _read_lines(path: str) -> list[str]:
 def run_diffmean(args: argparse.Namespace) -> int:
     import hooksteer as hs
     from hooksteer.data.contrast import contrast_texts
+    from hooksteer.hooks import check_hook_name
 
     if args.contrast_set:
         positive, negative = contrast_texts(args.contrast_set)
     elif args.positive and args.negative:
         positive, negative = _read_lines(args.positive), _read_lines(args.negative)
     else:
-        raise SystemExit("give --contrast-set NAME, or both --positive FILE and --negative FILE")
+        raise ValueError("give --contrast-set NAME, or both --positive FILE and --negative FILE")
     model = hs.load_model(args.model, progress=True)
+    check_hook_name(model, args.hook)  # before anything is computed
     if args.gguf:  # refuse a site llama.cpp lacks before computing anything
         from hooksteer.llamacpp import control_vector_layer
 
@@ -127,9 +130,12 @@ def run_diffmean(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     import hooksteer as hs
     from hooksteer.generation import generate_texts
+    from hooksteer.hooks import check_hook_name
 
     model = hs.load_model(args.model, progress=True)
     steering = hs.SteeringSet.load(args.vector, model=model)
+    for name in steering.hook_names:  # before generating anything
+        check_hook_name(model, name)
     prompts = list(args.prompt)
     generation = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "progress": True}
     unsteered = generate_texts(model, prompts, **generation)
@@ -166,7 +172,7 @@ def _evaluation_data(args: argparse.Namespace) -> tuple[list[Any], list[Any], li
     held_out = split.select(all_concepts, split.held_out_concepts)
     eval_prompts = split.select(all_prompts, split.eval_prompts)
     if len(held_out) < args.concepts or len(eval_prompts) < args.prompts:
-        raise SystemExit(f"the split has {len(held_out)} held-out concepts and {len(eval_prompts)} eval prompts; "
+        raise ValueError(f"the split has {len(held_out)} held-out concepts and {len(eval_prompts)} eval prompts; "
                          f"asked for {args.concepts} and {args.prompts}")
     negatives = split.select(all_concepts, split.train_concepts[: args.negatives])
     return held_out[: args.concepts], negatives, eval_prompts[: args.prompts], split
@@ -194,20 +200,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
     factors = _parse_floats(args.factors) if isinstance(args.factors, str) else args.factors
     names = [n.strip() for n in (args.methods or "prompt,diffmean,pca,random").split(",") if n.strip()]
     start = time.perf_counter()
+    concepts, negatives, prompts, split = _evaluation_data(args)
     print(f"Loading {args.model} ({args.model_class}) ...", flush=True)
     model = _load_for_evaluation(args)
-    concepts, negatives, prompts, split = _evaluation_data(args)
     texts_for = pool_texts_for([*concepts, *negatives])
     methods = build_methods(names, layer=args.layer, seed=args.seed, texts_for=texts_for)
     judge = EmbeddingJudge(perplexity=LMPerplexity(model))
     print(f"Evaluating {', '.join(names)} on {len(concepts)} concepts x {len(prompts)} base prompts, "
           f"factors {factors or 'default'} ...", flush=True)
     out_dir = Path(args.out)
-    save_config(out_dir, "evaluate", args, concepts=[c.id for c in concepts], prompts=[p.id for p in prompts])
-    split.save(out_dir / "split.json")
     result = evaluate(model, methods, concepts, prompts, judge=judge, max_new_tokens=args.max_new_tokens,
                       do_sample=args.sample, temperature=args.temperature, batch_size=args.batch_size,
-                      seed=args.seed, out_dir=out_dir, **({"factors": factors} if factors else {}))
+                      seed=args.seed, **({"factors": factors} if factors else {}))
+    # Written only once the run succeeded, so a failed run never mixes its settings with older results.
+    save_config(out_dir, "evaluate", args, concepts=[c.id for c in concepts], prompts=[p.id for p in prompts])
+    split.save(out_dir / "split.json")
+    result.save(out_dir)
     print()
     print(result.to_markdown())
     print(f"\nSaved results, generations, table and figure to {out_dir}/ ({time.perf_counter() - start:.0f} s)")
@@ -226,7 +234,7 @@ def run_train_hypersteer(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from hooksteer.models import DEFAULT_MODEL
 
-    parser = argparse.ArgumentParser(prog="hooksteer", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="hooksteer", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="build a DiffMean vector on the embedded model and compare generations")
@@ -304,26 +312,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _is_user_error(error: BaseException) -> bool:
-    """Errors caused by the command's input (bad values, missing files or packages), shown without traceback."""
+    """Errors caused by the command's input (bad values, missing or unusable files or packages), shown
+    without traceback. ``SystemExit("message")`` raised by a library function counts as one too."""
     from hooksteer.packaged import PackageMissingError
 
-    return isinstance(error, (ValueError, KeyError, FileNotFoundError, PackageMissingError))
+    if isinstance(error, SystemExit):
+        return isinstance(error.code, str)
+    return isinstance(error, (ValueError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                              PermissionError, FileExistsError, PackageMissingError))
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line ``hooksteer COMMAND: error: ...`` (exit code 2), like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        from hooksteer.cli_checks import one_line
+
+        self.exit(2, one_line(f"{self.prog}: error: {message}") + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; a bad input prints ``hooksteer COMMAND: error: ...`` and returns 2.
+    """Run one command; a bad input prints one line ``hooksteer COMMAND: error: ...`` and returns 2.
 
+    Every argument is checked (:mod:`hooksteer.cli_checks`) before a model is loaded or a file written.
     Set ``HOOKSTEER_DEBUG=1`` to get the traceback instead.
     """
+    from hooksteer.cli_checks import check_arguments, one_line
+
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         return int(args.func(args) or 0)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         if os.environ.get("HOOKSTEER_DEBUG") or not _is_user_error(error):
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"hooksteer {args.command}: error: {message}\n(set HOOKSTEER_DEBUG=1 for the traceback)",
-              file=sys.stderr)
+        if isinstance(error, SystemExit):
+            message = error.code
+        elif isinstance(error, KeyError) and error.args:
+            message = error.args[0]
+        elif isinstance(error, OSError) and error.filename is not None:
+            message = f"{error.strerror or error}: {error.filename}"
+        else:
+            message = error
+        print(one_line(f"hooksteer {args.command}: error: {message}"), file=sys.stderr)
         return 2
 
 

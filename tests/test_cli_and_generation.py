@@ -101,9 +101,9 @@ def test_diffmean_then_generate_commands(tiny_default_model, tmp_path, capsys):
     assert "steered x3" in capsys.readouterr().out
 
 
-def test_diffmean_command_needs_texts(tiny_default_model, tmp_path):
-    with pytest.raises(SystemExit, match="contrast-set"):
-        cli.main(["diffmean", "--hook", "blocks.1.hook_resid_post", "--out", str(tmp_path / "v.safetensors")])
+def test_diffmean_command_needs_texts(tiny_default_model, tmp_path, capsys):
+    assert cli.main(["diffmean", "--hook", "blocks.1.hook_resid_post", "--out", str(tmp_path / "v.safetensors")]) == 2
+    assert capsys.readouterr().err.startswith("hooksteer diffmean: error: give --contrast-set")
 
 
 def test_bridge_fast_path_matches_transformer_lens_loop_under_steering(tiny_bridge):

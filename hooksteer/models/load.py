@@ -118,12 +118,27 @@ def _load_named(name: str, device: str | torch.device | None, dtype: torch.dtype
             model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
     except Exception as error:  # noqa: BLE001 - re-raised with context
         raise ModelNotInstalledError(
-            f"Could not load model {name!r} with HookedTransformer.from_pretrained: {error}\n"
-            f"hooksteer never downloads weights: other models load only if they are already in the "
-            f"local Hugging Face cache. The embedded default model is {DEFAULT_MODEL!r}."
+            f"cannot load model {name!r}: {_load_error_reason(name, error)}. hooksteer never downloads "
+            f"weights: other models load only from the local Hugging Face cache; the embedded default is "
+            f"{DEFAULT_MODEL!r}."
         ) from error
     _freeze(model)
     return model
+
+
+def _load_error_reason(name: str, error: Exception) -> str:
+    """Why loading failed, briefly: TransformerLens's unknown-name error lists every official model
+    (7,000+ characters); this names the closest few instead."""
+    text = " ".join(str(error).split())
+    if "Valid official model names" in text:
+        import difflib
+
+        from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+        names = list(OFFICIAL_MODEL_NAMES)
+        shown = difflib.get_close_matches(name, names, n=3, cutoff=0.5) or names[:3]
+        return f"not a TransformerLens model name (e.g. {', '.join(shown)}, … {len(names)} in all)"
+    return text if len(text) <= 160 else text[:159] + "…"
 
 
 def _random_model(

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hooksteer.hypersteer.config import default_layer
     from hooksteer.hypersteer.run import load_base_model, read_examples
+    from hooksteer.io import atomic_write_files
     from hooksteer.psr.model import PSRConfig
     from hooksteer.psr.teacher import compute_teacher, encode_examples
     from hooksteer.psr.trainer import fit_metrics, train_psr
@@ -84,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
     concepts = sorted({e.concept_id for e in examples})
     concept = args.concept or (concepts[0] if len(concepts) == 1 else None)
     if concept is None:
-        raise SystemExit(f"{args.examples} holds several concepts {concepts}: choose one with --concept")
+        raise ValueError(f"{args.examples} holds several concepts {concepts}: choose one with --concept")
     examples = [e for e in examples if e.concept_id == concept]
     if not examples:
-        raise SystemExit(f"no examples for concept {concept!r} in {args.examples} (concepts: {concepts})")
+        raise ValueError(f"no examples for concept {concept!r} in {args.examples} (concepts: {concepts})")
     model = load_base_model(args.model)
     model.requires_grad_(False)
     n_layers = int(model.cfg.n_layers)
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         layers = args.layers or list(range(0, layer + 1))
     if max(layers) >= n_layers or min(layers) < 0:
-        raise SystemExit(f"layers {layers} outside 0..{n_layers - 1}")
+        raise ValueError(f"layers {layers} outside 0..{n_layers - 1}: the model has {n_layers} layers")
     config = PSRConfig(layers=layers, d_model=int(model.cfg.d_model), variant=args.variant, loss=args.loss,
                        steps=args.steps, lr=args.lr, batch_size=args.batch_size, regulariser=args.regulariser,
                        seed=args.seed, concept_id=concept, steering_prompt=examples[0].steering_prompt,
@@ -108,10 +109,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     psr.save(out)
     fit = fit_metrics(psr, records)
-    (out / "history.json").write_text(json.dumps(result.to_dict(), indent=2))
-    (out / "fit.json").write_text(json.dumps(fit, indent=2))
     settings = {k: v for k, v in vars(args).items() if k != "func"}
-    (out / "config.json").write_text(json.dumps({"command": "train-psr", **settings}, indent=2, default=str))
+    atomic_write_files({out / "history.json": json.dumps(result.to_dict(), indent=2).encode(),
+                        out / "fit.json": json.dumps(fit, indent=2).encode(),
+                        out / "config.json": json.dumps({"command": "train-psr", **settings}, indent=2,
+                                                        default=str).encode()})
     print(f"{config.short_name} on {concept!r}: {len(records)} teacher examples, layers {layers}; "
           f"loss {result.initial.get('loss'):.4g} -> {result.final.get('loss'):.4g}; teacher fit R² "
           f"{fit['r2']:.3f} (constant vector {fit['r2_constant']:.3f}), corr(λ, ‖Δ‖) "

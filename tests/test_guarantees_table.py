@@ -1,0 +1,31 @@
+"""The README's table of bad inputs is the one generated from the reliability tests' parameter tables."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("guarantees_table", REPO / "benchmarks" / "guarantees_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_table_is_generated_from_the_tests():
+    script = _script()
+    block = script.readme_block((REPO / "README.md").read_text())
+    assert block is not None, "README.md lacks the guarantees-table markers"
+    assert block == script.render(), (
+        "README.md's bad-input table is out of date: run `.venv/bin/python benchmarks/guarantees_table.py --write`"
+    )
+
+
+def test_every_row_names_its_refusal():
+    rows = _script().rows()
+    assert len(rows) > 100
+    assert all(area and what and result for area, what, result in rows)
+    assert len({(area, what) for area, what, _ in rows}) == len(rows), "two rows describe the same case"
