@@ -219,41 +219,29 @@ BAD_TRAIN_SAE = [
 ]
 
 _IDS = lambda table: [row[0] for row in table]  # noqa: E731
+COMMAND_TABLES = {"demo": BAD_DEMO, "diffmean": BAD_DIFFMEAN, "generate": BAD_GENERATE, "evaluate": BAD_EVALUATE,
+                  "train-hypersteer": BAD_TRAIN_HYPERSTEER, "train-psr": BAD_TRAIN_PSR, "train-sae": BAD_TRAIN_SAE}
 
 
-@pytest.mark.parametrize("what, argv, fragment, model_first", BAD_DEMO, ids=_IDS(BAD_DEMO))
-def test_demo_refuses_bad_invocations(cli_env, capsys, what, argv, fragment, model_first):
-    check_refused(cli_env, capsys, "demo", argv, fragment, model_first)
+def _refusal_test(command):
+    """One test per subcommand, walking that command's table of bad invocations."""
+    table = COMMAND_TABLES[command]
+
+    @pytest.mark.parametrize("what, argv, fragment, model_first", table, ids=_IDS(table))
+    def test(cli_env, capsys, what, argv, fragment, model_first):
+        check_refused(cli_env, capsys, command, argv, fragment, model_first)
+
+    test.__name__ = f"test_{command.replace('-', '_')}_refuses_bad_invocations"
+    return test
 
 
-@pytest.mark.parametrize("what, argv, fragment, model_first", BAD_DIFFMEAN, ids=_IDS(BAD_DIFFMEAN))
-def test_diffmean_refuses_bad_invocations(cli_env, capsys, what, argv, fragment, model_first):
-    check_refused(cli_env, capsys, "diffmean", argv, fragment, model_first)
-
-
-@pytest.mark.parametrize("what, argv, fragment, model_first", BAD_GENERATE, ids=_IDS(BAD_GENERATE))
-def test_generate_refuses_bad_invocations(cli_env, capsys, what, argv, fragment, model_first):
-    check_refused(cli_env, capsys, "generate", argv, fragment, model_first)
-
-
-@pytest.mark.parametrize("what, argv, fragment, model_first", BAD_EVALUATE, ids=_IDS(BAD_EVALUATE))
-def test_evaluate_refuses_bad_invocations(cli_env, capsys, what, argv, fragment, model_first):
-    check_refused(cli_env, capsys, "evaluate", argv, fragment, model_first)
-
-
-@pytest.mark.parametrize("what, argv, fragment, model_first", BAD_TRAIN_HYPERSTEER, ids=_IDS(BAD_TRAIN_HYPERSTEER))
-def test_train_hypersteer_refuses_bad_invocations(cli_env, capsys, what, argv, fragment, model_first):
-    check_refused(cli_env, capsys, "train-hypersteer", argv, fragment, model_first)
-
-
-@pytest.mark.parametrize("what, argv, fragment, model_first", BAD_TRAIN_PSR, ids=_IDS(BAD_TRAIN_PSR))
-def test_train_psr_refuses_bad_invocations(cli_env, capsys, what, argv, fragment, model_first):
-    check_refused(cli_env, capsys, "train-psr", argv, fragment, model_first)
-
-
-@pytest.mark.parametrize("what, argv, fragment, model_first", BAD_TRAIN_SAE, ids=_IDS(BAD_TRAIN_SAE))
-def test_train_sae_refuses_bad_invocations(cli_env, capsys, what, argv, fragment, model_first):
-    check_refused(cli_env, capsys, "train-sae", argv, fragment, model_first)
+test_demo_refuses_bad_invocations = _refusal_test("demo")
+test_diffmean_refuses_bad_invocations = _refusal_test("diffmean")
+test_generate_refuses_bad_invocations = _refusal_test("generate")
+test_evaluate_refuses_bad_invocations = _refusal_test("evaluate")
+test_train_hypersteer_refuses_bad_invocations = _refusal_test("train-hypersteer")
+test_train_psr_refuses_bad_invocations = _refusal_test("train-psr")
+test_train_sae_refuses_bad_invocations = _refusal_test("train-sae")
 
 
 def test_no_command_and_unknown_command_are_one_line(capsys):
@@ -294,10 +282,5 @@ def test_an_unknown_model_is_one_short_line_naming_a_few_models(tmp_path, capsys
 
 
 #: For the README's Guarantees table: title -> (rows, how a row is refused).
-GUARANTEE_TABLES = {
-    f"`hooksteer {command}`": (table, "exit 2, one line")
-    for command, table in (("demo", BAD_DEMO), ("diffmean", BAD_DIFFMEAN), ("generate", BAD_GENERATE),
-                           ("evaluate", BAD_EVALUATE), ("train-hypersteer", BAD_TRAIN_HYPERSTEER),
-                           ("train-psr", BAD_TRAIN_PSR), ("train-sae", BAD_TRAIN_SAE))
-}
+GUARANTEE_TABLES = {f"`hooksteer {command}`": (table, "exit 2, one line") for command, table in COMMAND_TABLES.items()}
 GUARANTEE_TABLES["model loading (any command)"] = (BAD_MODEL, "exit 2, one line")
