@@ -46,7 +46,6 @@ def one_line(message: object, limit: int = MAX_LINE) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-# ============================================================================ building blocks
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -126,7 +125,6 @@ def _texts(values: list[str] | None, flag: str) -> None:
             raise UsageError(f"{flag} is empty")
 
 
-# ============================================================================ per command
 def _check_demo(args: argparse.Namespace) -> None:
     from hooksteer.data.contrast import available_contrast_sets
 
