@@ -24,6 +24,8 @@ from hooksteer.psr import (
 from hooksteer.psr.loss import activation_mse, dead_gate_penalty, response_nll
 from hooksteer.psr.trainer import batch_loss, fit_metrics, make_batch
 
+torch.set_num_threads(1)  # tiny models: a second thread only adds contention on a shared CPU
+
 STEER = "Write about rivers. Every sentence must be about rivers."
 
 
@@ -202,8 +204,9 @@ def test_training_recovers_a_planted_token_gate(tiny_llama):
     u = torch.randn(32)
     for r in records:
         r.delta[1] = torch.relu(r.plain[1] @ w_star + b_star)[:, None] * u
-    config = PSRConfig(layers=[1], d_model=32, loss="mse", steps=150, lr=0.05, batch_size=6)
-    psr, result = train_psr(tiny_llama, records, config, progress=False)
+    config = PSRConfig(layers=[1], d_model=32, loss="mse", steps=150, lr=0.05, batch_size=6, init="mean_delta",
+                       local_steps=0)
+    psr, result = train_psr(tiny_llama, records, config, progress=False, diagnose=False)
     assert result.final["mse"] < 0.3 * result.initial["mse"]
     lam = psr.gate_values(1, h[None])[0]
     assert pearson(lam, torch.relu(h @ w_star + b_star)) > 0.9
@@ -212,10 +215,10 @@ def test_training_recovers_a_planted_token_gate(tiny_llama):
 def test_adaptive_training_reduces_activation_matching_loss(tiny_llama):
     records = _records(tiny_llama, [0, 1, 2])
     config = PSRConfig(layers=[0, 1, 2], d_model=32, variant="adaptive", loss="mse", steps=60, lr=0.05,
-                       batch_size=6)
-    psr, result = train_psr(tiny_llama, records, config, progress=False)
+                       batch_size=6, init="mean_delta", local_steps=0)
+    psr, result = train_psr(tiny_llama, records, config, progress=False, diagnose=False)
     assert result.final["mse"] < 0.9 * result.initial["mse"]
-    assert result.history and result.history[-1]["step"] == 59
+    assert result.history and result.history[-1]["step"] == 60
     lam = psr.gate_values(2, torch.cat([r.plain[2] for r in records])[None])
     assert lam.std() > 0  # the trained gate differs between tokens
 
@@ -242,16 +245,18 @@ def test_regulariser_revives_a_dead_gate(tiny_llama):
     config = PSRConfig(layers=[1], d_model=32, steps=0, regulariser=1.0)
     psr, _ = train_psr(tiny_llama, records, config, progress=False)
     psr.set_layer(1, bias=-50.0)  # every λ = 0
+    psr.requires_grad_(True)
     batch = make_batch(records, 0)
     total, parts = batch_loss(tiny_llama, psr, batch)
     assert parts["dead_gate_penalty"] == pytest.approx(1.0)
     total.backward()
-    assert psr.gate(1).bias.grad is not None
+    assert psr.gate(1).bias.grad is not None and float(psr.gate(1).bias.grad) < 0
 
 
 def test_fit_metrics_report_constant_baseline(tiny_llama):
     records = _records(tiny_llama, [1])
-    psr, _ = train_psr(tiny_llama, records, PSRConfig(layers=[1], d_model=32, steps=0), progress=False)
+    config = PSRConfig(layers=[1], d_model=32, steps=0, init="mean_delta")
+    psr, _ = train_psr(tiny_llama, records, config, progress=False)
     fit = fit_metrics(psr, records)
     # untrained = constant steering by mean Δ (w=0, b=1): exactly the constant-vector fit
     assert fit["r2"] == pytest.approx(fit["r2_constant"], abs=1e-5)
@@ -286,6 +291,10 @@ def test_config_rejects_bad_settings():
         PSRConfig(layers=[1], d_model=8, variant="both")
     with pytest.raises(ValueError, match="loss"):
         PSRConfig(layers=[1], d_model=8, loss="kl")
+    with pytest.raises(ValueError, match="positions"):
+        PSRConfig(layers=[1], d_model=8, positions="prompt")
+    with pytest.raises(ValueError, match="init"):
+        PSRConfig(layers=[1], d_model=8, init="zeros")
     psr = PSR(PSRConfig(layers=[1], d_model=8))
     with pytest.raises(ValueError, match="shape"):
         psr.set_layer(1, z=torch.zeros(9))
@@ -368,8 +377,10 @@ def test_psr_method_in_evaluate(tiny_llama, tmp_path):
     psr_rows = [c for c in result.concepts if c.method == "s-psr-mse"]
     assert all(c.info["natural_factor"] > 0 and c.info["n_teacher_examples"] == 3 for c in psr_rows)
     assert (tmp_path / "s" / "river" / "psr.safetensors").is_file()
+    assert {"rel_error_top_train", "dead_share_mean_train", "nll_psr_train"} <= set(psr_rows[0].info)
     # a second run loads the saved PSRs instead of training
-    steerer = methods[0].prepare(tiny_llama, concepts[0], concepts[1:])
+    again = PSRMethod(data, PSRConfig(layers=[2], d_model=32, steps=5), save_dir=tmp_path / "s")
+    steerer = again.prepare(tiny_llama, concepts[0], concepts[1:])
     assert steerer.info["loaded_from"].endswith("river")
     with pytest.raises(ValueError, match="no teacher examples"):
         methods[0].prepare(tiny_llama, Concept(id="other", title="other"), [])
@@ -417,11 +428,17 @@ def test_benchmark_tiny_runs_every_method_in_one_evaluation(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     report = module.main(["--tiny", "--out", str(tmp_path)])
-    assert set(report["scores"]) == {"prompt", "diffmean", "s-psr-mse", "s-psr-likelihood", "a-psr-mse",
-                                     "a-psr-likelihood"}
+    assert set(report["scores"]) == {"prompt", "diffmean", "s-psr-mse", "s-psr-likelihood", "s-psr-distill",
+                                     "a-psr-mse", "a-psr-likelihood", "a-psr-distill", "constant-floor",
+                                     "a-psr-distill@after_sink"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["verdict"] == report["verdict"]
     assert 0.0 <= saved["teacher"][report["data"]["concepts"][0]]["top10_share"] <= 1.0
     assert all((tmp_path / f"heatmap_{c}.png").is_file() for c in report["data"]["concepts"])
-    assert (tmp_path / "evaluation" / "results.json").is_file()
-    assert "PSR training and teacher fit" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "evaluation" / "results.json").is_file() and (tmp_path / "fidelity_per_layer.png").is_file()
+    score = saved["scores"]["a-psr-distill"]["score"]
+    assert score["low"] <= score["mean"] <= score["high"] and score["n"] == len(report["data"]["concepts"])
+    assert {"a", "b", "low", "high", "excludes_zero"} <= set(saved["paired"][0])
+    text = (tmp_path / "results.md").read_text()
+    assert "PSR fidelity, gate health and generalisation" in text and "Paired differences" in text
+    assert saved["scores"]["a-psr-mse"]["alpha_median"] is not None

@@ -7,9 +7,18 @@
   through the frozen blocks) is matched to the prompted activation, so each layer's term fits the
   **layer-local** change: the part of Δ_l that the steered layers below do not already produce.
 
-λ is read from each token's **own** (unsteered-at-this-site) activation through
-:func:`hooksteer.hooks.add_gated` with a :class:`hooksteer.hooks.ReluGate`, so during KV-cached
+λ is read from each token's **own** (unsteered-at-this-site) activation through a :class:`PSRHook` (an
+:class:`hooksteer.hooks.AddGated` with a :class:`hooksteer.hooks.ReluGate`), so during KV-cached
 ``generate`` every new token gets its coefficient from its own activation when it is produced.
+
+Where the PSR acts (``PSRConfig.positions``), per row of a left-padded batch:
+
+* ``"response"`` (default): the last ``template_tokens`` prompt tokens (the chat-template tokens that open
+  the assistant turn, the same in ``x`` and ``x'``) and every generated token. The last prompt token
+  predicts the first answer token, so that token is steered too.
+* ``"generated"``: generated tokens only (the first answer token is *not* steered).
+* ``"after_sink"``: every position from ``sink_tokens`` on (the whole prompt except the attention sink).
+* ``"all"``, or explicit absolute positions.
 
 Files: ``save(dir)`` writes ``psr_config.json`` + ``psr.safetensors``; ``PSR.load(dir)`` checks them.
 
@@ -35,24 +44,26 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from hooksteer.hooks import (
-    AddGated,
     PositionSpec,
     PositionTracker,
     ReluGate,
-    add_gated,
     apply_steering_hooks,
     check_hook_name,
     finite_scalar,
 )
+from hooksteer.psr.hooks import PSRHook, RowScaledGate, steer_mask
 from hooksteer.psr.teacher import hook_name
 from hooksteer.vectors import check_finite
 
-__all__ = ["PSRConfig", "PSR", "PSRFileError", "RowScaledGate", "CONFIG_FILE", "WEIGHTS_FILE"]
+__all__ = ["PSRConfig", "PSR", "PSRFileError", "PSRHook", "RowScaledGate", "CONFIG_FILE", "WEIGHTS_FILE", "steer_mask"]
 
 CONFIG_FILE = "psr_config.json"
 WEIGHTS_FILE = "psr.safetensors"
 Variant = Literal["single", "adaptive"]
-LossName = Literal["mse", "likelihood"]
+LossName = Literal["mse", "likelihood", "distill"]
+LOSSES: tuple[str, ...] = ("mse", "likelihood", "distill")
+INITS: tuple[str, ...] = ("fit", "mean_delta", "random")
+POSITION_MODES: tuple[str, ...] = ("response", "generated", "after_sink", "all")
 
 
 class PSRFileError(ValueError):
@@ -64,17 +75,35 @@ class PSRConfig:
     """Architecture and training settings of one PSR (saved as JSON beside the weights).
 
     Args:
-        layers: block indices steered at ``hook_resid_post`` (S-PSR: exactly one).
+        layers: block indices steered at ``hook_resid_post`` (S-PSR: exactly one; A-PSR: any set, e.g. all).
         d_model: residual width of the base model.
         variant: ``"single"`` (S-PSR) or ``"adaptive"`` (A-PSR).
-        loss: ``"mse"`` (activation matching) or ``"likelihood"`` (−log p(y'|x)).
-        steps / lr / batch_size / weight_decay / seed: AdamW training loop.
-        regulariser: weight of max(0, 1 − Σ_t λ_t) per example (0 = off; the paper drops it for AxBench).
+        loss: ``"mse"`` (activation matching), ``"likelihood"`` (−log p(y'|x)) or ``"distill"`` (KL to the
+            prompted model's next-token distributions, top-k cached; pairs from
+            :func:`hooksteer.psr.teacher.pairs_from_distill`).
+        init: ``"fit"`` (default): layer by layer in one steered pass, each layer's (w, b, z) is fitted to
+            its *local* residual A_l(x'y') − A_l(xy' steered by the PSR layers below): rank-1 direction,
+            ridge least-squares gate, then ``local_steps`` Adam steps on that local MSE. ``"mean_delta"``:
+            constant steering (w = 0, b = 1, z_l = mean local residual) — the constant-vector floor.
+            ``"random"``: small random w, z = mean local residual.
+        local_steps: Adam steps per layer on the local MSE during ``init="fit"`` (cheap: cached activations).
+        fit_ridge: ridge of the gate's least-squares fit, relative to the mean eigenvalue of HᵀH.
+        steps / lr / batch_size / weight_decay / seed: the end-to-end AdamW loop on ``loss`` after the init.
+        train_from_layer: end-to-end training updates only the PSR layers ≥ this (``None``: all); the lower
+            layers keep their initialisation and their steered activations are cached once (cost control).
+        held_out_fraction: share of the base prompts whose responses are held out for early stopping and
+            the generalisation numbers (0 = none).
+        eval_every / patience: held-out evaluation interval (steps) and how many evaluations without
+            improvement stop training; the best held-out state is kept.
+        regulariser: weight of max(0, 1 − Σ_t λ_t) per example and layer (0 = off; the paper drops it for
+            AxBench). ``auto_regulariser``: weight switched on when a layer's gate is dead on some training
+            example (Σ_t λ_t = 0) while ``regulariser`` is 0 (0 = never).
         train_alpha: α used while training (1.0).
-        positions: where λ·z is added at inference. Default ``"generated"``: as in training, where only the
-            response tokens are steered (the teacher Δ exists only there). This also keeps the prompt's
-            attention-sink tokens, whose residual norms are many times the rest, from getting huge λ.
-            ``"all"`` steers the prompt too.
+        positions: where λ·z is added (see the module docstring): ``"response"`` (default),
+            ``"generated"``, ``"after_sink"``, ``"all"``. Training steers the same positions.
+        template_tokens: prompt tokens steered by ``"response"`` (``None``: set from the teacher records,
+            :func:`hooksteer.psr.teacher.template_suffix_length`).
+        sink_tokens: leading attention-sink tokens left alone by ``"after_sink"``.
         concept_id / steering_prompt / model_name: provenance, not used by the maths.
     """
 
@@ -87,9 +116,19 @@ class PSRConfig:
     batch_size: int = 8
     weight_decay: float = 0.0
     regulariser: float = 0.0
+    auto_regulariser: float = 1.0
     train_alpha: float = 1.0
     seed: int = 0
-    positions: str = "generated"
+    positions: str = "response"
+    template_tokens: int | None = None
+    sink_tokens: int = 1
+    init: str = "fit"
+    local_steps: int = 150
+    fit_ridge: float = 1e-2
+    train_from_layer: int | None = None
+    held_out_fraction: float = 0.0
+    eval_every: int = 10
+    patience: int = 3
     concept_id: str = ""
     steering_prompt: str = ""
     model_name: str = ""
@@ -103,11 +142,21 @@ class PSRConfig:
             raise ValueError(f"variant must be 'single' (S-PSR) or 'adaptive' (A-PSR), got {self.variant!r}")
         if self.variant == "single" and len(self.layers) != 1:
             raise ValueError(f"S-PSR steers exactly one layer, got layers={self.layers}")
-        if self.loss not in ("mse", "likelihood"):
-            raise ValueError(f"loss must be 'mse' or 'likelihood', got {self.loss!r}")
-        if self.d_model < 1 or self.steps < 0 or self.batch_size < 1:
-            raise ValueError("d_model and batch_size must be >= 1 and steps >= 0")
-        for name in ("lr", "weight_decay", "regulariser", "train_alpha"):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if isinstance(self.positions, str) and self.positions not in POSITION_MODES:
+            raise ValueError(f"positions must be one of {POSITION_MODES} or explicit indices, got {self.positions!r}")
+        if self.d_model < 1 or self.steps < 0 or self.batch_size < 1 or self.local_steps < 0:
+            raise ValueError("d_model and batch_size must be >= 1, steps and local_steps >= 0")
+        if self.template_tokens is not None and self.template_tokens < 0 or self.sink_tokens < 0:
+            raise ValueError("template_tokens and sink_tokens must be >= 0")
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
+        if self.eval_every < 1 or self.patience < 1:
+            raise ValueError("eval_every and patience must be >= 1")
+        for name in ("lr", "weight_decay", "regulariser", "auto_regulariser", "train_alpha", "fit_ridge"):
             if not math.isfinite(float(getattr(self, name))):
                 raise ValueError(f"{name} must be finite")
 
@@ -116,6 +165,12 @@ class PSRConfig:
         """``s-psr-mse``, ``a-psr-likelihood``, ..."""
         return f"{'s' if self.variant == 'single' else 'a'}-psr-{self.loss}"
 
+    @property
+    def trained_layers(self) -> list[int]:
+        """The layers end-to-end training updates (``train_from_layer`` and above)."""
+        low = self.layers[0] if self.train_from_layer is None else int(self.train_from_layer)
+        return [layer for layer in self.layers if layer >= low]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -123,21 +178,6 @@ class PSRConfig:
     def from_dict(cls, data: dict[str, Any]) -> PSRConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-class RowScaledGate(nn.Module):
-    """``α_row · gate(h)``: one α per batch row, so a whole factor sweep runs in one batch."""
-
-    def __init__(self, gate: nn.Module, alphas: Float[Tensor, " batch"]) -> None:
-        super().__init__()
-        self.gate, self.alphas = gate, torch.as_tensor(alphas, dtype=torch.float32).reshape(-1)
-        check_finite(self.alphas, "PSR alphas")
-
-    def forward(self, activation: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos"]:
-        values = self.gate(activation)
-        if self.alphas.shape[0] != values.shape[0]:
-            raise ValueError(f"{self.alphas.shape[0]} alphas for a batch of {values.shape[0]} rows")
-        return self.alphas.to(values.device, values.dtype)[:, None] * values
 
 
 class PSR(nn.Module):
@@ -202,12 +242,15 @@ class PSR(nn.Module):
 
     # ------------------------------------------------------------------ hooks
     def hooks(self, alpha: float | Tensor = 1.0, *, positions: PositionSpec | None = None,
-              tracker: Any = None) -> list[tuple[str, AddGated]]:
-        """``(hook_name, hook)`` pairs built on :func:`hooksteer.hooks.add_gated`.
+              tracker: Any = None, record: bool = False) -> list[tuple[str, PSRHook]]:
+        """``(hook_name, hook)`` pairs: one :class:`PSRHook` per layer, sharing ``tracker``.
 
         ``alpha`` is a number, or a ``(batch,)`` tensor giving each row its own α (factor sweeps).
+        ``positions`` overrides ``config.positions``; ``record`` makes the hooks keep added-norm statistics.
         """
         positions = positions if positions is not None else self.config.positions
+        if tracker is None:
+            raise ValueError("PSR hooks need a PositionTracker (use PSR.steer, which makes one)")
         out = []
         for layer in self.layers:
             if isinstance(alpha, Tensor) and alpha.ndim > 0:
@@ -215,25 +258,28 @@ class PSR(nn.Module):
                 coefficient = 1.0
             else:
                 gate, coefficient = self.gate(layer), float(alpha)
-            out.append((hook_name(layer), add_gated(self.direction(layer), gate, coefficient, positions=positions,
-                                                   tracker=tracker)))
+            out.append((hook_name(layer), PSRHook(self.direction(layer), gate, coefficient, mode=positions,
+                                                  template_tokens=self.config.template_tokens or 0,
+                                                  sink_tokens=self.config.sink_tokens, tracker=tracker,
+                                                  record=record)))
         return out
 
     @contextmanager
-    def steer(self, model: nn.Module, alpha: float | Tensor = 1.0, *,
-              positions: PositionSpec | None = None) -> Iterator[list[tuple[str, AddGated]]]:
+    def steer(self, model: nn.Module, alpha: float | Tensor = 1.0, *, positions: PositionSpec | None = None,
+              record: bool = False) -> Iterator[list[tuple[str, PSRHook]]]:
         """Install the PSR on ``model`` while the block runs (KV-cache safe; hooks removed on exit).
 
         Installed through :func:`hooksteer.hooks.apply_steering_hooks`, so ``generate_texts`` on a
         TransformerBridge keeps its fast path while a PSR steers.
 
-        Yields the installed hooks; ``hook.last_gate`` holds the λ·α of the latest forward pass.
+        Yields the installed hooks; ``hook.last_gate`` holds the λ (times α when α is per row) of the
+        latest forward pass, and with ``record=True`` ``hook.stats()`` the added-norm sums.
         """
         if not isinstance(alpha, Tensor) or alpha.ndim == 0:
             finite_scalar(alpha, "PSR alpha")  # a per-row alpha tensor is checked by RowScaledGate
         self.check_model(model)
         tracker = PositionTracker()
-        fwd_hooks = self.hooks(alpha, positions=positions, tracker=tracker)
+        fwd_hooks = self.hooks(alpha, positions=positions, tracker=tracker, record=record)
         with apply_steering_hooks(model, fwd_hooks, tracker):
             yield fwd_hooks
 
@@ -349,10 +395,11 @@ def _read_weights(path: Path, config: PSRConfig) -> dict[str, Tensor]:
 
 
 def mean_delta_init(psr: PSR, deltas: dict[int, Sequence[Tensor]]) -> None:
-    """Start as constant steering by the teacher's mean change (w = 0, b = 1, z = mean Δ).
+    """Constant steering by the teacher's mean change (w = 0, b = 1, z = mean Δ), from the *unsteered* deltas.
 
-    S-PSR: z = mean over response tokens of Δ_layer. A-PSR: z_l = mean of the layer-local change
-    Δ_l − Δ_{l_prev} (l_prev = the previous steered layer; nothing below the first one).
+    S-PSR: z = mean over response tokens of Δ_layer. A-PSR: z_l = mean of Δ_l − Δ_{l_prev}: an approximation
+    that counts each block's response to the z below twice; :func:`hooksteer.psr.trainer.train_psr`
+    initialises A-PSR layer by layer from one steered pass instead (``init="mean_delta"`` there).
     """
     previous: int | None = None
     for layer in psr.layers:

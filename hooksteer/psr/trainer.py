@@ -1,27 +1,39 @@
-"""Training a PSR on teacher records: plain AdamW, frozen base model, cached frozen activations.
+"""Training a PSR on teacher records: layer-by-layer initialisation, then end-to-end AdamW on the loss.
 
-What each (variant, loss) runs per step (all on right-padded ``xy'`` batches; steering is applied only
-to the response tokens, where the teacher signal lives):
+1. **Initialisation, one steered pass** (:func:`steered_pass` with ``fit=config.init``). The records run
+   through the frozen model block by block. At each PSR layer l the activations ``H_l`` already carry the
+   PSR layers below (exactly what the layer's gate reads at inference), and the *local* target is
+   ``R_l = A_l(x'y') − H_l`` (what is still missing at l). ``"fit"``: rank-1 direction of R_l, ridge
+   least-squares gate, optimal z for that gate, then ``local_steps`` Adam steps on the local MSE with
+   held-out early stopping; ``"mean_delta"``: z_l = mean R_l, w = 0, b = 1 (constant steering). The
+   layer is then applied and the pass continues. For S-PSR this is the closed-form fit of Δ_l.
+2. **End-to-end** (``steps > 0``): the PSR layers ≥ ``train_from_layer`` are trained on ``loss``
+   (``"mse"``: relative activation error at every trained layer; ``"likelihood"``: −log p(y'|x);
+   ``"distill"``: top-k KL to the prompted model, :func:`hooksteer.distill.topk_kl`) through the frozen
+   blocks above them. The steered residual entering the first trained layer is cached once (the layers
+   below are frozen), so only the blocks above it run per step. Held-out responses (a share of the base
+   prompts) decide early stopping; the best held-out state is kept.
+3. **Diagnostics** (``diagnose=True``): one more steered pass gives, per model layer, the relative error
+   ‖A_l^PSR − A_l(x'y')‖ / ‖Δ_l‖ on train and held-out responses, the local R² and dead-gate share of each
+   PSR layer, and the teacher-forced NLL of the responses under the PSR (next to the unsteered and the
+   prompted model's, when the records carry them) and the KL to the teacher (distillation records).
 
-* S-PSR + MSE: no forward pass at all. The gate at layer l reads A_l(xy'), which steering at layer l
-  cannot change, so ``steered − prompted = α·λ(h_t)·z − Δ_t`` on the cached activations.
-* S-PSR + likelihood: the cached A_l(xy') of the whole sequence gets α·λ·z on the response tokens, then
-  only blocks l+1.. run; −log p(y'|x) on the response tokens.
-* A-PSR: the cached residual entering the first steered block is run through blocks
-  ``layers[0] .. layers[-1]`` (MSE: every steered layer's activation matched to A_l(x'y')) or to the end
-  (likelihood), each steered layer adding its own α·λ_l·z_l.
+Steering in training uses the same positions and the same arithmetic as :class:`hooksteer.psr.model.PSRHook`
+at inference (tested: activations agree to < 1e-4).
 
-Learning rates are scaled per parameter to the data (Adam steps are ~lr per coordinate): ``z`` by the
-RMS of Δ, ``w`` by 1/(√d · RMS of h), ``b`` by 1.
+Learning rates are scaled per parameter (Adam steps are ~lr per coordinate): ``z_l`` by the RMS of the
+layer's local residual, ``w_l`` by 1/(√d · RMS of H_l), ``b_l`` by 1 (the init scales λ to mean 1).
 
 Example:
-    >>> records = compute_teacher(model, pairs, layers=[20])                               # doctest: +SKIP
-    >>> psr, result = train_psr(model, records, PSRConfig(layers=[20], d_model=576))        # doctest: +SKIP
-    >>> result.history[0]["loss"], result.history[-1]["loss"]                                # doctest: +SKIP
+    >>> records = compute_teacher(model, pairs, layers=range(30), prefix_tokens=6)              # doctest: +SKIP
+    >>> cfg = PSRConfig(layers=list(range(30)), d_model=576, variant="adaptive", loss="distill")  # doctest: +SKIP
+    >>> psr, result = train_psr(model, records, cfg)                                           # doctest: +SKIP
+    >>> result.fidelity["layers"][29]["rel_error_held_out"]                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -29,181 +41,137 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from hooksteer.activations import model_device, pad_token_id, right_pad
-from hooksteer.psr.loss import activation_mse, dead_gate_penalty, response_nll
-from hooksteer.psr.model import PSR, PSRConfig, mean_delta_init
+from hooksteer.activations import model_device, pad_token_id
+from hooksteer.psr.batch import PSRBatch, _distill_targets, _logits_at, _steer, make_batch, split_records
+from hooksteer.psr.loss import dead_gate_penalty, response_nll
+from hooksteer.psr.model import PSR, PSRConfig
+from hooksteer.psr.passes import PassResult, steered_pass
 from hooksteer.psr.teacher import TeacherRecord, hook_name
 
-__all__ = ["TrainResult", "PSRBatch", "make_batch", "batch_loss", "fit_metrics", "response_gates", "train_psr"]
+__all__ = ["TrainResult", "PSRBatch", "PassResult", "make_batch", "batch_loss", "fit_metrics", "response_gates",
+           "split_records", "steered_pass", "train_psr"]
 
 
 @dataclass
 class TrainResult:
-    """Loss history and summary of one training run."""
+    """What one :func:`train_psr` run did.
+
+    ``initial`` / ``final``: loss parts on the training records after the initialisation / at the end;
+    ``held_out``: the same on the held-out records; ``layers``: per PSR layer, how the initialisation fitted
+    (local relative MSE of the constant and of the gated fit, local steps used); ``fidelity``: the
+    :class:`PassResult` of the final steered pass (per-layer errors, dead gates, NLL, KL).
+    """
 
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     initial: dict[str, float] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
+    held_out: dict[str, Any] = field(default_factory=dict)
+    layers: dict[int, dict[str, float]] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    best_step: int | None = None
+    stopped_early: bool = False
+    n_train: int = 0
+    n_held_out: int = 0
+    regulariser: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "seconds": self.seconds, "initial": self.initial, "final": self.final}
-
-
-@dataclass
-class PSRBatch:
-    """Right-padded ``xy'`` tokens with the response span of every row."""
-
-    records: list[TeacherRecord]
-    tokens: Int[Tensor, "batch pos"]
-    prompt_lengths: Int[Tensor, " batch"]
-    response_lengths: Int[Tensor, " batch"]
-
-    def response_mask(self) -> Bool[Tensor, "batch pos"]:
-        t = torch.arange(self.tokens.shape[1])[None]
-        p, n = self.prompt_lengths[:, None], self.response_lengths[:, None]
-        return (t >= p) & (t < p + n)
-
-    def stacked(self, kind: str, layer: int) -> Float[Tensor, "batch pos d_model"]:
-        """``plain`` or ``delta`` activations of ``layer`` placed at the response positions (zeros elsewhere)."""
-        first = getattr(self.records[0], kind)[layer]
-        out = torch.zeros(len(self.records), self.tokens.shape[1], first.shape[-1])
-        for row, record in enumerate(self.records):
-            p, n = int(self.prompt_lengths[row]), record.n_tokens
-            out[row, p : p + n] = getattr(record, kind)[layer]
-        return out
-
-
-def make_batch(records: Sequence[TeacherRecord], pad_id: int) -> PSRBatch:
-    if not records:
-        raise ValueError("cannot build an empty batch")
-    return PSRBatch(list(records), right_pad([r.pair.plain for r in records], pad_id),
-                    torch.tensor([r.pair.plain_prompt.numel() for r in records]),
-                    torch.tensor([r.n_tokens for r in records]))
-
-
-class _ResidCache:
-    """Frozen residual entering block ``start`` (i.e. ``stop_at_layer=start``) per record, kept on CPU."""
-
-    def __init__(self, model: Any, start: int) -> None:
-        self.model, self.start = model, start
-        self._store: dict[int, Tensor] = {}
-
-    @torch.no_grad()
-    def get(self, batch: PSRBatch) -> Float[Tensor, "batch pos d_model"]:
-        missing = [row for row, r in enumerate(batch.records) if id(r) not in self._store]
-        if missing:
-            lengths = [batch.records[row].pair.plain.numel() for row in missing]
-            resid = self.model(batch.tokens[missing, : max(lengths)].to(model_device(self.model)),
-                               stop_at_layer=self.start, padding_side="right")
-            for i, row in enumerate(missing):
-                self._store[id(batch.records[row])] = resid[i, : lengths[i]].float().cpu().clone()
-        out = torch.zeros(len(batch.records), batch.tokens.shape[1], int(self.model.cfg.d_model))
-        for row, record in enumerate(batch.records):
-            value = self._store[id(record)]
-            out[row, : value.shape[0]] = value
-        return out
-
-
-def _start_layer(config: PSRConfig) -> int:
-    """Block whose input is cached: S-PSR likelihood starts above its layer; A-PSR at its first layer."""
-    return config.layers[0] + 1 if config.variant == "single" else config.layers[0]
-
-
-def _unembed_response(model: Any, final: Tensor, batch: PSRBatch) -> tuple[Tensor, Tensor]:
-    """Logits at the positions that predict response tokens (final norm + unembedding there only)."""
-    from transformer_lens.utilities.activation_functions import apply_softcap
-
-    mask = batch.response_mask()
-    predict = torch.zeros_like(mask)
-    predict[:, :-1] = mask[:, 1:]  # position t predicts token t+1
-    picked = final[predict.to(final.device)][None]
-    if model.cfg.normalization_type is not None:
-        picked = model.ln_final(picked)
-    logits = apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap)[0]
-    labels = batch.tokens[mask].to(final.device)
-    return logits, labels
+        return {"history": self.history, "seconds": self.seconds, "initial": self.initial, "final": self.final,
+                "held_out": self.held_out, "layers": {str(k): v for k, v in self.layers.items()},
+                "fidelity": self.fidelity, "best_step": self.best_step, "stopped_early": self.stopped_early,
+                "n_train": self.n_train, "n_held_out": self.n_held_out, "regulariser": self.regulariser}
 
 
 def batch_loss(model: Any, psr: PSR, batch: PSRBatch, *, loss: str | None = None, alpha: float | None = None,
-               cache: _ResidCache | None = None, regulariser: float | None = None) -> tuple[Tensor, dict[str, float]]:
-    """The training loss of ``psr`` on ``batch`` (with gradients) and its parts as floats."""
+               kept: Sequence[Tensor] | None = None, regulariser: float | None = None,
+               layers: Sequence[int] | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The end-to-end training loss of ``psr`` on ``batch`` (with gradients) and its parts as floats.
+
+    The PSR layers ``layers`` (default: ``config.trained_layers``) run with gradients from the first of
+    them; the steered residual entering it is ``kept`` (one tensor per record, from :func:`steered_pass`)
+    or computed here without gradients (the PSR layers below it applied).
+    """
     config = psr.config
     loss = loss or config.loss
-    alpha = config.train_alpha if alpha is None else alpha
-    regulariser = config.regulariser if regulariser is None else regulariser
-    mask = batch.response_mask()
+    alpha = config.train_alpha if alpha is None else float(alpha)
+    regulariser = config.regulariser if regulariser is None else float(regulariser)
+    trained = list(layers) if layers is not None else config.trained_layers
+    start = trained[0]
     device = model_device(model)
+    if kept is None:
+        kept = steered_pass(model, psr, batch.records, alpha=alpha, keep_at=start).kept
+    d = int(model.cfg.d_model)
+    resid = torch.zeros(len(batch.records), batch.tokens.shape[1], d, device=device)
+    for row, value in enumerate(kept):
+        resid[row, : value.shape[0]] = value.to(device)
+    smask = batch.steer_mask(config).to(device)
+    span = batch.span_mask().to(device)
     gates: list[Tensor] = []
+    captured: dict[int, Tensor] = {}
+    resid, _, lam_st = _steer(psr, start, resid, smask, alpha)
+    gates.append(lam_st)
+    captured[start] = resid
+
+    def steer_hook(layer: int):
+        def hook(activation: Tensor, hook: Any = None) -> Tensor:
+            steered, _, lam = _steer(psr, layer, activation, smask, alpha)
+            gates.append(lam)
+            captured[layer] = steered
+            return steered
+        return hook
+
+    n_layers = int(model.cfg.n_layers)
+    above = [layer for layer in psr.layers if layer > start]
+    stop = (max(trained) + 1) if loss == "mse" else n_layers
+    fwd = [(hook_name(layer), steer_hook(layer)) for layer in above if layer < stop]
+    with model.hooks(fwd_hooks=fwd):
+        final = model(resid, start_at_layer=start + 1, stop_at_layer=stop, padding_side="right") \
+            if stop > start + 1 else resid
     parts: dict[str, float] = {}
+    if loss == "mse":
+        terms = []
+        for layer in trained:
+            target = batch.stacked("target", layer).to(device)
+            delta = batch.stacked("delta", layer).to(device)
+            terms.append((captured[layer] - target)[span].pow(2).sum() / delta[span].pow(2).sum().clamp_min(1e-12))
+        main = torch.stack(terms).mean()
+    elif loss in ("likelihood", "distill"):
+        logits = _logits_at(model, final, batch.predict_mask())
+        if loss == "likelihood":
+            main = response_nll(logits, batch.tokens[batch.response_mask()].to(logits.device))
+        else:
+            from hooksteer.distill import topk_kl
 
-    if config.variant == "single" and loss == "mse":
-        layer = config.layers[0]
-        plain = batch.stacked("plain", layer).to(device)
-        lam = psr.gate_values(layer, plain)
-        gates.append(lam)
-        added = alpha * lam[..., None] * psr.direction(layer).to(device)
-        main = activation_mse(added, batch.stacked("delta", layer).to(device), mask.to(device))
+            ids, logprobs = _distill_targets(batch.records)
+            main = topk_kl(logits, ids.to(logits.device), logprobs.to(logits.device)).mean()
     else:
-        cache = cache or _ResidCache(model, _start_layer(config))
-        resid = cache.get(batch).to(device)
-        mask_d = mask.to(device)[..., None].float()
-        captured: dict[int, Tensor] = {}
-
-        def steer_at(layer: int):
-            def hook(activation: Tensor, hook: Any = None) -> Tensor:
-                lam = psr.gate_values(layer, activation)
-                gates.append(lam)
-                steered = activation + mask_d * alpha * lam[..., None] * psr.direction(layer).to(activation.dtype)
-                captured[layer] = steered
-                return steered
-            return hook
-
-        n_layers = int(model.cfg.n_layers)
-        if config.variant == "single":
-            layer = config.layers[0]
-            hook = steer_at(layer)
-            steered_in = hook(resid)
-            final = model(steered_in, start_at_layer=layer + 1, stop_at_layer=n_layers, padding_side="right")
-        else:
-            stop = config.layers[-1] + 1 if loss == "mse" else n_layers
-            fwd = [(hook_name(layer), steer_at(layer)) for layer in config.layers]
-            with model.hooks(fwd_hooks=fwd):
-                final = model(resid, start_at_layer=config.layers[0], stop_at_layer=stop, padding_side="right")
-        if loss == "mse":
-            terms = []
-            for layer in config.layers:
-                prompted = (batch.stacked("plain", layer) + batch.stacked("delta", layer)).to(device)
-                terms.append(activation_mse(captured[layer], prompted, mask.to(device)))
-            main = torch.stack(terms).mean()
-        elif loss == "likelihood":
-            logits, labels = _unembed_response(model, final, batch)
-            main = response_nll(logits, labels)
-        else:
-            raise ValueError(f"loss must be 'mse' or 'likelihood', got {loss!r}")
+        raise ValueError(f"loss must be 'mse', 'likelihood' or 'distill', got {loss!r}")
     parts[loss] = float(main.detach())
     total = main
+    on = (span & smask)
+    penalty = torch.stack([dead_gate_penalty(g, on) for g in gates]).mean()
+    parts["dead_gate_penalty"] = float(penalty.detach())
     if regulariser:
-        penalty = torch.stack([dead_gate_penalty(g, mask.to(g.device)) for g in gates]).mean()
-        parts["dead_gate_penalty"] = float(penalty.detach())
         total = total + regulariser * penalty
     parts["loss"] = float(total.detach())
     return total, parts
 
 
 @torch.no_grad()
-def response_gates(model: Any, psr: PSR, record: TeacherRecord, alpha: float = 1.0) -> dict[int, Tensor]:
-    """λ_t of every steered layer on the record's response tokens, read through the inference hooks
-    (one pass over ``xy'`` with the PSR steering the response tokens, as in training). For A-PSR the gate
-    of a layer sees the activation already steered by the layers below."""
-    p, n = record.pair.plain_prompt.numel(), record.n_tokens
-    with psr.steer(model, float(alpha), positions=list(range(p, p + n))) as hooks:
+def response_gates(model: Any, psr: PSR, record: TeacherRecord, alpha: float = 1.0, *,
+                   span: bool = False) -> dict[int, Tensor]:
+    """λ_t of every steered layer, read through the inference hooks in one pass over ``xy'`` with the PSR
+    steering the record's span (template prefix + response, as in training). Returns the response tokens'
+    λ (``span=True``: the whole span's). For A-PSR the gate of a layer sees the activation already steered by
+    the layers below."""
+    start, end = record.span_start, record.span_start + record.n_span
+    with psr.steer(model, float(alpha), positions=list(range(start, end))) as hooks:
         model(record.pair.plain[None].to(model_device(model)), stop_at_layer=psr.layers[-1] + 1)
+    first = start if span else start + record.n_prefix
     # a float α is the hook's coefficient, so ``last_gate`` holds λ itself (not α·λ)
-    return {layer: hook.last_gate[0, p : p + n].float().cpu()
+    return {layer: hook.last_gate[0, first:end].float().cpu()
             for layer, (_, hook) in zip(psr.layers, hooks, strict=True)}
 
 
@@ -214,16 +182,16 @@ def fit_metrics(psr: PSR, records: Sequence[TeacherRecord], layer: int | None = 
 
     ``r2`` = 1 − Σ‖λz − Δ‖² / Σ‖Δ‖²; ``r2_constant`` is the same for the best single constant vector
     (mean Δ), i.e. what constant steering could do; ``lambda_delta_pearson``/``_spearman`` correlate λ_t
-    with ‖Δ_t‖. Without ``model`` λ is read from the unsteered activations (exact for S-PSR); with
-    ``model`` it is read through the hooks (:func:`response_gates`, right for A-PSR too). For A-PSR ``r2``
-    reads only the layer's own term (the layers below also contribute).
+    with ‖Δ_t‖ (span tokens). Without ``model`` λ is read from the unsteered activations (exact for S-PSR);
+    with ``model`` through the hooks (:func:`response_gates`). Meaningful for S-PSR; for A-PSR use the
+    per-layer local R² and the cumulative error of :func:`steered_pass` (``TrainResult.fidelity``).
     """
     from analysis.token_effects import pearson, spearman
 
     layer = psr.layers[-1] if layer is None else layer
     deltas = torch.cat([r.delta[layer] for r in records])
     if model is not None:
-        lam = torch.cat([response_gates(model, psr, r)[layer] for r in records])
+        lam = torch.cat([response_gates(model, psr, r, span=True)[layer] for r in records])
     else:
         plains = torch.cat([r.plain[layer] for r in records])
         lam = psr.gate_values(layer, plains[None])[0].cpu()
@@ -231,40 +199,30 @@ def fit_metrics(psr: PSR, records: Sequence[TeacherRecord], layer: int | None = 
     total = deltas.pow(2).sum()
     constant = deltas - deltas.mean(dim=0)
     norms = deltas.norm(dim=-1)
+    varies = lam.std() > 0 if lam.numel() > 1 else False
     return {"r2": float(1 - (pred - deltas).pow(2).sum() / total),
             "r2_constant": float(1 - constant.pow(2).sum() / total),
-            "lambda_delta_pearson": pearson(lam, norms), "lambda_delta_spearman": spearman(lam, norms),
+            "lambda_delta_pearson": pearson(lam, norms) if varies else float("nan"),
+            "lambda_delta_spearman": spearman(lam, norms) if varies else float("nan"),
             "mean_lambda": float(lam.mean()), "dead_share": float((lam == 0).float().mean())}
 
 
-def _param_groups(psr: PSR, records: Sequence[TeacherRecord], lr: float) -> list[dict[str, Any]]:
+def _param_groups(psr: PSR, layers: Sequence[int], fit: dict[int, dict[str, float]], lr: float
+                  ) -> list[dict[str, Any]]:
     groups = []
     d = psr.config.d_model
-    for layer in psr.layers:
-        plains = torch.cat([r.plain[layer] for r in records])
-        deltas = torch.cat([r.delta[layer] for r in records])
-        rms_h = float(plains.pow(2).mean().sqrt()) or 1.0
-        rms_d = float(deltas.pow(2).mean().sqrt()) or 1.0
+    for layer in layers:
+        info = fit.get(layer, {})
+        rms_h = info.get("resid_rms") or 1.0
+        rms_r = max(info.get("local_rms") or 0.0, 1e-2 * rms_h)  # a zero local residual must not freeze z
         gate = psr.gate(layer)
         groups += [{"params": [gate.weight], "lr": lr / (math.sqrt(d) * rms_h)},
                    {"params": [gate.bias], "lr": lr},
-                   {"params": [psr.direction(layer)], "lr": lr * rms_d}]
+                   {"params": [psr.direction(layer)], "lr": lr * rms_r}]
     return groups
 
 
-def train_psr(model: Any, records: Sequence[TeacherRecord], config: PSRConfig, *, init: str = "mean_delta",
-              progress: bool = True, log_every: int = 10) -> tuple[PSR, TrainResult]:
-    """Train a PSR on teacher records (every record needs ``plain``/``delta`` at every ``config.layers``).
-
-    Args:
-        init: ``"mean_delta"`` (start as constant steering by the mean teacher change, w = 0, b = 1) or
-            ``"random"`` (small random w, b = 1, z = mean Δ).
-
-    Raises:
-        ValueError: no records, or records that lack a layer of ``config.layers``.
-    """
-    from tqdm.auto import tqdm
-
+def _check_records(model: Any, records: Sequence[TeacherRecord], config: PSRConfig) -> None:
     if not records:
         raise ValueError("no teacher records to train on")
     for layer in config.layers:
@@ -272,39 +230,133 @@ def train_psr(model: Any, records: Sequence[TeacherRecord], config: PSRConfig, *
             raise ValueError(f"teacher records lack layer {layer}; compute_teacher(..., layers={config.layers})")
     if int(model.cfg.d_model) != config.d_model:
         raise ValueError(f"config.d_model={config.d_model} but the model has d_model={model.cfg.d_model}")
+    if max(config.layers) >= int(model.cfg.n_layers):
+        raise ValueError(f"layers {config.layers} outside the model's {model.cfg.n_layers} blocks")
+    if len({r.n_prefix for r in records}) != 1:
+        raise ValueError("teacher records were computed with different prefix_tokens")
+    if config.loss == "distill":
+        _distill_targets(records)
+
+
+def _eval_loss(model: Any, psr: PSR, records: Sequence[TeacherRecord], kept: Sequence[Tensor], pad: int,
+               chunk: int) -> dict[str, float]:
+    total: dict[str, float] = {}
+    weight = 0
+    with torch.no_grad():
+        for i in range(0, len(records), chunk):
+            part = list(records[i : i + chunk])
+            n = sum(r.n_span for r in part)
+            _, parts = batch_loss(model, psr, make_batch(part, pad), kept=kept[i : i + chunk], regulariser=0.0)
+            for key, value in parts.items():
+                total[key] = total.get(key, 0.0) + value * n
+            weight += n
+    return {k: v / max(weight, 1) for k, v in total.items()}
+
+
+def train_psr(model: Any, records: Sequence[TeacherRecord], config: PSRConfig, *, init: str | None = None,
+              held_out: Sequence[TeacherRecord] | None = None, progress: bool = True, log_every: int = 10,
+              diagnose: bool = True) -> tuple[PSR, TrainResult]:
+    """Train a PSR on teacher records (every record needs ``plain``/``delta`` at every ``config.layers``).
+
+    Args:
+        model: the frozen ``HookedTransformer``.
+        records: teacher records (:func:`hooksteer.psr.teacher.compute_teacher`); with ``loss="distill"`` from
+            :func:`hooksteer.psr.teacher.pairs_from_distill` pairs.
+        config: :class:`PSRConfig` (``template_tokens=None`` is set from the records' span prefix).
+        init: overrides ``config.init``.
+        held_out: explicit held-out records (default: ``config.held_out_fraction`` of the base prompts).
+        diagnose: run every block in the passes and record the per-layer fidelity, dead gates, NLL and KL.
+
+    Raises:
+        ValueError: no records, records that lack a layer, a distillation loss without teacher top-k.
+    """
+    from tqdm.auto import tqdm
+
+    if init is not None:
+        config.init = init
+    _check_records(model, records, config)
+    if config.template_tokens is None:
+        config.template_tokens = int(records[0].n_prefix)
+    if held_out is None:
+        train, held = split_records(records, config.held_out_fraction, config.seed)
+    else:
+        train, held = list(records), list(held_out)
+        if held:
+            _check_records(model, held, config)
     torch.manual_seed(config.seed)
-    psr = PSR(config)
-    mean_delta_init(psr, {layer: [r.delta[layer] for r in records] for layer in config.layers})
-    if init == "random":
-        for layer in config.layers:
-            rms = float(torch.cat([r.plain[layer] for r in records]).pow(2).mean().sqrt()) or 1.0
-            psr.set_layer(layer, weight=torch.randn(config.d_model) / (math.sqrt(config.d_model) * rms) * 0.1)
-    elif init != "mean_delta":
-        raise ValueError(f"init must be 'mean_delta' or 'random', got {init!r}")
-    psr.to(model_device(model))
+    psr = PSR(config).to(model_device(model))
+    psr.requires_grad_(False)
     model.requires_grad_(False)
-    optimizer = torch.optim.AdamW(_param_groups(psr, records, config.lr), weight_decay=config.weight_decay)
     pad = pad_token_id(model)
-    cache = _ResidCache(model, _start_layer(config))
-    generator = torch.Generator().manual_seed(config.seed)
-    result = TrainResult()
-    everything = make_batch(records[: max(config.batch_size, 1) * 4], pad)
-    start = time.perf_counter()
-    with torch.no_grad():
-        _, result.initial = batch_loss(model, psr, everything, cache=cache)
-    for step in tqdm(range(config.steps), desc=f"train {config.short_name}", disable=not progress):
-        order = torch.randperm(len(records), generator=generator)[: config.batch_size].tolist()
-        batch = make_batch([records[i] for i in order], pad)
-        optimizer.zero_grad(set_to_none=True)
-        total, parts = batch_loss(model, psr, batch, cache=cache)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(psr.parameters(), 1.0e3)
-        optimizer.step()
-        if step % max(1, log_every) == 0 or step == config.steps - 1:
-            result.history.append({"step": step, **parts})
-    with torch.no_grad():
-        _, result.final = batch_loss(model, psr, everything, cache=cache)
-    result.seconds = time.perf_counter() - start
-    psr.config.extra = {**psr.config.extra, "trained_steps": config.steps, "n_train_records": len(records),
-                        "initial_loss": result.initial.get("loss"), "final_loss": result.final.get("loss")}
+    result = TrainResult(n_train=len(train), n_held_out=len(held))
+    start_time = time.perf_counter()
+    trained = config.trained_layers
+    if not trained:
+        raise ValueError(f"train_from_layer={config.train_from_layer} leaves no PSR layer to train")
+    steps = config.steps
+    first = trained[0]
+    init_pass = steered_pass(model, psr, train, held_out=held, alpha=config.train_alpha, fit=config.init,
+                             to_end=diagnose, keep_at=first if steps > 0 else None)
+    result.layers = init_pass.fit
+    result.fidelity = init_pass.to_dict()
+    result.regulariser = max([float(config.regulariser)] +
+                             [v.get("local_regulariser", 0.0) for v in init_pass.fit.values()])
+    if steps > 0:
+        kept_train, kept_held = init_pass.kept[: len(train)], init_pass.kept[len(train):]
+        for layer in trained:
+            for p in (psr.gate(layer).weight, psr.gate(layer).bias, psr.direction(layer)):
+                p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(_param_groups(psr, trained, init_pass.fit, config.lr),
+                                      weight_decay=config.weight_decay)
+        generator = torch.Generator().manual_seed(config.seed)
+        weight = float(config.regulariser)
+        result.initial = _eval_loss(model, psr, train, kept_train, pad, config.batch_size)
+        best = _eval_loss(model, psr, held, kept_held, pad, config.batch_size)["loss"] if held else float("inf")
+        result.held_out["initial"] = best if held else None
+        best_state, result.best_step, bad = copy.deepcopy(psr.state_dict()), 0, 0
+        bar = tqdm(range(1, steps + 1), desc=f"train {config.short_name}", disable=not progress)
+        for step in bar:
+            order = torch.randperm(len(train), generator=generator)[: config.batch_size].tolist()
+            batch = make_batch([train[i] for i in order], pad)
+            optimizer.zero_grad(set_to_none=True)
+            total, parts = batch_loss(model, psr, batch, kept=[kept_train[i] for i in order], regulariser=weight)
+            if weight == 0 and config.auto_regulariser > 0 and parts["dead_gate_penalty"] >= 1.0 / len(order):
+                weight = float(config.auto_regulariser)  # an example's gate died: switch the regulariser on
+                result.regulariser = max(result.regulariser, weight)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(psr.parameters(), 1.0e3)
+            optimizer.step()
+            entry: dict[str, float] = {"step": step, **parts}
+            if held and (step % config.eval_every == 0 or step == steps):
+                current = _eval_loss(model, psr, held, kept_held, pad, config.batch_size)["loss"]
+                entry["held_out_loss"] = current
+                if current < best - 1e-6:
+                    best, best_state, result.best_step, bad = current, copy.deepcopy(psr.state_dict()), step, 0
+                else:
+                    bad += 1
+                    if bad >= config.patience:
+                        result.history.append(entry)
+                        result.stopped_early = True
+                        break
+            if step % max(1, log_every) == 0 or step == steps or "held_out_loss" in entry:
+                result.history.append(entry)
+        if held:
+            psr.load_state_dict(best_state)
+            result.held_out["best"] = best
+        psr.requires_grad_(False)
+        result.final = _eval_loss(model, psr, train, kept_train, pad, config.batch_size)
+        if diagnose:
+            final_pass = steered_pass(model, psr, train, held_out=held, alpha=config.train_alpha, start_layer=first,
+                                      start_resid=init_pass.kept, to_end=True)
+            layers = {**init_pass.layers, **final_pass.layers}
+            result.fidelity = {**final_pass.to_dict(), "layers": {str(k): v for k, v in sorted(layers.items())},
+                               "fit": {str(k): v for k, v in init_pass.fit.items()},
+                               "init": init_pass.to_dict()}
+    else:  # no end-to-end steps: the initialisation is the PSR; its fit is in ``layers`` / ``fidelity``
+        top = init_pass.layers.get(config.layers[-1], {})
+        result.initial = result.final = {"rel_error_top": top.get("rel_error_train", float("nan"))}
+    result.seconds = time.perf_counter() - start_time
+    psr.config.extra = {**psr.config.extra, "trained_steps": steps, "n_train_records": len(train),
+                        "n_held_out_records": len(held), "initial_loss": result.initial.get("loss"),
+                        "final_loss": result.final.get("loss")}
     return psr, result
