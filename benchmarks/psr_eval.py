@@ -1,37 +1,41 @@
-"""Benchmark: S-PSR / A-PSR (MSE and likelihood) vs prompt steering vs DiffMean (vs HyperSteer) in ONE run.
+"""Benchmark: S-PSR and A-PSR (all layers) × MSE / likelihood / distill vs prompt steering vs DiffMean vs the
+constant-vector floor, in ONE run, every steered method at its strength chosen by the same rule.
 
-Steps (every setting is a flag; the defaults are a small CPU run on the embedded SmolLM2-135M-Instruct):
+Steps (every setting is a flag; ``--tiny`` is a one-minute smoke run of the wiring on a tiny random model):
 
-1. split   - ``--concepts`` held-out concepts (Wikipedia vital articles) and base prompts into train / eval
-             with :func:`hooksteer.data.splits.make_split` (``split.json``);
-2. teacher - prompt-steered answers for each concept x *train* prompts, sampled and filtered by the judge
-             (:func:`hooksteer.data.teacher.generate_teacher_targets`, cached in ``teacher.jsonl``);
-3. Δ       - per-token teacher change A_l(x'y') − A_l(xy') on the accepted answers
-             (:func:`hooksteer.psr.compute_teacher`); concentration of ‖Δ_t‖ over tokens (top-10 % share,
-             Gini), cosine of Δ_t with the concept's DiffMean vector;
-4. train   - per concept: S-PSR at ``--layer`` and A-PSR on ``--apsr-layers``, each with the MSE and the
-             likelihood loss (:func:`hooksteer.psr.train_psr`); teacher fit (R² of λz vs Δ, next to the best
-             constant vector's R²) and corr(λ_t, ‖Δ_t‖);
-5. evaluate - prompt steering, DiffMean (same layer), the four PSRs (and a saved HyperSteer with
-             ``--hypersteer DIR``) in one :func:`hooksteer.evaluate.protocol.evaluate` call on the *eval*
-             (held-out) base prompts: factor chosen on half of them, reported on the other half.
-6. heatmap - ‖Δ_t‖ next to λ_t of each PSR over one teacher response (``heatmap_<concept>.png``).
-
-A PSR factor f means α = f / f₀ with f₀ = mean‖Δ‖ / mean‖h‖ (see :mod:`hooksteer.psr.evaluation`): at factor
-f a PSR that reproduces the teacher adds on average f x a typical residual norm, as DiffMean does at f.
-
-``--tiny`` runs the same pipeline on a tiny random model with hand-made concepts and a keyword judge in about a
-minute (a smoke test of the wiring; its numbers mean nothing).
+1. split    - ``--concepts`` held-out concepts (Wikipedia vital articles) and base prompts into train / eval
+              (:func:`hooksteer.data.splits.make_split`, ``split.json``);
+2. teachers - (a) prompt-steered answers sampled for each concept × ``--train-prompts`` prompts, judge-filtered,
+              **every** accepted candidate kept (MSE / likelihood PSRs and the floor); (b) the prompted model's
+              greedy answer to each concept × ``--distill-prompts`` prompts with its top-k next-token
+              log-probs (:func:`hooksteer.distill.build_distill_teacher`, cached; distill PSRs);
+3. Δ        - A_l(x'y') − A_l(xy') at every layer on the span = the assistant-turn template tokens + response
+              (:func:`hooksteer.psr.compute_teacher`), with the response NLL after x and after x';
+4. train    - per concept: S-PSR at ``--layer`` and A-PSR on ``--apsr-layers`` (default: all layers) with each
+              loss, and the floor (A-PSR layers, w = 0, z_l = mean local residual, steps 0). Every PSR starts
+              from the layer-by-layer fit of one steered pass; MSE PSRs train each layer on its local residual
+              (``--local-steps``); likelihood / distill PSRs then train end to end (``--steps``) from
+              ``--train-from`` up, with early stopping on held-out prompts. Diagnostics per layer: relative error
+              ‖A_l^PSR − A_l(x'y')‖ / ‖Δ_l‖ (train / held-out), local R², dead gates; teacher-forced NLL;
+5. evaluate - prompt steering, DiffMean (same layer, factor × residual norm) and every PSR in one
+              :func:`hooksteer.evaluate.protocol.evaluate` call on the held-out base prompts; each steered method
+              is wrapped in :class:`hooksteer.psr.search.AlphaSearch`: on the selection half the strength is raised
+              until the mean fluency drops below ``--coherence-target`` (grid, then bisection), the report half
+              is scored there (the best-selection-score strength is scored too, for comparison);
+6. report   - per method concept / instruction / fluency / score with bootstrap 95 % intervals over concepts,
+              paired differences, added norm relative to ‖h‖, dead gates while generating, per-layer fidelity
+              plot (``fidelity_per_layer.png``), teacher concentration over tokens, ``results.md`` / ``.json``.
 
 Usage::
 
     .venv/bin/python benchmarks/psr_eval.py --tiny
-    .venv/bin/python benchmarks/psr_eval.py                   # ~15-20 min on one CPU core
+    .venv/bin/python benchmarks/psr_eval.py --threads 1 --concepts 20 --eval-prompts 6 --out runs/psr_eval20
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -50,6 +54,13 @@ import common  # noqa: E402
 from common import fmt, log  # noqa: E402
 
 DEFAULT_OUT = REPO / "runs" / "benchmarks" / "psr_eval"
+PSR_GRID = (0.5, 1.0, 2.0, 4.0)
+DIFFMEAN_GRID = (0.1, 0.2, 0.4, 0.8)
+
+#: seconds per unit on the shared 2-core CPU with one torch thread (measured on the embedded model; the
+#: estimate printed before a run multiplies these by the run's sizes)
+COST = {"teacher_candidate": 1.5, "distill_pair": 2.5, "delta_record": 2.5, "psr_init": 10.0, "e2e_step": 3.0,
+        "diagnose": 6.0, "search_pair": 40.0, "prompt_pair": 10.0, "diffmean_concept": 5.0, "load": 60.0}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -62,34 +73,57 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concept-seed", type=int, default=0)
-    p.add_argument("--concepts", type=int, default=4, help="held-out concepts evaluated")
+    p.add_argument("--concepts", type=int, default=22, help="held-out concepts drawn (those with fewer than 2 accepted "
+                   "sampled teacher answers are dropped)")
+    p.add_argument("--eval-concepts", type=int, default=20, help="at most this many of them are evaluated")
     p.add_argument("--prompt-sources", nargs="+", default=["hand-written"])
-    p.add_argument("--train-prompts", type=int, default=10, help="base prompts the teacher answers (PSR training)")
+    p.add_argument("--train-prompts", type=int, default=8, help="base prompts the sampling teacher answers")
+    p.add_argument("--distill-prompts", type=int, default=16, help="base prompts the distillation teacher answers")
     p.add_argument("--eval-prompts", type=int, default=6, help="held-out base prompts (halves: selection/report)")
-    p.add_argument("--teacher-candidates", type=int, default=2)
+    p.add_argument("--teacher-candidates", type=int, default=4)
     p.add_argument("--teacher-tokens", type=int, default=32)
     p.add_argument("--teacher-temperature", type=float, default=0.8)
-    p.add_argument("--teacher-batch", type=int, default=16)
+    p.add_argument("--teacher-batch", type=int, default=32)
     p.add_argument("--teacher-min-concept", type=float, default=1.0)
     p.add_argument("--teacher-min-fluency", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=32, help="teacher log-probs kept per position (distillation)")
     p.add_argument("--layer", type=int, default=None, help="S-PSR / DiffMean layer (default: 2/3 of the depth)")
-    p.add_argument("--apsr-layers", type=parse_layers, default=None,
-                   help="A-PSR layers, e.g. '14-20' (default: the 7 layers ending at --layer)")
-    p.add_argument("--steps-closed", type=int, default=200, help="steps of S-PSR + MSE (no forward pass)")
-    p.add_argument("--steps", type=int, default=25, help="steps of the other PSRs (forward + backward)")
+    p.add_argument("--apsr-layers", type=parse_layers, default=None, help="A-PSR layers, e.g. '0-29' (default: all)")
+    p.add_argument("--train-from", type=int, default=None,
+                   help="end-to-end training of A-PSR updates layers >= this (default: --layer); lower layers keep "
+                        "their layer-by-layer fit")
+    p.add_argument("--local-steps", type=int, default=150, help="Adam steps per layer on its local MSE")
+    p.add_argument("--steps", type=int, default=20, help="end-to-end steps of the likelihood / distill PSRs")
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--regulariser", type=float, default=0.0)
-    p.add_argument("--hypersteer", type=Path, default=None,
-                   help="folder of a saved HyperSteer (trained on concepts that exclude these) to compare too")
-    p.add_argument("--factors", type=float, nargs="+", default=[0.1, 0.2, 0.35, 0.5])
+    p.add_argument("--held-out-fraction", type=float, default=0.25, help="share of train prompts held out")
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--positions", default="response", choices=["response", "generated", "after_sink"],
+                   help="where PSRs steer (response = assistant-turn template tokens + generated tokens)")
+    p.add_argument("--position-variants", nargs="*", default=["after_sink"],
+                   help="also evaluate the A-PSR distill PSR steering these positions instead")
+    p.add_argument("--psr-grid", type=float, nargs="+", default=list(PSR_GRID), help="α grid of the search")
+    p.add_argument("--diffmean-grid", type=float, nargs="+", default=list(DIFFMEAN_GRID),
+                   help="DiffMean factor grid (× residual norm) of the search")
+    p.add_argument("--refine", type=int, default=1, help="bisection steps after the grid")
+    p.add_argument("--coherence-target", type=float, default=1.5, help="mean selection fluency (0-2) kept")
+    p.add_argument("--rule", default="coherence", choices=["coherence", "best_score"])
+    p.add_argument("--fidelity-concepts", type=int, default=None, help="concepts in the fidelity plot (default: all)")
+    p.add_argument("--heatmaps", type=int, default=3, help="concepts with a ‖Δ_t‖ vs λ_t token heatmap")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=32)
+    p.add_argument("--model-class", default="bridge", choices=["bridge", "hooked"],
+                   help="model that generates (the bridge's fast path shares the weights)")
+    p.add_argument("--no-joint", dest="joint", action="store_false",
+                   help="search each method in its own batches (default: all methods of a concept share batches)")
+    p.add_argument("--estimate-only", action="store_true", help="print the time estimate and exit")
     args = p.parse_args(argv)
     if args.tiny:
-        tiny = {"concepts": 2, "train_prompts": 3, "eval_prompts": 2, "teacher_tokens": 8, "steps_closed": 20,
-                "steps": 3, "factors": [0.5, 2.0], "max_new_tokens": 4, "teacher_min_concept": 0.0,
-                "teacher_min_fluency": 0.0}
+        tiny = {"concepts": 2, "train_prompts": 3, "distill_prompts": 3, "eval_prompts": 2, "teacher_tokens": 6,
+                "teacher_candidates": 2, "local_steps": 5, "steps": 2, "max_new_tokens": 3, "top_k": 8,
+                "teacher_min_concept": 0.0, "teacher_min_fluency": 0.0, "psr_grid": [0.5, 2.0],
+                "diffmean_grid": [0.5, 2.0], "model_class": "hooked", "eval_every": 1, "held_out_fraction": 0.34}
         common.apply_tiny_defaults(args, p, tiny)
     if args.eval_prompts < 2:
         p.error("--eval-prompts must be >= 2")
@@ -98,44 +132,67 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# ============================================================================ estimate
+def estimate_seconds(args: argparse.Namespace, n_layers: int = 30) -> dict[str, float]:
+    """Rough seconds per stage on the shared CPU (see :data:`COST`)."""
+    c = min(args.concepts, args.eval_concepts)
+    n_psr = 7 + len([v for v in args.position_variants if v != args.positions])
+    accepted = args.train_prompts * args.teacher_candidates * 0.35
+    searched = n_psr + 1  # PSRs, floor and position variants + DiffMean
+    per_search = COST["search_pair"] * (len(args.psr_grid) + args.refine + 2) / 7 * args.max_new_tokens / 32
+    parts = {
+        "load": COST["load"],
+        "teacher (sampled + judged)": args.concepts * args.train_prompts * args.teacher_candidates * COST["teacher_candidate"],
+        "teacher (distillation)": c * args.distill_prompts * COST["distill_pair"],
+        "teacher Δ (all layers)": c * (accepted + args.distill_prompts) * COST["delta_record"],
+        "PSR training": c * (7 * COST["psr_init"] + 4 * args.steps * COST["e2e_step"] * args.batch_size / 4
+                             + 4 * COST["diagnose"]),
+        "evaluation": c * (searched * per_search * (0.4 if args.joint else 1.0) + COST["prompt_pair"]
+                           + COST["diffmean_concept"]),
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+# ============================================================================ data
 def load_data(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     """The ``--concepts`` concepts and the train + eval base prompts."""
     concepts, prompts = common.load_concepts_and_prompts(args, args.concepts)
-    n_prompts = args.train_prompts + args.eval_prompts
+    n_prompts = max(args.train_prompts, args.distill_prompts) + args.eval_prompts
     if len(prompts) < n_prompts:
-        raise SystemExit(f"need {n_prompts} base prompts, have {len(prompts)}")
+        raise SystemExit(f"need {n_prompts} base prompts, have {len(prompts)} (add --prompt-sources)")
     return concepts, common.pick_prompts(prompts, args.seed, n_prompts)
-
-
-def teacher_examples(args: argparse.Namespace, model: Any, judge: Any, concepts: Sequence[Any],
-                     prompts: Sequence[Any], cache: Path) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """Teacher examples per concept id (every (concept, prompt) pair tried), and the generation stats."""
-    result, stats = common.teacher_targets(args, model, judge, concepts, prompts, cache)
-    by_concept = {c.id: [e for e in result.examples if e.concept_id == c.id] for c in concepts}
-    return by_concept, stats
 
 
 def teacher_analysis(records: Sequence[Any], layer: int, diffmean_unit: torch.Tensor | None) -> dict[str, float]:
     """Concentration of ‖Δ_t‖ over each response's tokens (mean over responses) and cosine with DiffMean."""
     from analysis.token_effects import concentration, projections
 
-    stats = [concentration(r.delta_norms(layer)) for r in records]
-    out = {"top10_share": statistics.mean(s["top10_share"] for s in stats),
-           "gini": statistics.mean(s["gini"] for s in stats),
-           "max_over_median": statistics.mean(s["max_over_median"] for s in stats),
+    stats = [concentration(r.delta_norms(layer)) for r in records if r.n_tokens >= 2]
+    out = {"top10_share": statistics.mean(s["top10_share"] for s in stats) if stats else float("nan"),
+           "gini": statistics.mean(s["gini"] for s in stats) if stats else float("nan"),
            "mean_delta_norm": float(torch.cat([r.delta_norms(layer) for r in records]).mean()),
-           "mean_resid_norm": float(torch.cat([r.plain[layer].norm(dim=-1) for r in records]).mean()),
+           "mean_resid_norm": float(torch.cat([r.plain[layer][r.n_prefix :].norm(dim=-1) for r in records]).mean()),
            "n_tokens": sum(r.n_tokens for r in records)}
     if diffmean_unit is not None:
-        deltas = torch.cat([r.delta[layer] for r in records])
+        deltas = torch.cat([r.delta[layer][r.n_prefix :] for r in records])
         cos = projections(deltas, diffmean_unit) / deltas.norm(dim=-1).clamp_min(1e-8)
         out["cos_delta_diffmean"] = float(cos.mean())
-        mean_delta = deltas.mean(dim=0)
-        out["cos_mean_delta_diffmean"] = float(mean_delta @ diffmean_unit / mean_delta.norm().clamp_min(1e-8))
     return out
 
 
-def draw_heatmap(model: Any, record: Any, psrs: dict[str, Any], layer: int, path: Path, concept: str) -> dict[str, float]:
+def _finite(values: Sequence[Any]) -> list[float]:
+    return [float(v) for v in values if v is not None and isinstance(v, int | float) and math.isfinite(float(v))]
+
+
+def _mean(values: Sequence[Any]) -> float:
+    vals = _finite(values)
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+# ============================================================================ plots
+def draw_heatmap(model: Any, record: Any, psrs: dict[str, Any], layer: int, path: Path, concept: str) -> dict[str, Any]:
+    """‖Δ_t‖ at ``layer`` next to each PSR's λ_t (its top layer, read through the inference hooks) on one response."""
     from analysis.token_effects import heatmap_png, pearson, spearman, token_labels
     from hooksteer.psr.trainer import response_gates
 
@@ -143,161 +200,351 @@ def draw_heatmap(model: Any, record: Any, psrs: dict[str, Any], layer: int, path
     rows = {f"‖Δ_t‖ (layer {layer})": norms}
     corr = {}
     for name, psr in psrs.items():
-        lam = response_gates(model, psr, record)[psr.layers[-1]]
+        lam = response_gates(model, psr, record)[layer if layer in psr.layers else psr.layers[-1]]
         rows[f"λ_t {name}"] = lam
-        corr[name] = {"pearson": pearson(lam, norms) if lam.std() > 0 else float("nan"),
-                      "spearman": spearman(lam, norms) if lam.std() > 0 else float("nan")}
+        varies = lam.numel() > 1 and float(lam.std()) > 0
+        corr[name] = {"pearson": pearson(lam, norms) if varies else None,
+                      "spearman": spearman(lam, norms) if varies else None}
     heatmap_png(token_labels(model, record.pair.response), rows, path,
                 title=f"{concept}: where prompt steering acts (‖Δ_t‖) vs PSR gates λ_t (rows scaled to their max)")
     return corr
+
+
+def fidelity_plot(curves: dict[str, dict[str, list[float]]], layers: list[int], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for i, (name, parts) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        for part, style in (("train", "-"), ("held_out", "--")):
+            ys = parts.get(part)
+            if ys and any(math.isfinite(y) for y in ys):
+                ax.plot(layers, ys, style, color=color, label=f"{name} ({part.replace('_', '-')})")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("‖A_l^PSR − A_l(x'y')‖ / ‖Δ_l‖   (1 = unsteered)")
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ============================================================================ report
+def score_rows(result: Any, methods: Sequence[str], concepts: Sequence[str]) -> tuple[dict[str, Any], list[dict]]:
+    """Per method: mean and bootstrap interval over concepts of each rating (report half), plus search info."""
+    from hooksteer.evaluate.stats import bootstrap_ci
+
+    rows = [{**c.report, "method": c.method, "concept_id": c.concept_id, **{
+        k: v for k, v in c.info.items() if k.startswith(("alpha", "added_rel", "dead_share", "search_report",
+                                                          "search_selection", "search_tested", "search_target"))}}
+            for c in result.concepts]
+    table = {}
+    for method in methods:
+        mine = {r["concept_id"]: r for r in rows if r["method"] == method}
+        entry: dict[str, Any] = {}
+        for key in ("concept", "instruction", "fluency", "score"):
+            values = [mine[c][key] for c in concepts]
+            entry[key] = bootstrap_ci(values, seed=0).to_dict()
+        alt = [mine[c].get("search_report_best_score_score") for c in concepts]
+        if all(v is not None for v in alt):
+            entry["score_best_score_rule"] = bootstrap_ci([float(v) for v in alt], seed=0).to_dict()
+        alphas = _finite([mine[c].get("alpha") for c in concepts])
+        entry["alpha_median"] = statistics.median(alphas) if alphas else None
+        entry["added_rel_chosen"] = _mean([mine[c].get(f"added_rel_{mine[c].get('search_rule', 'coherence')}")
+                                           for c in concepts])
+        entry["dead_share_generation"] = _mean([mine[c].get(f"dead_share_{mine[c].get('search_rule', 'coherence')}")
+                                                for c in concepts])
+        entry["target_missed"] = sum(1 for c in concepts
+                                     if mine[c].get("search_selection_coherence_fluency") is not None
+                                     and mine[c]["search_selection_coherence_fluency"] < mine[c].get("search_target", 0))
+        table[method] = entry
+    return table, rows
+
+
+def paired(rows: Sequence[dict], a: str, b: str, concepts: Sequence[str], key: str = "score") -> dict[str, Any]:
+    from hooksteer.evaluate.stats import paired_difference_ci, per_concept_scores
+
+    diff = paired_difference_ci(per_concept_scores(rows, a, concepts, key), per_concept_scores(rows, b, concepts, key),
+                                seed=0)
+    return {"a": a, "b": b, **diff.to_dict()}
+
+
+def ci_text(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "—"
+    return f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
 
 
 def markdown(report: dict[str, Any]) -> str:
     from hooksteer.evaluate.report import table
 
     cfg = report["config"]
-    lines = ["# PSR vs prompt steering vs DiffMean", "",
-             f"Model `{report['model']}`, judge `{report['judge']}`, layer {report['layer']} (A-PSR layers "
-             f"{report['apsr_layers']}), seed {cfg['seed']}, factors {cfg['factors']}, {cfg['max_new_tokens']} new "
-             f"tokens (greedy). {report['data']['n_concepts']} concepts; PSRs trained on teacher answers to "
-             f"{report['data']['n_train_prompts']} train prompts ({report['data']['n_teacher_examples']} accepted "
-             f"examples); evaluated on {report['data']['n_eval_prompts']} held-out prompts (factor chosen on half, "
-             "scored on the other half).", "", "## Steering scores (report half, chosen factor)", ""]
-    lines.append(common.score_table(report["scores"]))
-    lines += ["", "## Teacher: how concentrated prompt steering is over tokens", ""]
-    body = [[c, str(t["n_tokens"]), fmt(t["top10_share"]), fmt(t["gini"]), fmt(t["max_over_median"], 2),
-             fmt(t["mean_delta_norm"], 1), fmt(t["mean_resid_norm"], 1), fmt(t.get("cos_delta_diffmean")),
-             fmt(t.get("cos_mean_delta_diffmean"))] for c, t in report["teacher"].items()]
-    lines.append(table(body, ("concept", "tokens", "top-10% share of Σ‖Δ‖", "Gini", "max/median", "mean ‖Δ‖",
-                              "mean ‖h‖", "mean cos(Δ_t, DiffMean)", "cos(mean Δ, DiffMean)")))
-    lines += ["", "Uniform Δ would give a top-10% share of 0.10 and a Gini of 0.", "",
-              "## PSR training and teacher fit (means over concepts)", ""]
-    body = [[m, fmt(r["initial_loss"]), fmt(r["final_loss"]), fmt(r["fit_r2"]), fmt(r["fit_r2_constant"]),
-             fmt(r["fit_lambda_delta_pearson"]), fmt(r["fit_lambda_delta_spearman"]), fmt(r["fit_dead_share"]),
-             fmt(r["natural_factor"]), fmt(r["train_seconds"], 1)] for m, r in report["psr_training"].items()]
-    lines.append(table(body, ("method", "loss start", "loss end", "R² λz vs Δ (top layer)", "R² constant mean Δ",
-                              "corr(λ, ‖Δ‖) Pearson", "Spearman", "share λ=0", "natural factor f₀", "train s")))
-    lines += ["", "R² is on the training responses at the top PSR layer (for A-PSR only that layer's own term); "
-              "'R² constant' is the best any constant vector can do there.", "", "## Verdict", "", report["verdict"],
-              ""]
+    data = report["data"]
+    lines = ["# PSR vs prompt steering vs DiffMean vs the constant-vector floor", "",
+             f"Model `{report['model']}`, judge `{report['judge']}`; S-PSR / DiffMean layer {report['layer']}, "
+             f"A-PSR layers {report['apsr_layers'][0]}–{report['apsr_layers'][-1]} ({len(report['apsr_layers'])}), "
+             f"end-to-end training from layer {report['train_from']}; PSR positions `{cfg['positions']}` "
+             f"(= the {report['template_tokens']} assistant-turn template tokens + generated tokens when 'response'). "
+             f"{data['n_concepts']} held-out concepts × {data['n_eval_prompts']} held-out prompts (strength chosen on "
+             f"half, reported on the other half), {cfg['max_new_tokens']} greedy tokens, seed {cfg['seed']}; "
+             f"{len(data.get('dropped_concepts', []))} drawn concepts dropped for fewer than 2 accepted sampled teacher "
+             "answers. "
+             f"Sampled teacher: {data['n_teacher_examples']} accepted answers (every accepted candidate, "
+             f"{cfg['train_prompts']} prompts × {cfg['teacher_candidates']} samples per concept); distillation "
+             f"teacher: {data['n_distill_records']} greedy answers ({cfg['distill_prompts']} prompts per concept, "
+             f"top-{cfg['top_k']}).", "",
+             f"Strength rule for every steered method: raise it on the selection half until the mean fluency drops "
+             f"below {cfg['coherence_target']} (grid PSR α {cfg['psr_grid']}, DiffMean factor {cfg['diffmean_grid']}, "
+             f"then {cfg['refine']} bisection step(s)); reported rule: `{cfg['rule']}`. Intervals: bootstrap 95 % over "
+             "concepts.", "", "## Steering scores (report half)", ""]
+    body = []
+    for m, r in sorted(report["scores"].items(), key=lambda kv: -kv[1]["score"]["mean"]):
+        body.append([m, ci_text(r["concept"]), ci_text(r["instruction"]), ci_text(r["fluency"]), ci_text(r["score"]),
+                     ci_text(r.get("score_best_score_rule")), fmt(r.get("alpha_median"), 2),
+                     fmt(r.get("added_rel_chosen")), fmt(r.get("dead_share_generation")), str(r.get("target_missed", ""))])
+    lines.append(table(body, ("method", "concept", "instruction", "fluency", "score", "score (best-score rule)",
+                              "median α / factor", "added ‖·‖/‖h‖ per layer", "dead gates (generation)",
+                              "concepts below target")))
+    lines += ["", "*added ‖·‖/‖h‖*: mean over the steered tokens of ‖α·λ_t·z‖ / ‖h_t‖ while generating at the chosen "
+              "strength, averaged over the steered layers (DiffMean: its single layer). *score (best-score rule)*: the "
+              "report half at the strength with the best selection-half score.", "",
+              "## Paired differences (score, bootstrap 95 % over concepts)", ""]
+    body = [[f"{d['a']} − {d['b']}", f"{d['mean']:+.3f}", f"[{d['low']:+.3f}, {d['high']:+.3f}]",
+             "yes" if d["excludes_zero"] else "no"] for d in report["paired"]]
+    lines.append(table(body, ("difference", "mean", "95 % interval", "excludes 0")))
+    lines += ["", "## PSR fidelity, gate health and generalisation (means over concepts)", ""]
+    body = []
+    for m, r in report["psr_training"].items():
+        body.append([m, fmt(r.get("n_train"), 1), fmt(r.get("rel_error_top_train")), fmt(r.get("rel_error_top_held_out")),
+                     fmt(r.get("rel_error_last_held_out")), fmt(r.get("local_r2_mean_train")),
+                     fmt(r.get("dead_share_max_train")), fmt(r.get("dead_layers_train"), 1),
+                     fmt(r.get("nll_plain_held_out")), fmt(r.get("nll_psr_held_out")), fmt(r.get("nll_prompted_held_out")),
+                     fmt(r.get("nll_gap_closed_held_out")), fmt(r.get("kl_held_out")), fmt(r.get("train_seconds"), 1)])
+    lines.append(table(body, ("PSR", "train responses", "rel. error top PSR layer (train)", "(held-out)",
+                              "rel. error last layer (held-out)", "local R² (mean over layers)", "max dead share",
+                              "layers with a dead example", "NLL unsteered", "NLL PSR", "NLL prompted",
+                              "share of NLL gap closed (held-out)", "KL to teacher (held-out)", "train s")))
+    lines += ["", "Relative error ‖A_l^PSR − A_l(x'y')‖ / ‖Δ_l‖ on the span tokens (1 = what the unsteered model "
+              "does, 0 = exactly the prompted activations); *local R²*: share of each layer's local residual "
+              "A_l(x'y') − H_l (H_l steered by the layers below) its own term explains; NLL of the held-out teacher "
+              "responses per token (MSE / likelihood / floor: sampled answers; distill: greedy prompted answers); "
+              "*share of gap closed* = (NLL unsteered − NLL PSR) / (NLL unsteered − NLL prompted). Per-layer curves: "
+              "`fidelity_per_layer.png`.", "", "## Teacher: how concentrated prompt steering is over tokens "
+              f"(layer {report['layer']}, means over concepts)", ""]
+    t = report["teacher_summary"]
+    lines.append(table([[k, fmt(v)] for k, v in t.items()], ("quantity", "value")))
+    lines += ["", "Uniform Δ would give a top-10% share of 0.10 and a Gini of 0.", "", "## Timing", "",
+              table([[k, f"{v:.0f}"] for k, v in report["seconds"].items()], ("stage", "seconds")), "",
+              "## Verdict", "", report["verdict"], ""]
     return "\n".join(lines)
 
 
-def verdict(scores: dict[str, dict[str, Any]], n: int) -> str:
-    order = common.ranking_text(common.rank_by_score(scores))
-    psr = {m: r["score"] for m, r in scores.items() if "psr" in m}
-    parts = [f"Ranking ({n} concepts): {order}."]
-    if "prompt" in scores and psr:
-        best = max(psr, key=psr.get)
-        rel = "above" if psr[best] > scores["prompt"]["score"] else "not above"
-        parts.append(f"Best PSR ({best} {psr[best]:.3f}) is {rel} prompt steering ({scores['prompt']['score']:.3f}).")
-    if "diffmean" in scores and "s-psr-mse" in scores:
-        rel = "above" if scores["s-psr-mse"]["score"] > scores["diffmean"]["score"] else "below or equal to"
-        parts.append(f"MSE-trained S-PSR is {rel} constant DiffMean steering.")
-    parts.append("Small run: few concepts and prompts, differences of ~0.1-0.2 are within noise.")
+def verdict(report: dict[str, Any]) -> str:
+    scores = {m: r["score"]["mean"] for m, r in report["scores"].items()}
+    order = " > ".join(f"{m} {s:.3f}" for m, s in sorted(scores.items(), key=lambda kv: -kv[1]))
+    parts = [f"Ranking ({report['data']['n_concepts']} concepts): {order}."]
+    for d in report["paired"]:
+        if d["excludes_zero"]:
+            parts.append(f"{d['a']} {'beats' if d['mean'] > 0 else 'loses to'} {d['b']} "
+                         f"({d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]).")
+    undecided = [f"{d['a']} vs {d['b']}" for d in report["paired"] if not d["excludes_zero"]]
+    if undecided:
+        parts.append("Not separable from noise (interval includes 0): " + "; ".join(undecided) + ".")
     return " ".join(parts)
 
 
+# ============================================================================ main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    estimate = estimate_seconds(args)
+    log("time estimate (shared 2-core CPU, 1 thread): " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in estimate.items()))
+    if args.estimate_only:
+        return {"estimate": estimate}
     began = common.start_run(args)
     out: Path = args.out
 
-    from hooksteer.evaluate.methods import DiffMeanMethod, PromptSteering, pool_texts_for
+    import analysis.token_effects  # noqa: F401  (imported now: a long run must not fail on a late import)
+    import hooksteer.evaluate.stats  # noqa: F401
+    import hooksteer.psr.trainer  # noqa: F401
+    from hooksteer.distill import DistillConfig, build_distill_teacher
+    from hooksteer.evaluate.methods import DiffMeanMethod, GenerationSettings, PromptSteering, pool_texts_for
+    from hooksteer.evaluate.protocol import evaluate
     from hooksteer.hypersteer.config import default_layer
     from hooksteer.psr import PSRConfig
-    from hooksteer.psr.evaluation import PSRMethod, PSRTeacherData
+    from hooksteer.psr.evaluation import PSRMethod, PSRTeacherData, accepted_examples
+    from hooksteer.psr.joint import JointSearch
+    from hooksteer.psr.search import AlphaSearch, CachedJudge
 
+    seconds: dict[str, float] = {}
+    stage = time.perf_counter()
     log("loading model and data ...")
     model = common.load_model(args.tiny, args.seed)
+    generator = model if args.model_class == "hooked" else common.load_bridge(args.tiny, args.seed)
+    generator.requires_grad_(False)
     n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
     layer = args.layer if args.layer is not None else default_layer(n_layers)
-    apsr_layers = args.apsr_layers or list(range(max(0, layer - 6), layer + 1))
+    apsr_layers = args.apsr_layers or list(range(n_layers))
+    train_from = args.train_from if args.train_from is not None else layer
     concepts, prompts = load_data(args)
     split = common.save_split(concepts, prompts, out / "split.json", seed=args.seed, held_out=len(concepts),
                               held_in=0, eval_prompts=args.eval_prompts)
     eval_concepts = split.select(concepts, split.held_out_concepts)
-    train_prompts = split.select(prompts, split.train_prompts)
+    train_pool = split.select(prompts, split.train_prompts)
     eval_prompts = split.select(prompts, split.eval_prompts)
-    judge = common.make_judge(args.tiny, model)
+    sampled_prompts, distill_prompts = train_pool[: args.train_prompts], train_pool[: args.distill_prompts]
+    judge = CachedJudge(common.make_judge(args.tiny, model))
+    seconds["load"] = time.perf_counter() - stage
 
-    log(f"teacher targets: {len(eval_concepts)} concepts × {len(train_prompts)} train prompts ...")
-    start = time.perf_counter()
-    examples, teacher_stats = teacher_examples(args, model, judge, eval_concepts, train_prompts, out / "teacher.jsonl")
-    teacher_seconds = time.perf_counter() - start
-    missing = [cid for cid, ex in examples.items() if not ex]
+    stage = time.perf_counter()
+    log(f"sampled teacher: {len(eval_concepts)} concepts × {len(sampled_prompts)} prompts × {args.teacher_candidates} ...")
+    result, teacher_stats = common.teacher_targets(args, generator, judge, eval_concepts, sampled_prompts,
+                                                   out / "teacher.jsonl")
+    from hooksteer.data.teacher import TeacherConfig
+
+    examples = accepted_examples(result, TeacherConfig(**teacher_stats["settings"]))
+    seconds["teacher_sampled"] = time.perf_counter() - stage
+    missing = [c.id for c in eval_concepts if len(examples.get(c.id, [])) < 2]
     if missing:
-        log(f"no accepted teacher answer for {missing}: these concepts are dropped")
+        log(f"fewer than 2 accepted sampled answers for {missing}: these concepts are dropped")
         eval_concepts = [c for c in eval_concepts if c.id not in missing]
+    eval_concepts = eval_concepts[: args.eval_concepts]
     if not eval_concepts:
-        raise SystemExit("no concept has a teacher answer: nothing to train PSR on")
-    log(f"teacher: {sum(len(v) for v in examples.values())} accepted answers ({teacher_seconds:.0f} s)")
+        raise SystemExit("no concept has teacher answers: nothing to train PSR on")
+    stage = time.perf_counter()
+    log(f"distillation teacher: {len(eval_concepts)} concepts × {len(distill_prompts)} prompts ...")
+    distill = build_distill_teacher(model, [(c, b) for c in eval_concepts for b in distill_prompts],
+                                    DistillConfig(max_new_tokens=args.teacher_tokens, top_k=args.top_k,
+                                                  batch_size=args.teacher_batch),
+                                    cache_dir=out / "distill_cache", generator=generator, progress=not args.tiny)
+    seconds["teacher_distill"] = time.perf_counter() - stage
+    ids = [c.id for c in eval_concepts]
+    log(f"teacher: {sum(len(examples[c]) for c in ids)} accepted sampled answers, {len(distill)} distillation records")
 
-    data = PSRTeacherData(model, examples, layers=sorted({layer, *apsr_layers}),
-                          max_response_tokens=args.teacher_tokens)
-    shared = {"d_model": d_model, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
-              "regulariser": args.regulariser}
+    all_layers = sorted({layer, *apsr_layers})
+    data_s = PSRTeacherData(model, {c: examples[c] for c in ids}, all_layers, max_response_tokens=args.teacher_tokens,
+                            prefix_tokens="auto", nll=True)
+    data_d = PSRTeacherData.from_distill(model, distill.select(ids), all_layers,
+                                         concepts={c.id: c for c in eval_concepts}, prefix_tokens="auto", nll=True)
+    common_cfg = {"d_model": d_model, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+                  "positions": args.positions, "local_steps": args.local_steps,
+                  "held_out_fraction": args.held_out_fraction, "eval_every": args.eval_every, "patience": args.patience}
+    single = {"layers": [layer], "variant": "single"}
+    adaptive = {"layers": apsr_layers, "variant": "adaptive"}
+    e2e = {"steps": args.steps}
     psr_methods = [
-        PSRMethod(data, PSRConfig(layers=[layer], variant="single", loss="mse", steps=args.steps_closed, **shared)),
-        PSRMethod(data, PSRConfig(layers=[layer], variant="single", loss="likelihood", steps=args.steps, **shared)),
-        PSRMethod(data, PSRConfig(layers=apsr_layers, variant="adaptive", loss="mse", steps=args.steps, **shared)),
-        PSRMethod(data, PSRConfig(layers=apsr_layers, variant="adaptive", loss="likelihood", steps=args.steps,
-                                  **shared)),
+        PSRMethod(data_s, PSRConfig(**single, loss="mse", steps=0, **common_cfg)),
+        PSRMethod(data_s, PSRConfig(**single, loss="likelihood", **e2e, **common_cfg)),
+        PSRMethod(data_d, PSRConfig(**single, loss="distill", **e2e, **common_cfg)),
+        PSRMethod(data_s, PSRConfig(**adaptive, loss="mse", steps=0, **common_cfg)),
+        PSRMethod(data_s, PSRConfig(**adaptive, loss="likelihood", train_from_layer=train_from, **e2e, **common_cfg)),
+        PSRMethod(data_d, PSRConfig(**adaptive, loss="distill", train_from_layer=train_from, **e2e, **common_cfg)),
+        PSRMethod(data_s, PSRConfig(**adaptive, loss="mse", steps=0, init="mean_delta",
+                                    **{**common_cfg, "local_steps": 0}), name="constant-floor"),
     ]
-    texts_for = pool_texts_for(list(concepts))
-    diffmean = DiffMeanMethod(layer=layer, texts_for=texts_for)
-    methods: list[Any] = [PromptSteering(), diffmean, *psr_methods]
-    if args.hypersteer is not None:
-        from hooksteer.hypersteer import HyperSteer
-        from hooksteer.hypersteer.evaluation import HyperSteerMethod
+    by_name = {m.name: m for m in psr_methods}
+    variants = []
+    for positions in args.position_variants:
+        if positions == args.positions:
+            continue
+        base = by_name["a-psr-distill"]
+        variant = PSRMethod(base.data, base.psr_config, name=f"a-psr-distill@{positions}", positions=positions)
+        variant.psrs, variant.training = base.psrs, base.training  # the same trained PSRs, other positions
+        variants.append(variant)
 
-        methods.append(HyperSteerMethod(HyperSteer.load(args.hypersteer, model), texts_for=texts_for))
+    stage = time.perf_counter()
+    log(f"training {len(psr_methods)} PSRs per concept ({len(ids)} concepts, {len(all_layers)} layers) ...")
+    teacher: dict[str, Any] = {}
+    heat: dict[str, Any] = {}
+    for i, concept in enumerate(eval_concepts):
+        t0 = time.perf_counter()
+        for method in psr_methods:
+            method.train(concept)
+        teacher[concept.id] = teacher_analysis(data_s.records(concept.id), layer, None)
+        if i < args.heatmaps:
+            heat[concept.id] = draw_heatmap(model, data_s.records(concept.id)[0],
+                                            {m.name: m.psrs[concept.id] for m in psr_methods if m.data is data_s},
+                                            layer, out / f"heatmap_{concept.id}.png", concept.title)
+        data_s.release(concept.id)
+        data_d.release(concept.id)
+        (out / "training.json").write_text(json.dumps(  # progress on disk: the diagnostics survive a crash later on
+            {"teacher": teacher, "heatmap_correlations": heat,
+             "psr_training_per_concept": {m.name: m.training for m in psr_methods}}, indent=1, default=str))
+        done = time.perf_counter() - stage
+        log(f"  {concept.id}: {time.perf_counter() - t0:.0f} s ({i + 1}/{len(ids)}, ETA training "
+            f"{done / (i + 1) * (len(ids) - i - 1) / 60:.0f} min)")
+    seconds["psr_training"] = time.perf_counter() - stage
 
-    log(f"evaluating {[m.name for m in methods]} on {len(eval_concepts)} concepts × {len(eval_prompts)} held-out "
-        f"prompts, factors {args.factors} (PSRs train inside prepare()) ...")
-    result, eval_seconds = common.run_evaluation(args, model, methods, eval_concepts, eval_prompts, judge)
-    summary = result.summary()
-    scores = {}
-    for method in result.methods:
-        picked = [c for c in result.concepts if c.method == method]
-        scores[method] = {**summary[method], "chosen_factors": [c.chosen_factor for c in picked]}
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size)
+    joint = JointSearch(settings, seed=args.seed) if args.joint else None
+    search = {"judge": judge, "prompts": eval_prompts, "settings": settings, "seed": args.seed,
+              "target": args.coherence_target, "refine": args.refine, "rule": args.rule, "joint": joint}
+    diffmean = DiffMeanMethod(layer=layer, texts_for=pool_texts_for(list(concepts)))
+    methods: list[Any] = [PromptSteering(), AlphaSearch(diffmean, grid=args.diffmean_grid, **search)]
+    methods += [AlphaSearch(m, grid=args.psr_grid, **search) for m in [*psr_methods, *variants]]
+    stage = time.perf_counter()
+    log(f"evaluating {[m.name for m in methods]} on {len(ids)} concepts × {len(eval_prompts)} held-out prompts ...")
+    evaluation = evaluate(generator, methods, eval_concepts, eval_prompts, judge=judge, factors=[1.0],
+                          max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, seed=args.seed,
+                          out_dir=out / "evaluation", progress=not args.tiny)
+    seconds["evaluate"] = time.perf_counter() - stage
 
-    log("teacher analysis and heatmaps ...")
-    teacher, heat = {}, {}
-    for concept in eval_concepts:
-        records = data.records(concept.id)
-        positive, negative = texts_for(concept, [])
-        unit = diffmean.make_vector(model, f"blocks.{layer}.hook_resid_post", concept, positive, negative).unit()
-        teacher[concept.id] = teacher_analysis(records, layer, unit.vector.float())
-        heat_psrs = {m.name: m.psrs[concept.id] for m in psr_methods if concept.id in m.psrs}
-        heat[concept.id] = draw_heatmap(model, records[0], heat_psrs, layer, out / f"heatmap_{concept.id}.png",
-                                        concept.title)
-    psr_training = {}
+    names = [m.name for m in methods]
+    scores, rows = score_rows(evaluation, names, ids)
+    comparisons = [(m.name, "prompt") for m in psr_methods] + [(m.name, "diffmean") for m in psr_methods]
+    comparisons += [(m.name, "constant-floor") for m in psr_methods if m.name != "constant-floor"]
+    comparisons += [("diffmean", "prompt"), *[(v.name, "a-psr-distill") for v in variants]]
+    paired_rows = [paired(rows, a, b, ids) for a, b in comparisons]
+
+    psr_training: dict[str, Any] = {}
+    for m in [*psr_methods, *variants]:
+        if m in variants:
+            continue
+        info = list(m.training.values())
+        keys = sorted({k for r in info for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+        summary = {k: _mean([r.get(k) for r in info]) for k in keys}
+        gaps = [(r["nll_plain_held_out"] - r["nll_psr_held_out"]) / (r["nll_plain_held_out"] - r["nll_prompted_held_out"])
+                for r in info if all(r.get(k) is not None for k in ("nll_plain_held_out", "nll_psr_held_out",
+                                                                     "nll_prompted_held_out"))
+                and abs(r["nll_plain_held_out"] - r["nll_prompted_held_out"]) > 1e-6]
+        summary["nll_gap_closed_held_out"] = _mean(gaps)
+        psr_training[m.name] = summary
+
+    fidelity_ids = ids[: args.fidelity_concepts] if args.fidelity_concepts else ids
+    curves = {}
     for m in psr_methods:
-        rows = list(m.training.values())
-        psr_training[m.name] = {k: statistics.mean(float(r[k]) for r in rows if r.get(k) is not None
-                                                   and math.isfinite(float(r[k])))
-                                if any(r.get(k) is not None and math.isfinite(float(r[k])) for r in rows)
-                                else float("nan")
-                                for k in ("initial_loss", "final_loss", "fit_r2", "fit_r2_constant",
-                                          "fit_lambda_delta_pearson", "fit_lambda_delta_spearman",
-                                          "fit_dead_share", "natural_factor", "train_seconds")}
+        per_concept = [m.training[c].get("rel_error_per_layer", {}) for c in fidelity_ids]
+        curves[m.name] = {part: [_mean([pc.get(str(x), {}).get(part) for pc in per_concept]) for x in all_layers]
+                          for part in ("train", "held_out")}
+    fidelity_plot(curves, all_layers, out / "fidelity_per_layer.png",
+                  f"per-layer fidelity, mean over {len(fidelity_ids)} concepts (solid: train, dashed: held-out)")
+    teacher_summary = {k: _mean([t[k] for t in teacher.values()]) for k in ("top10_share", "gini", "mean_delta_norm",
+                                                                              "mean_resid_norm", "n_tokens")}
+    dead_per_layer = {m.name: {str(x): _mean([m.training[c].get("dead_share_per_layer", {}).get(str(x)) for c in ids])
+                               for x in m.psr_config.layers} for m in psr_methods}
     report = {
         **common.run_info("psr_eval", args, argv, model, judge),
-        "layer": layer, "apsr_layers": apsr_layers,
-        "data": {"n_concepts": len(eval_concepts), "concepts": [c.id for c in eval_concepts],
-                 "n_train_prompts": len(train_prompts), "n_eval_prompts": len(eval_prompts),
+        "layer": layer, "apsr_layers": apsr_layers, "train_from": train_from,
+        "template_tokens": data_s.prefix_tokens, "estimate_seconds": estimate,
+        "data": {"n_concepts": len(ids), "concepts": ids, "dropped_concepts": missing,
+                 "n_train_prompts": len(sampled_prompts),
+                 "n_distill_prompts": len(distill_prompts), "n_eval_prompts": len(eval_prompts),
                  "eval_prompts": [p.text for p in eval_prompts],
-                 "n_teacher_examples": sum(len(examples[c.id]) for c in eval_concepts), "teacher": teacher_stats},
-        "scores": scores,
-        "per_concept": [{"method": c.method, "concept": c.concept_id, "chosen_factor": c.chosen_factor, **c.report,
-                         **({k: v for k, v in c.info.items() if k.startswith("fit_") or k in
-                             ("natural_factor", "alpha_per_factor", "n_teacher_examples")})}
-                        for c in result.concepts],
-        "teacher": teacher, "psr_training": psr_training, "heatmap_correlations": heat,
-        "seconds": {"teacher": teacher_seconds, "evaluate_incl_training": eval_seconds},
+                 "n_teacher_examples": sum(len(examples[c]) for c in ids),
+                 "teacher_examples_per_concept": {c: len(examples[c]) for c in ids},
+                 "n_distill_records": len(distill.select(ids)), "teacher": teacher_stats, "distill": distill.stats},
+        "scores": scores, "paired": paired_rows, "per_concept": rows,
+        "psr_training": psr_training, "psr_training_per_concept": {m.name: m.training for m in psr_methods},
+        "fidelity_curves": {"layers": all_layers, **curves}, "dead_share_per_layer": dead_per_layer,
+        "teacher": teacher, "teacher_summary": teacher_summary, "heatmap_correlations": heat,
+        "judge_calls": judge.calls,
+        "seconds": seconds,
     }
-    report["verdict"] = verdict(scores, len(eval_concepts))
+    report["verdict"] = verdict(report)
     common.save_report(report, out, began, markdown)
     return report
 
