@@ -156,6 +156,17 @@ def _check_diffmean(args: argparse.Namespace) -> None:
     if not args.hook.strip():
         raise UsageError("--hook is empty")
     output_file(args.out)
+    if getattr(args, "gguf", None):
+        output_file(args.gguf, "--gguf")
+
+
+def _check_export_gguf(args: argparse.Namespace) -> None:
+    if not Path(args.vector).is_dir():  # a saved PSR / HyperSteer folder is refused by the command, with the reason
+        input_file(args.vector, "VECTOR")
+    number(args, "scale")
+    if args.model_gguf not in (None, "default"):
+        input_file(args.model_gguf, "--model-gguf")
+    output_file(args.out)
 
 
 def _check_generate(args: argparse.Namespace) -> None:
@@ -290,6 +301,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train-hypersteer": _check_train_hypersteer,
     "train-psr": _check_train_psr,
     "train-sae": _check_train_sae,
+    "export-gguf": _check_export_gguf,
 }
 
 

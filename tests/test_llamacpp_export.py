@@ -265,7 +265,7 @@ def test_export_gguf_command(tmp_path, capsys):
     assert torch.equal(load_gguf(tmp_path / "cv.gguf")[0].vector, (source * 3.0).vector)
 
 
-@pytest.mark.parametrize("kind", ["block0", "psr", "hypersteer", "missing", "corrupt"])
+@pytest.mark.parametrize("kind", ["block0", "psr", "hypersteer", "missing", "corrupt", "scale", "out"])
 def test_export_gguf_command_errors(tmp_path, capsys, monkeypatch, tiny_llama, kind):
     monkeypatch.delenv("HOOKSTEER_DEBUG", raising=False)
     path = tmp_path / "in.safetensors"
@@ -283,11 +283,16 @@ def test_export_gguf_command_errors(tmp_path, capsys, monkeypatch, tiny_llama, k
         path = HyperSteer(tiny_llama, variant="no_context", n_blocks=1, layer=1).save(tmp_path / "hyper")
         expected = "saved HyperSteer"
     elif kind == "missing":
-        expected = "no steering file"
-    else:
+        expected = "does not exist"
+    elif kind == "corrupt":
         path.write_bytes(b"\x00" * 20)
         expected = "not a valid safetensors file"
-    code = cli.main(["export-gguf", str(path), "--out", str(tmp_path / "cv.gguf")])
+    else:
+        _vec("blocks.1.hook_resid_post", 0).save(path)
+        expected = "--scale" if kind == "scale" else "is a folder"
+    extra = {"scale": ["--scale", "nan"], "out": []}.get(kind, [])
+    out = tmp_path if kind == "out" else tmp_path / "cv.gguf"
+    code = cli.main(["export-gguf", str(path), "--out", str(out), *extra])
     err = capsys.readouterr().err
     assert code == 2 and "hooksteer export-gguf: error: " in err and expected in err, err
     assert not (tmp_path / "cv.gguf").exists()
