@@ -572,6 +572,31 @@ def _llama_cpp() -> Any:
     return llama_cpp
 
 
+class _GGUFInitParams(ctypes.Structure):
+    """ggml's ``struct gguf_init_params`` (ggml/include/gguf.h)."""
+
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.POINTER(ctypes.c_void_p))]
+
+
+_VOID, _I64, _STR = ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p
+#: ggml / gguf C functions used by :func:`read_with_ggml`: name -> (argument types, return type).
+_GGML_PROTOTYPES: dict[str, tuple[list[Any], Any]] = {
+    "gguf_init_from_file": ([_STR, _GGUFInitParams], _VOID),
+    "gguf_free": ([_VOID], None),
+    "gguf_get_n_tensors": ([_VOID], _I64),
+    "gguf_get_tensor_name": ([_VOID, _I64], _STR),
+    "gguf_get_tensor_type": ([_VOID, _I64], ctypes.c_int),
+    "gguf_find_key": ([_VOID, _STR], _I64),
+    "gguf_get_kv_type": ([_VOID, _I64], ctypes.c_int),
+    "gguf_get_val_str": ([_VOID, _I64], _STR),
+    "ggml_get_tensor": ([_VOID, _STR], _VOID),
+    "ggml_n_dims": ([_VOID], ctypes.c_int),
+    "ggml_nelements": ([_VOID], _I64),
+    "ggml_get_data_f32": ([_VOID], ctypes.POINTER(ctypes.c_float)),
+    "ggml_free": ([_VOID], None),
+}
+
+
 def read_with_ggml(path: str | os.PathLike) -> tuple[str | None, dict[int, np.ndarray]]:
     """Parse a control vector with llama.cpp's own GGUF reader (ggml's C ``gguf_init_from_file``).
 
@@ -582,37 +607,12 @@ def read_with_ggml(path: str | os.PathLike) -> tuple[str | None, dict[int, np.nd
     from llama_cpp import _ggml
 
     lib = _ggml.libggml
-
-    class GGUFInitParams(ctypes.Structure):
-        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.POINTER(ctypes.c_void_p))]
-
-    lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, GGUFInitParams]
-    lib.gguf_init_from_file.restype = ctypes.c_void_p
-    lib.gguf_free.argtypes = [ctypes.c_void_p]
-    lib.gguf_get_n_tensors.argtypes = [ctypes.c_void_p]
-    lib.gguf_get_n_tensors.restype = ctypes.c_int64
-    lib.gguf_get_tensor_name.argtypes = [ctypes.c_void_p, ctypes.c_int64]
-    lib.gguf_get_tensor_name.restype = ctypes.c_char_p
-    lib.gguf_get_tensor_type.argtypes = [ctypes.c_void_p, ctypes.c_int64]
-    lib.gguf_get_tensor_type.restype = ctypes.c_int
-    lib.gguf_find_key.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.gguf_find_key.restype = ctypes.c_int64
-    lib.gguf_get_kv_type.argtypes = [ctypes.c_void_p, ctypes.c_int64]
-    lib.gguf_get_kv_type.restype = ctypes.c_int
-    lib.gguf_get_val_str.argtypes = [ctypes.c_void_p, ctypes.c_int64]
-    lib.gguf_get_val_str.restype = ctypes.c_char_p
-    lib.ggml_get_tensor.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.ggml_get_tensor.restype = ctypes.c_void_p
-    lib.ggml_n_dims.argtypes = [ctypes.c_void_p]
-    lib.ggml_n_dims.restype = ctypes.c_int
-    lib.ggml_nelements.argtypes = [ctypes.c_void_p]
-    lib.ggml_nelements.restype = ctypes.c_int64
-    lib.ggml_get_data_f32.argtypes = [ctypes.c_void_p]
-    lib.ggml_get_data_f32.restype = ctypes.POINTER(ctypes.c_float)
-    lib.ggml_free.argtypes = [ctypes.c_void_p]
+    for name, (argtypes, restype) in _GGML_PROTOTYPES.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, restype
 
     ggml_ctx = ctypes.c_void_p()
-    gguf_ctx = lib.gguf_init_from_file(os.fsencode(path), GGUFInitParams(False, ctypes.pointer(ggml_ctx)))
+    gguf_ctx = lib.gguf_init_from_file(os.fsencode(path), _GGUFInitParams(False, ctypes.pointer(ggml_ctx)))
     if not gguf_ctx:
         raise ControlVectorFileError(f"llama.cpp's gguf_init_from_file could not read {path}")
     try:

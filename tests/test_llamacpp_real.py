@@ -117,3 +117,25 @@ def test_a_shorter_control_vector_replaces_a_deeper_one(tmp_path, model, llm, lo
     after_deep = llm.next_token_logits(prompts[0])
     llm.set_control_vector(None)
     np.testing.assert_allclose(after_deep, fresh, rtol=0, atol=1e-5)
+
+
+def test_llama_cpp_rejects_what_load_gguf_rejects(tmp_path):
+    """The same bad files fail in llama.cpp's own reader (ggml) and in hooksteer's."""
+    import gguf
+    import torch
+
+    from hooksteer.llamacpp import ControlVectorFileError
+
+    good = export_gguf(hs.SteeringVector("blocks.2.hook_resid_post", torch.ones(8)), tmp_path / "g.gguf")
+    (tmp_path / "cut.gguf").write_bytes(good.read_bytes()[:100])
+    writer = gguf.GGUFWriter(tmp_path / "zero.gguf", "controlvector")
+    writer.add_tensor("direction.0", np.ones(8, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    for name in ("cut.gguf", "zero.gguf"):
+        for reader in (read_with_ggml, load_gguf):
+            with pytest.raises(ControlVectorFileError):
+                reader(tmp_path / name)
+    assert sorted(read_with_ggml(good)[1]) == [2]
