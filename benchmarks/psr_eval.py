@@ -118,6 +118,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-joint", dest="joint", action="store_false",
                    help="search each method in its own batches (default: all methods of a concept share batches)")
     p.add_argument("--estimate-only", action="store_true", help="print the time estimate and exit")
+    p.add_argument("--rerender", type=Path, default=None, metavar="DIR",
+                   help="only rewrite DIR/results.md from DIR/results.json (report changes after a run)")
     args = p.parse_args(argv)
     if args.tiny:
         tiny = {"concepts": 2, "train_prompts": 3, "distill_prompts": 3, "eval_prompts": 2, "teacher_tokens": 6,
@@ -352,15 +354,45 @@ def verdict(report: dict[str, Any]) -> str:
         if d["excludes_zero"]:
             parts.append(f"{d['a']} {'beats' if d['mean'] > 0 else 'loses to'} {d['b']} "
                          f"({d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]).")
-    undecided = [f"{d['a']} vs {d['b']}" for d in report["paired"] if not d["excludes_zero"]]
+    undecided = [d for d in report["paired"] if not d["excludes_zero"]]
     if undecided:
-        parts.append("Not separable from noise (interval includes 0): " + "; ".join(undecided) + ".")
-    return " ".join(parts)
+        parts.append(f"{len(undecided)} of {len(report['paired'])} paired differences are not separable from noise "
+                     "(interval includes 0).")
+    parts += [diagnosis(name, row) for name, row in report["psr_training"].items()]
+    return " ".join(p for p in parts if p)
+
+
+def diagnosis(name: str, row: dict[str, Any]) -> str:
+    """Where a PSR stands on fidelity (NLL gap closed, relative error), generalisation (train vs held-out
+    error) and gate health (dead shares), from its training diagnostics."""
+    bits = []
+    gap, train, held = row.get("nll_gap_closed_held_out"), row.get("rel_error_top_train"), row.get("rel_error_top_held_out")
+    if gap is not None and math.isfinite(gap):
+        bits.append(f"closes {gap:.0%} of the held-out NLL gap between unsteered and prompted")
+    if train is not None and held is not None and math.isfinite(train) and math.isfinite(held):
+        bits.append(f"relative error at its top layer {train:.2f} on training responses vs {held:.2f} held out")
+    dead = row.get("dead_share_max_train")
+    if dead is not None and math.isfinite(dead):
+        bits.append(f"largest dead-gate share over layers {dead:.2f}")
+    return f"{name}: " + "; ".join(bits) + "." if bits else ""
+
+
+def rerender(folder: Path) -> None:
+    """Rewrite ``results.md`` (and the verdict in ``results.json``) from a finished run's ``results.json``."""
+    report = json.loads((folder / "results.json").read_text())
+    report["verdict"] = verdict(report)
+    (folder / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    text = markdown(report)
+    (folder / "results.md").write_text(text)
+    print(text)
 
 
 # ============================================================================ main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.rerender is not None:
+        rerender(args.rerender)
+        return {}
     estimate = estimate_seconds(args)
     log("time estimate (shared 2-core CPU, 1 thread): " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in estimate.items()))
     if args.estimate_only:
