@@ -330,7 +330,8 @@ def export_gguf(
     vectors = _as_vectors(steering)
     arrays = directions(vectors, scale=scale, layer_scales=layer_scales, n_layers=info.n_layers,
                         d_model=info.d_model)
-    factors = {n: _factor(scale, "scale") * float((layer_scales or {}).get(n, 1.0)) for n in arrays}
+    per_layer = {int(k): float(v) for k, v in (layer_scales or {}).items()}
+    factors = {n: float(scale) * per_layer.get(n, 1.0) for n in arrays}
     import gguf
 
     path = Path(path)
