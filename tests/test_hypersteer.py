@@ -24,7 +24,7 @@ from hooksteer.hypersteer.data import ResidCache, collate, encode_examples
 from hooksteer.hypersteer.loss import (
     steered_logits_above_site,
     steered_logits_full,
-    steered_target_loss_above_site,
+    steered_loss_above_site,
     target_loss,
 )
 
@@ -48,13 +48,13 @@ def batch_and_resid(hyper: HyperSteer, data: list[SteeringExample]):
 def delta_for(hyper: HyperSteer, batch, resid):
     mask = batch.context_mask()
     context = resid[:, : mask.shape[1]] if hyper.config.variant == "cross_attention" else None
-    return hyper(batch.h_ids, batch.h_lengths, context, mask if context is not None else None)
+    return hyper(batch.h_ids, batch.h_lengths, context, mask if context is not None else None, batch.pool_mask)
 
 
 # ----------------------------------------------------------------------------- architecture
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_each_variant_gives_vectors_of_the_right_shape(tiny_model, variant):
-    hyper = HyperSteer(tiny_model, variant=variant, n_blocks=2)
+    hyper = HyperSteer(tiny_model, loss="ce", variant=variant, n_blocks=2)
     vector = hyper.vector(STEER[0], BASE[0])
     assert isinstance(vector, hs.SteeringVector)
     assert vector.hook_name == "blocks.2.hook_resid_post" and vector.d_model == tiny_model.cfg.d_model
@@ -69,35 +69,35 @@ def test_each_variant_gives_vectors_of_the_right_shape(tiny_model, variant):
 
 @pytest.mark.parametrize("variant", ["no_context", "cross_attention"])
 def test_mean_pooling_reads_the_mean_of_the_real_tokens(tiny_llama, variant):
-    hyper = HyperSteer(tiny_llama, variant=variant, n_blocks=1, pooling="mean", seed=1)
+    hyper = HyperSteer(tiny_llama, loss="ce", variant=variant, n_blocks=1, pooling="mean", seed=1)
     seen = {}
     hyper.ln_final.register_forward_pre_hook(lambda module, args: seen.__setitem__("pooled", args[0].detach()))
     captured = {}
     hyper.blocks[-1].register_forward_hook(lambda module, args, out: captured.__setitem__("x", out.detach()))
     table = hyper.vectors(STEER, BASE)
-    lengths = [len(hyper_ids) for hyper_ids in (tiny_llama.tokenizer(s, add_special_tokens=False)["input_ids"]
-                                               for s in STEER)]
+    lengths = [len(tiny_llama.to_tokens(s)[0]) for s in STEER]
+    first = 1 + int(bool(tiny_llama.cfg.default_prepend_bos))  # BOS and the first (attention-sink) token are left out
     x = captured["x"]
     for row, n in enumerate(lengths):
-        torch.testing.assert_close(seen["pooled"][row], x[row, :n].mean(0))
+        torch.testing.assert_close(seen["pooled"][row], x[row, first:n].mean(0))
     # padding does not leak: each row equals the same prompt alone
     torch.testing.assert_close(table[1], hyper.vectors(STEER[1], BASE[1])[0], atol=1e-6, rtol=1e-5)
-    last = HyperSteer(tiny_llama, variant=variant, n_blocks=1, seed=1)
+    last = HyperSteer(tiny_llama, loss="ce", variant=variant, n_blocks=1, seed=1, pooling="last")
     assert not torch.allclose(last.vectors(STEER, BASE), table)
 
 
 def test_pooling_is_saved_and_validated(tiny_llama, tmp_path):
-    hyper = HyperSteer(tiny_llama, variant="no_context", n_blocks=1, pooling="mean")
+    hyper = HyperSteer(tiny_llama, loss="ce", variant="no_context", n_blocks=1, pooling="mean")
     hyper.save(tmp_path / "h")
     assert HyperSteer.load(tmp_path / "h", tiny_llama).config.pooling == "mean"
     with pytest.raises(HyperSteerConfigError, match="pooling must be one of"):
-        HyperSteer(tiny_llama, pooling="max")
+        HyperSteer(tiny_llama, loss="ce", pooling="max")
 
 
 def test_variants_that_read_the_base_prompt_require_it(tiny_llama):
     with pytest.raises(ValueError, match="needs base_prompt"):
-        HyperSteer(tiny_llama, variant="cross_attention", n_blocks=1).vector(STEER[0])
-    no_context = HyperSteer(tiny_llama, variant="no_context", n_blocks=1)
+        HyperSteer(tiny_llama, loss="ce", variant="cross_attention", n_blocks=1).vector(STEER[0])
+    no_context = HyperSteer(tiny_llama, loss="ce", variant="no_context", n_blocks=1)
     assert torch.equal(no_context.vector(STEER[0]).vector, no_context.vector(STEER[0], BASE[1]).vector)
 
 
@@ -110,10 +110,10 @@ def test_hyper_block_without_cross_attention_equals_the_base_block(tiny_model):
 
 
 def test_default_layer_is_two_thirds_and_head_starts_small(tiny_llama):
-    hyper = HyperSteer(tiny_llama)
+    hyper = HyperSteer(tiny_llama, loss="ce")
     assert hyper.layer == 2 and hyper.config.variant == "cross_attention"
     assert hyper.vector(STEER[0], BASE[0]).norm() < 0.5
-    zero = HyperSteer(tiny_llama, head_init_std=0.0)
+    zero = HyperSteer(tiny_llama, loss="ce", head_init_std=0.0)
     assert zero.vector(STEER[0], BASE[0]).norm() == 0.0
 
 
@@ -139,7 +139,7 @@ def test_unknown_config_field_is_rejected(tiny_llama):
 # ----------------------------------------------------------------------------- gradients
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_gradients_reach_h_and_never_the_base_model(tiny_llama, variant):
-    hyper = HyperSteer(tiny_llama, variant=variant, n_blocks=2)
+    hyper = HyperSteer(tiny_llama, loss="ce", variant=variant, n_blocks=2)
     batch, resid = batch_and_resid(hyper, examples(3))
     loss_sum, n = target_loss(steered_logits_above_site(tiny_llama, resid, hyper.layer, delta_for(hyper, batch, resid)),
                               batch)
@@ -155,7 +155,7 @@ def test_gradients_reach_h_and_never_the_base_model(tiny_llama, variant):
 
 
 def test_trainer_optimises_h_only(tiny_llama):
-    hyper = HyperSteer(tiny_llama, n_blocks=1, batch_size=3, max_steps=2, eval_every=0)
+    hyper = HyperSteer(tiny_llama, loss="ce", n_blocks=1, batch_size=3, max_steps=2, eval_every=0)
     trainer = HyperSteerTrainer(hyper, examples(6), progress=False)
     trainer.train()
     base_ids = {id(p) for p in tiny_llama.parameters()}
@@ -166,14 +166,14 @@ def test_trainer_optimises_h_only(tiny_llama):
 
 
 def test_frozen_embeddings_are_not_optimised(tiny_llama):
-    hyper = HyperSteer(tiny_llama, n_blocks=1, freeze_embeddings=True)
+    hyper = HyperSteer(tiny_llama, loss="ce", n_blocks=1, freeze_embeddings=True)
     assert not hyper.embed.W_E.requires_grad and hyper.head.weight.requires_grad
 
 
 # ----------------------------------------------------------------------------- the fast path
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_start_above_site_equals_full_forward_with_steering_hook(tiny_model, variant):
-    hyper = HyperSteer(tiny_model, variant=variant, n_blocks=1, head_init_std=0.5)
+    hyper = HyperSteer(tiny_model, loss="ce", variant=variant, n_blocks=1, head_init_std=0.5)
     data = examples(3, target="cats and dogs and the sea")
     data[1] = SteeringExample("x", STEER[1], "Hi", "ok")  # rows of different lengths
     batch, resid = batch_and_resid(hyper, data)
@@ -186,7 +186,7 @@ def test_start_above_site_equals_full_forward_with_steering_hook(tiny_model, var
     fast_loss, n_fast = target_loss(fast, batch)
     full_loss, n_full = target_loss(full, batch)
     assert n_fast == n_full and torch.allclose(fast_loss, full_loss, rtol=1e-5)
-    picked_loss, n_picked = steered_target_loss_above_site(tiny_model, resid, hyper.layer, delta, batch)
+    picked_loss, n_picked = steered_loss_above_site(tiny_model, resid, hyper.layer, delta, batch, "ce")
     assert n_picked == n_full and torch.allclose(picked_loss, full_loss, rtol=1e-5)
     # ... and equals hooksteer.steer with the SteeringVector that hyper.vector() returns
     encoded = encode_examples(tiny_model, data[:1], hyper.config)
@@ -201,7 +201,7 @@ def test_start_above_site_equals_full_forward_with_steering_hook(tiny_model, var
 def test_full_forward_training_gives_the_same_loss(tiny_llama):
     losses = []
     for above in (True, False):
-        hyper = HyperSteer(tiny_llama, n_blocks=1, head_init_std=0.3, start_above_site=above)
+        hyper = HyperSteer(tiny_llama, loss="ce", n_blocks=1, head_init_std=0.3, start_above_site=above)
         trainer = HyperSteerTrainer(hyper, examples(6), progress=False)
         batch = collate(trainer.train_data[:3], trainer.pad_id)
         loss_sum, n = trainer.batch_loss(batch, trainer.train_cache)
@@ -210,7 +210,7 @@ def test_full_forward_training_gives_the_same_loss(tiny_llama):
 
 
 def test_activation_cache_reuses_rows(tiny_llama):
-    hyper = HyperSteer(tiny_llama, n_blocks=1)
+    hyper = HyperSteer(tiny_llama, loss="ce", n_blocks=1)
     encoded = encode_examples(tiny_llama, examples(4), hyper.config)
     cache = ResidCache(tiny_llama, hyper.layer, "cpu")
     first = cache.get(collate(encoded[:2], 0))
@@ -226,7 +226,7 @@ def test_activation_cache_reuses_rows(tiny_llama):
 def test_loss_drops_on_a_reachable_toy_task(tiny_llama, variant, tmp_path):
     # Target: the same fixed text after any prompt - reachable by a constant vector.
     data = examples(6, target="cats cats cats")
-    hyper = HyperSteer(tiny_llama, variant=variant, n_blocks=1, lr=1e-2, batch_size=6, max_steps=30,
+    hyper = HyperSteer(tiny_llama, loss="ce", variant=variant, n_blocks=1, lr=1e-2, batch_size=6, max_steps=30,
                        eval_every=30, log_every=5, head_init_std=0.0)
     result = HyperSteerTrainer(hyper, data, data[:3], output_dir=tmp_path, progress=False).train()
     first, last = result.train_loss[0]["loss"], result.train_loss[-1]["loss"]
@@ -240,7 +240,7 @@ def test_loss_drops_on_a_reachable_toy_task(tiny_llama, variant, tmp_path):
 
 def test_training_resumes_from_a_checkpoint(tiny_llama, tmp_path):
     data = examples(6)
-    config = HyperSteerConfig(n_blocks=1, lr=1e-3, batch_size=2, max_steps=5, save_every=2, keep_checkpoints=0,
+    config = HyperSteerConfig(loss="ce", n_blocks=1, lr=1e-3, batch_size=2, max_steps=5, save_every=2, keep_checkpoints=0,
                               eval_every=0, warmup_steps=1)
     straight = HyperSteer(tiny_llama, config)
     HyperSteerTrainer(straight, data, output_dir=tmp_path / "a", progress=False).train()
@@ -258,9 +258,9 @@ def test_training_resumes_from_a_checkpoint(tiny_llama, tmp_path):
 
 def test_resume_rejects_a_mismatched_or_bad_checkpoint(tiny_llama, tmp_path):
     data = examples(6)
-    hyper = HyperSteer(tiny_llama, n_blocks=1, batch_size=2, max_steps=2, eval_every=0)
+    hyper = HyperSteer(tiny_llama, loss="ce", n_blocks=1, batch_size=2, max_steps=2, eval_every=0)
     HyperSteerTrainer(hyper, data, output_dir=tmp_path, progress=False).train()
-    other = HyperSteer(tiny_llama, n_blocks=1, batch_size=2, max_steps=3, eval_every=0)
+    other = HyperSteer(tiny_llama, loss="ce", n_blocks=1, batch_size=2, max_steps=3, eval_every=0)
     with pytest.raises(HyperSteerFileError, match="total steps"):
         HyperSteerTrainer(other, data, progress=False).train(resume_from=latest_checkpoint(tmp_path))
     with pytest.raises(HyperSteerFileError, match="not a training checkpoint"):
@@ -270,7 +270,7 @@ def test_resume_rejects_a_mismatched_or_bad_checkpoint(tiny_llama, tmp_path):
 # ----------------------------------------------------------------------------- persistence
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_save_load_reproduces_vectors_exactly(tiny_model, variant, tmp_path):
-    hyper = HyperSteer(tiny_model, variant=variant, n_blocks=2, seed=3)
+    hyper = HyperSteer(tiny_model, loss="ce", variant=variant, n_blocks=2, seed=3)
     with torch.no_grad():
         for param in hyper.parameters():
             param.add_(0.01 * torch.randn_like(param))
@@ -283,7 +283,7 @@ def test_save_load_reproduces_vectors_exactly(tiny_model, variant, tmp_path):
 
 
 def test_load_rejects_another_model_and_corrupt_files(tiny_llama, tiny_model_factory, tmp_path):
-    hyper = HyperSteer(tiny_llama, n_blocks=1)
+    hyper = HyperSteer(tiny_llama, loss="ce", n_blocks=1)
     hyper.save(tmp_path / "h")
     wider = tiny_model_factory("llama", d_model=64, d_head=16)
     with pytest.raises(HyperSteerFileError, match="d_model"):
@@ -303,7 +303,7 @@ def test_load_rejects_another_model_and_corrupt_files(tiny_llama, tiny_model_fac
 
 
 def test_steering_with_per_row_vectors_in_a_batch(tiny_llama):
-    hyper = HyperSteer(tiny_llama, n_blocks=1, head_init_std=0.5)
+    hyper = HyperSteer(tiny_llama, loss="ce", n_blocks=1, head_init_std=0.5)
     deltas = hyper.vectors(STEER[:2], BASE[:2])
     tokens = tiny_llama.to_tokens(BASE[:2], padding_side="right")
     with tiny_llama.hooks(fwd_hooks=[(hyper.hook_name, hs.add_vector(deltas, 1.0))]):
@@ -320,7 +320,7 @@ def test_train_hypersteer_command_on_a_tiny_model(tmp_path, capsys):
     records = tmp_path / "train.jsonl"
     records.write_text("\n".join(json.dumps(e.to_dict()) for e in examples(9)))
     run = tmp_path / "run.json"
-    run.write_text(json.dumps({"model": "tiny:llama", "variant": "cross_attention", "n_blocks": 1,
+    run.write_text(json.dumps({"model": "tiny:llama", "loss": "ce", "variant": "cross_attention", "n_blocks": 1,
                                "batch_size": 4, "max_steps": 3, "save_every": 2, "eval_fraction": 0.34}))
     out = tmp_path / "out"
     assert main(["train-hypersteer", str(run), "--examples", str(records), "--out", str(out), "--no-progress"]) == 0
@@ -332,7 +332,7 @@ def test_train_hypersteer_command_on_a_tiny_model(tmp_path, capsys):
     assert main(["train-hypersteer", str(run), "--examples", str(records), "--out", str(out), "--no-progress",
                  "--resume", "latest"]) == 0
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"model": "tiny:llama", "n_blocks": 9, "examples": str(records)}))
+    bad.write_text(json.dumps({"model": "tiny:llama", "loss": "ce", "n_blocks": 9, "examples": str(records)}))
     capsys.readouterr()
     assert main(["train-hypersteer", str(bad), "--out", str(tmp_path / "bad")]) == 2
     assert "hooksteer train-hypersteer: error: n_blocks=9 exceeds" in capsys.readouterr().err
@@ -345,13 +345,13 @@ def test_real_model_fast_path_matches_steered_forward_and_training_lowers_loss()
     model = hs.load_model(progress=False)
     data = [SteeringExample("volcano", "Mention volcanoes in every answer.", base,
                             "Like a volcano, it was explosive and full of lava.") for base in BASE]
-    hyper = HyperSteer(model, HyperSteerConfig(n_blocks=2, head_init_std=0.05, lr=1e-3, batch_size=3,
+    hyper = HyperSteer(model, HyperSteerConfig(loss="ce", n_blocks=2, head_init_std=0.05, lr=1e-3, batch_size=3,
                                                max_steps=4, eval_every=4))
     assert hyper.layer == 20
     batch, resid = batch_and_resid(hyper, data)
     with torch.no_grad():
         delta = delta_for(hyper, batch, resid)
-        fast, n_fast = steered_target_loss_above_site(model, resid, hyper.layer, delta, batch)
+        fast, n_fast = steered_loss_above_site(model, resid, hyper.layer, delta, batch, "ce")
         full, n_full = target_loss(steered_logits_full(model, batch.tokens, hyper.layer, delta), batch)
     assert n_fast == n_full and torch.allclose(fast, full, rtol=1e-4)
     result = HyperSteerTrainer(hyper, data, data, progress=False).train()
@@ -359,7 +359,7 @@ def test_real_model_fast_path_matches_steered_forward_and_training_lowers_loss()
 
 
 def test_context_of_the_wrong_width_is_rejected(tiny_llama):
-    hyper = HyperSteer(tiny_llama, n_blocks=1)
+    hyper = HyperSteer(tiny_llama, loss="ce", n_blocks=1)
     ids = torch.ones(1, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="d_model=32"):
         hyper(ids, torch.tensor([3]), torch.randn(1, 4, 48), torch.ones(1, 4, dtype=torch.bool))
@@ -415,7 +415,7 @@ def test_vector_separation_on_a_real_tiny_hypersteer(tiny_llama):
     from hooksteer.hypersteer.diagnostics import vector_separation
 
     torch.manual_seed(0)
-    hyper = HyperSteer(tiny_llama, HyperSteerConfig(variant="cross_attention", n_blocks=1, head_init_std=0.02))
+    hyper = HyperSteer(tiny_llama, HyperSteerConfig(loss="ce", variant="cross_attention", n_blocks=1, head_init_std=0.02))
     report = vector_separation(hyper, ["Write about cats.", "Write about Rome."], ["Hi!", "Plan a trip.", "Why?"])
     assert report["n_prompts"] == 3 and report["n_concepts"] == 2
     assert -1.0 <= report["between_concepts"] < 1.0 - 1e-4, "different steering prompts give different vectors"

@@ -91,25 +91,49 @@ def _cut_at_eos(row: torch.Tensor, eos: int | None, limit: int) -> tuple[torch.T
     return ids, False
 
 
+def _final_hidden_at(model: Any, tokens: torch.Tensor, positions: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Final-norm hidden states at the given positions of each row, and the unembedding to apply to them:
+    the Hugging Face twin of a ``TransformerBridge`` (fastest), or the HookedTransformer's own blocks."""
+    from hooksteer.generation import is_bridge
+
+    if is_bridge(model):
+        from hooksteer.fast_generation import hf_twin
+
+        twin = hf_twin(model)
+        hidden = twin.model(input_ids=tokens).last_hidden_state
+        return [twin.lm_head(hidden[row, pos]) for row, pos in enumerate(positions)]
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    resid = model(tokens, stop_at_layer=int(model.cfg.n_layers), padding_side="right")
+    out = []
+    for row, pos in enumerate(positions):
+        picked = resid[row, pos][None]
+        if model.cfg.normalization_type is not None:
+            picked = model.ln_final(picked)
+        out.append(apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap)[0])
+    return out
+
+
 @torch.no_grad()
 def _teacher_logprobs(model: Any, prompts: list[torch.Tensor], responses: list[torch.Tensor], k: int
                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Top-k teacher log-probs at every response position (right-padded batch: no mask needed)."""
+    """Top-k teacher log-probs at every response position (right-padded batch: no mask needed; only the
+    response positions are unembedded)."""
     sequences = [torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]
-    tokens = right_pad(sequences, pad_token_id(model)).to(model_device(model))
-    logits = model(tokens, padding_side="right") if not hasattr(model, "original_model") else model(tokens)
+    device = model_device(model)
+    tokens = right_pad(sequences, pad_token_id(model)).to(device)
+    positions = [torch.arange(len(p) - 1, len(p) - 1 + len(r), device=device)
+                 for p, r in zip(prompts, responses, strict=True)]
     out = []
-    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-        start = len(prompt) - 1
-        picked = logits[row, start : start + len(response)]
-        ids, values = topk_teacher(picked, k)
+    for logits in _final_hidden_at(model, tokens, positions):
+        ids, values = topk_teacher(logits, k)
         out.append((ids.to(torch.int32).cpu(), values.float().cpu()))
     return out
 
 
 def _make_batch(model: Any, generator: Any, pairs: Sequence[tuple[Concept, BasePrompt]],
                 config: DistillConfig) -> tuple[list[DistillRecord], int]:
-    from hooksteer.generation import generate_tokens
+    from hooksteer.generation import generate_tokens, is_bridge
 
     teacher_texts = [teacher_prompt(model, c, b, config) for c, b in pairs]
     answer_texts = teacher_texts if config.response == "prompted" else [student_prompt(model, b.text) for _, b in pairs]
@@ -123,7 +147,7 @@ def _make_batch(model: Any, generator: Any, pairs: Sequence[tuple[Concept, BaseP
         responses.append(ids)
         finished.append(done)
     prompts = [tokenize(model, text).cpu() for text in teacher_texts]
-    teacher = _teacher_logprobs(model, prompts, responses, config.top_k)
+    teacher = _teacher_logprobs(generator if is_bridge(generator) else model, prompts, responses, config.top_k)
     records = []
     for (concept, base), ids, done, (top_ids, top_values) in zip(pairs, responses, finished, teacher, strict=True):
         text_ids = ids[:-1] if done else ids
@@ -152,8 +176,9 @@ def build_distill_teacher(
         pairs: (concept, base prompt) pairs, e.g. train concepts × train prompts of a split.
         config: :class:`DistillConfig` (response, top-k, length, phrasing, ...).
         cache_dir: folder of a :class:`DistillCache` (``None``: nothing is stored).
-        generator: model that writes the greedy responses (default ``model``); e.g. a ``TransformerBridge`` on
-            the same weights for its faster ``generate``.
+        generator: the same network as another model object, used for speed (default ``model``): e.g. a
+            ``TransformerBridge`` on the same weights, whose Hugging Face twin then writes the greedy
+            responses and computes the teacher's log-probs (the cache key still names ``model``).
         progress: show a tqdm bar (with tokens/s).
 
     Returns:

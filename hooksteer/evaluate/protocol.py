@@ -199,7 +199,8 @@ def evaluate_concept(
     selection, report = split_prompts(prompts, seed, concept.id)
     ordered = [*selection, *report]
     half = {p.id: ("selection" if i < len(selection) else "report") for i, p in enumerate(ordered)}
-    sweep: list[Factor] = list(factors) if method.uses_factors else [None]
+    own = getattr(method, "factors", None)  # a method may carry its own sweep (e.g. factors of a trained norm)
+    sweep: list[Factor] = (check_factors(own) if own else list(factors)) if method.uses_factors else [None]
     steerer: ConceptSteerer = method.prepare(model, concept, others)
     outputs = steerer.generate([p.text for p in ordered], sweep, settings, derive_seed(seed, method.name, concept.id))
     generations = _rate_sweep(method.name, concept, ordered, half, sweep, outputs, judge)
@@ -268,7 +269,8 @@ def evaluate(
         base_prompts: instructions used for every concept, or ``{concept_id: prompts}``; ≥ 2 per concept.
         judge: a :class:`~hooksteer.evaluate.base.Judge`.
         factors: steering factors swept by factor-using methods (see ``magnitude`` in
-            :mod:`hooksteer.evaluate.methods` for what a factor means).
+            :mod:`hooksteer.evaluate.methods` for what a factor means); a method with a non-empty
+            ``factors`` attribute sweeps its own list instead.
         max_new_tokens / do_sample / temperature / batch_size: generation settings. Greedy by default:
             AxBench samples at T=1.0 (``do_sample=True``), but a 135M model sampled at T=1 writes noise
             even unsteered, which leaves nothing to compare.

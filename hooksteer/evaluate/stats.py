@@ -90,12 +90,12 @@ def paired_difference_ci(a: Sequence[float], b: Sequence[float], *, resamples: i
 def per_concept_scores(rows: Sequence[Mapping[str, Any]], method: str, concepts: Sequence[str],
                        key: str = "score") -> list[float]:
     """``key`` of ``method`` for each concept id in ``concepts`` (in that order) from per-concept result rows
-    (dicts with ``method``, ``concept`` and ``key``).
+    (dicts with ``method``, ``concept_id`` and ``key``).
 
     Raises:
         KeyError: a concept has no row for ``method``.
     """
-    table = {(r["method"], r["concept"]): r[key] for r in rows}
+    table = {(r["method"], r["concept_id"]): r[key] for r in rows}
     missing = [c for c in concepts if (method, c) not in table]
     if missing:
         raise KeyError(f"method {method!r} has no result for concept(s) {missing[:5]}")

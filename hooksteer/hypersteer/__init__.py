@@ -1,37 +1,54 @@
 """HyperSteer: a hypernetwork that writes steering vectors from natural-language steering prompts.
 
 ``ŷ = B(x | h_l ← h_l + Δ)``, ``Δ = H(s, x)``: the base model B is frozen, H (a truncated trainable copy
-of B, optionally cross-attending to B's layer-l activations over the base prompt x) is trained with
-the target-token cross-entropy.
+of B, optionally cross-attending to B's layer-l activations over the base prompt x) is trained to make the
+steered model match the *prompt-steered* model's next-token distributions (``loss="distill"``, default;
+:mod:`hooksteer.distill`) or the cross-entropy of teacher targets (``loss="ce"``).
 
 Modules: :mod:`.config` (settings), :mod:`.blocks` (H's blocks, cross-attention), :mod:`.model`
-(:class:`HyperSteer`: forward, ``vector()``, save/load), :mod:`.data` (tokenisation, batches, frozen
-activation cache), :mod:`.loss` (steered logits, target loss), :mod:`.trainer` (Accelerate trainer).
+(:class:`HyperSteer`: forward, ``vector()``, save/load), :mod:`.bounds` (:class:`ConceptVectors`: the
+oracle and floor that H is measured against), :mod:`.data` (tokenisation, batches, frozen activation
+cache), :mod:`.dataset` (a distillation dataset from the packaged concepts), :mod:`.loss` (steered logits,
+losses), :mod:`.trainer` (Accelerate trainer, :func:`mean_loss`), :mod:`.diagnostics` (collapse checks).
 
 Example:
     >>> import hooksteer as hs                                              # doctest: +SKIP
     >>> from hooksteer.hypersteer import HyperSteer, HyperSteerConfig, HyperSteerTrainer  # doctest: +SKIP
     >>> model = hs.load_model()  # doctest: +SKIP
     >>> hyper = HyperSteer(model, HyperSteerConfig(variant="cross_attention", n_blocks=2, epochs=1))  # doctest: +SKIP
-    >>> HyperSteerTrainer(hyper, train_examples, eval_examples, output_dir="runs/hyper").train()  # doctest: +SKIP
+    >>> data = build_distill_dataset(model, DistillDataSettings(train_concepts=100))  # doctest: +SKIP
+    >>> HyperSteerTrainer(hyper, data.train.records, data.held_out.records, output_dir="runs/hyper").train()  # doctest: +SKIP
     >>> v = hyper.vector("Mention volcanoes in every answer.", "Tell me about your day.")  # doctest: +SKIP
     >>> with hs.steer(model, v):  # doctest: +SKIP
     ...     print(model.generate(hs.format_chat(model, "Tell me about your day."), max_new_tokens=30))
 """
 
+from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.config import VARIANTS, HyperSteerConfig, HyperSteerConfigError, default_layer
+from hooksteer.hypersteer.dataset import DistillDataset, DistillDataSettings, build_distill_dataset
 from hooksteer.hypersteer.model import HyperSteer, HyperSteerFileError
-from hooksteer.hypersteer.trainer import HyperSteerTrainer, TrainResult, checkpoint_dirs, latest_checkpoint
+from hooksteer.hypersteer.trainer import (
+    HyperSteerTrainer,
+    TrainResult,
+    checkpoint_dirs,
+    latest_checkpoint,
+    mean_loss,
+)
 
 __all__ = [
     "VARIANTS",
+    "ConceptVectors",
+    "DistillDataSettings",
+    "DistillDataset",
     "HyperSteer",
     "HyperSteerConfig",
     "HyperSteerConfigError",
     "HyperSteerFileError",
     "HyperSteerTrainer",
     "TrainResult",
+    "build_distill_dataset",
     "checkpoint_dirs",
     "default_layer",
     "latest_checkpoint",
+    "mean_loss",
 ]

@@ -20,6 +20,8 @@ from typing import Any, Literal
 VARIANTS: tuple[str, ...] = ("no_context", "in_context", "cross_attention")
 ACTIVATION_CACHE_MODES: tuple[str, ...] = ("cpu", "device", "off")
 POOLING_MODES: tuple[str, ...] = ("last", "mean")
+LOSSES: tuple[str, ...] = ("distill", "ce")
+H_LAYOUTS: tuple[str, ...] = ("steering_last", "steering_first")
 
 Variant = Literal["no_context", "in_context", "cross_attention"]
 
@@ -51,18 +53,40 @@ class HyperSteerConfig:
         head_init_std: std of the output head's initial weights (bias starts at 0); small, so training
             starts near "no steering". 0 gives an exactly-zero head.
         freeze_embeddings: keep H's copy of the token (and position) embeddings fixed.
-        pooling: what the head reads: ``"last"`` — H's last real input token (the paper's choice), or
-            ``"mean"`` — the mean over H's real input tokens (every token of the steering prompt, so the
-            concept's own tokens reach the head directly even when H has few blocks).
+        freeze_blocks: keep H's copied blocks *and* embeddings fixed at the base model's weights (a new
+            cross-attention sub-layer, the final norm and the head still train). H's features are then the
+            base model's own layer-``n_blocks`` reading of the steering prompt; the frozen copies are not
+            saved (they are rebuilt from the base model on load).
+        pooling: what the head reads: ``"mean"`` (default) — the mean over the steering prompt's tokens
+            (after H's blocks; the first token, an attention sink, is left out when there are others), so the
+            concept's own words reach the head even when the prompt ends in template tokens ("... about X."),
+            or ``"last"`` — H's last real input token (the paper's choice; for a templated steering prompt
+            that is the same "." for every concept).
+        center: centre the head's input: Δ = b + W·(x − μ), μ a running mean of x over the training
+            batches (a buffer saved with the weights). The shared part of every vector then lives in the
+            bias b, and W only sees what differs between steering prompts, so one shared direction cannot
+            absorb the concept-specific signal.
+        center_momentum: weight of each training batch in the running mean μ (the first batch sets μ).
+        h_layout: ``in_context`` only: ``"steering_last"`` (default; H reads base prompt ⊕ steering prompt,
+            so the steering prompt is what H's last tokens read) or ``"steering_first"`` (format version 1).
+
+    Objective:
+        loss: ``"distill"`` (default) — KL from the prompt-steered model's next-token distributions to the
+            steered student's, on the prompted model's own answer (train on
+            :class:`~hooksteer.distill.DistillRecord`); ``"ce"`` — cross-entropy of teacher targets
+            (train on :class:`~hooksteer.data.schema.SteeringExample`).
 
     Data:
         chat_template: wrap base prompts in the base model's chat template (when it has one).
-        append_eos: end every target with the tokenizer's EOS token.
+        append_eos: end a target with the tokenizer's EOS token when the teacher's own answer ended there
+            (``SteeringExample.finished``); targets cut at a token limit never get one.
         max_steering_tokens / max_prompt_tokens / max_target_tokens: truncation limits (steering
             prompts and targets keep their start, base prompts keep their end).
 
     Optimisation (AdamW on H only, linear warm-up then linear decay to 0):
-        lr, weight_decay, batch_size (per process), epochs, max_steps (overrides epochs when set),
+        lr (H's blocks and embeddings), head_lr (the head's weight; ``None``: ``lr``), head_bias_lr (the head's
+        bias, i.e. the part of Δ shared by all steering prompts, which must grow to tens of units of norm;
+        ``None``: ``lr``), weight_decay, batch_size (per process), epochs, max_steps (overrides epochs),
         warmup_steps, grad_clip, seed, mixed_precision (Accelerate: ``"no"``, ``"fp16"``, ``"bf16"``).
 
     Engineering:
@@ -80,7 +104,12 @@ class HyperSteerConfig:
     n_blocks: int = 2
     head_init_std: float = 1e-3
     freeze_embeddings: bool = False
-    pooling: str = "last"
+    freeze_blocks: bool = False
+    pooling: str = "mean"
+    center: bool = True
+    center_momentum: float = 0.05
+    h_layout: str = "steering_last"
+    loss: str = "distill"
 
     chat_template: bool = True
     append_eos: bool = True
@@ -89,6 +118,8 @@ class HyperSteerConfig:
     max_target_tokens: int = 128
 
     lr: float = 8e-5
+    head_lr: float | None = None
+    head_bias_lr: float | None = 1e-2
     weight_decay: float = 0.0
     batch_size: int = 12
     epochs: int = 3
@@ -132,6 +163,12 @@ class HyperSteerConfig:
             raise HyperSteerConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.pooling not in POOLING_MODES:
             raise HyperSteerConfigError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.loss not in LOSSES:
+            raise HyperSteerConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.h_layout not in H_LAYOUTS:
+            raise HyperSteerConfigError(f"h_layout must be one of {H_LAYOUTS}, got {self.h_layout!r}")
+        if not 0 < self.center_momentum <= 1:
+            raise HyperSteerConfigError(f"center_momentum must be in (0, 1], got {self.center_momentum!r}")
         if self.activation_cache not in ACTIVATION_CACHE_MODES:
             raise HyperSteerConfigError(
                 f"activation_cache must be one of {ACTIVATION_CACHE_MODES}, got {self.activation_cache!r}"
@@ -149,8 +186,10 @@ class HyperSteerConfig:
                 raise HyperSteerConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise HyperSteerConfigError(f"max_steps must be >= 1 or None, got {self.max_steps!r}")
-        if not self.lr > 0:
-            raise HyperSteerConfigError(f"lr must be > 0, got {self.lr!r}")
+        for name in ("lr", "head_lr", "head_bias_lr"):
+            value = getattr(self, name)
+            if (value is not None or name == "lr") and not (isinstance(value, int | float) and value > 0):
+                raise HyperSteerConfigError(f"{name} must be > 0, got {value!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise HyperSteerConfigError(f"grad_clip must be > 0 (or None for no clipping), got {self.grad_clip!r}")
         if self.head_init_std < 0:
@@ -172,8 +211,17 @@ class HyperSteerConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HyperSteerConfig:
-        """Build from a dict, rejecting unknown keys with the list of valid ones."""
+    def from_dict(cls, data: dict[str, Any], *, format_version: str | None = None) -> HyperSteerConfig:
+        """Build from a dict, rejecting unknown keys with the list of valid ones.
+
+        ``format_version="1"`` (hypernetworks saved before centring existed) fills the fields added since
+        with what those hypernetworks did: no centring, steering prompt first, last-token pooling.
+        """
+        if not isinstance(data, dict):
+            raise HyperSteerConfigError(f"a HyperSteer config must be a JSON object, got {type(data).__name__}")
+        if format_version == "1":
+            data = {"center": False, "h_layout": "steering_first", "pooling": "last", "loss": "ce",
+                    "head_bias_lr": None, **data}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -1,15 +1,24 @@
-"""Turning SteeringExample records into token batches, and caching the frozen base activations.
+"""Turning training records into token batches, and caching the frozen base activations.
 
 The same helpers encode prompts for training and for inference, so H sees identical inputs in both.
 
-Sequence layout for the base model (right-padded): ``[base prompt tokens][target tokens][EOS]``; the
-loss covers the target (and EOS) tokens only. H's input is the steering prompt's tokens
-(``no_context``, ``cross_attention``) or steering prompt ⊕ base prompt (``in_context``).
+Sequence layout for the base model (right-padded): ``[base prompt tokens][target tokens]``; the loss
+covers the target tokens only. Two kinds of record:
+
+* :class:`~hooksteer.distill.DistillRecord` (``loss="distill"``): the target is the prompted model's own
+  answer (token ids, ending with EOS only if the answer did), and each target position carries the
+  teacher's top-k log-probabilities;
+* :class:`~hooksteer.data.schema.SteeringExample` (``loss="ce"``): the target is a text; EOS is appended
+  only when ``finished`` is True (an answer cut at a token limit did not end there).
+
+H's input is the steering prompt's tokens (``no_context``, ``cross_attention``), or base prompt ⊕
+steering prompt (``in_context``, ``h_layout="steering_last"``). ``pool_mask`` marks the tokens the head's
+mean pooling reads: the steering prompt's, without its first token (an attention sink) when it has others.
 
 Example:
-    >>> encoded = encode_examples(model, examples, config)                # doctest: +SKIP
+    >>> encoded = encode_examples(model, records, config)                # doctest: +SKIP
     >>> batch = collate(encoded[:4], pad_id=0)  # doctest: +SKIP
-    >>> batch.tokens.shape, batch.h_ids.shape  # doctest: +SKIP
+    >>> batch.tokens.shape, batch.h_ids.shape, batch.teacher_ids.shape  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -52,39 +61,78 @@ def prompt_ids(model: Any, text: str, config: HyperSteerConfig) -> Int[Tensor, "
     return model.to_tokens(format_base_prompt(model, text, config))[0, -config.max_prompt_tokens :].cpu()
 
 
-def target_ids(model: Any, text: str, config: HyperSteerConfig) -> Int[Tensor, " pos"]:
-    """Tokens of a target completion (no BOS), first ``max_target_tokens`` kept, then EOS if configured."""
+def target_ids(model: Any, text: str, config: HyperSteerConfig, finished: bool | None = None) -> Int[Tensor, " pos"]:
+    """Tokens of a target completion (no BOS), first ``max_target_tokens`` kept, then EOS when the teacher's
+    answer really ended (``finished=True``) and ``config.append_eos`` is set.
+
+    Example:
+        >>> target_ids(model, "Lava flows.", config, finished=False)   # no EOS: the answer was cut  # doctest: +SKIP
+    """
     ids = model.to_tokens(text, prepend_bos=False)[0, : config.max_target_tokens].cpu() if text else (
         torch.zeros(0, dtype=torch.long))
     eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
-    if config.append_eos and eos is not None:
+    if config.append_eos and finished is True and eos is not None:
         ids = torch.cat([ids, torch.tensor([int(eos)])])
     if ids.numel() == 0:
-        raise ValueError("target is empty (and no EOS appended): nothing to train on")
+        raise ValueError("target is empty: nothing to train on")
     return ids
 
 
-def h_input_ids(steering: Tensor, prompt: Tensor | None, config: HyperSteerConfig) -> Int[Tensor, " pos"]:
-    """H's input tokens for one row: the steering prompt, followed by the base prompt for ``in_context``."""
+def pool_span(model: Any, n_steering: int) -> tuple[int, int]:
+    """``(start, end)`` of the steering-prompt tokens the head's mean pooling reads, within the steering
+    prompt: its BOS token (when the model prepends one) and its first token (an attention sink) are left out
+    as long as something else remains."""
+    start = 1 if getattr(getattr(model, "cfg", None), "default_prepend_bos", False) and n_steering > 1 else 0
+    if n_steering - start > 1:
+        start += 1
+    return start, n_steering
+
+
+def h_input_ids(steering: Tensor, prompt: Tensor | None, config: HyperSteerConfig, model: Any = None
+                ) -> tuple[Int[Tensor, " pos"], tuple[int, int]]:
+    """H's input tokens for one row, and the span of them that mean pooling reads.
+
+    The steering prompt alone, or for ``in_context`` base prompt ⊕ steering prompt (``h_layout=
+    "steering_last"``) / steering prompt ⊕ base prompt (``"steering_first"``).
+    """
+    start, end = pool_span(model, len(steering))
     if config.variant == "in_context":
         if prompt is None:
             raise ValueError("the in_context variant needs a base prompt")
-        return torch.cat([steering, prompt])
-    return steering
+        if config.h_layout == "steering_last":
+            offset = len(prompt)
+            return torch.cat([prompt, steering]), (offset + start, offset + end)
+        return torch.cat([steering, prompt]), (start, end)
+    return steering, (start, end)
 
 
 @dataclass
 class EncodedExample:
-    """One example as token ids (CPU tensors); ``index`` keys the activation cache."""
+    """One example as token ids (CPU tensors); ``index`` keys the activation cache, ``key`` (the steering
+    prompt) keys a vector table. Distillation examples also carry the teacher's top-k per target token."""
 
     index: int
     h_ids: Int[Tensor, " h_pos"]
     prompt_ids: Int[Tensor, " prompt_pos"]
     target_ids: Int[Tensor, " target_pos"]
+    key: str = ""
+    pool: tuple[int, int] = (0, 0)
+    teacher_ids: Int[Tensor, "target_pos k"] | None = None
+    teacher_logprobs: Float[Tensor, "target_pos k"] | None = None
 
 
-def encode_examples(model: Any, examples: Sequence[SteeringExample], config: HyperSteerConfig) -> list[EncodedExample]:
-    """Tokenize every example once (identical prompts are tokenized once)."""
+def _is_distill_record(example: Any) -> bool:
+    from hooksteer.distill.records import DistillRecord
+
+    return isinstance(example, DistillRecord)
+
+
+def encode_examples(model: Any, examples: Sequence[Any], config: HyperSteerConfig) -> list[EncodedExample]:
+    """Tokenize every example once (identical prompts are tokenized once).
+
+    ``config.loss="distill"`` needs :class:`~hooksteer.distill.DistillRecord` s, ``"ce"`` takes
+    :class:`SteeringExample` s (or DistillRecords, whose answers become cross-entropy targets).
+    """
     memo: dict[tuple[str, str], Tensor] = {}
 
     def cached(kind: str, text: str, fn: Any) -> Tensor:
@@ -94,20 +142,37 @@ def encode_examples(model: Any, examples: Sequence[SteeringExample], config: Hyp
         return memo[key]
 
     encoded = []
+    limit = config.max_target_tokens
     for index, example in enumerate(examples):
-        if not isinstance(example, SteeringExample):
-            raise TypeError(f"examples[{index}] is {type(example).__name__}, expected SteeringExample")
+        distill = _is_distill_record(example)
+        if not distill and not isinstance(example, SteeringExample):
+            raise TypeError(f"examples[{index}] is {type(example).__name__}, expected DistillRecord or SteeringExample")
+        if config.loss == "distill" and not distill:
+            raise TypeError(f"examples[{index}] is a SteeringExample, but loss='distill' needs DistillRecords "
+                            "(hooksteer.distill.build_distill_teacher); use loss='ce' for text targets")
         steer = cached("steer", example.steering_prompt, steering_ids)
         prompt = cached("prompt", example.base_prompt, prompt_ids)
-        target = target_ids(model, example.target, config)
-        encoded.append(EncodedExample(index, h_input_ids(steer, prompt, config), prompt, target))
+        h_ids, pool = h_input_ids(steer, prompt, config, model)
+        teacher_ids = teacher_logprobs = None
+        if distill:
+            target = example.response_ids[:limit].long()
+            if config.loss == "distill":
+                teacher_ids, teacher_logprobs = example.teacher_ids[:limit], example.teacher_logprobs[:limit]
+        else:
+            target = target_ids(model, example.target, config, example.finished)
+        encoded.append(EncodedExample(index, h_ids, prompt, target, example.steering_prompt, pool,
+                                      teacher_ids, teacher_logprobs))
     return encoded
 
 
 # ----------------------------------------------------------------------------- batches
 @dataclass
 class HyperBatch:
-    """A right-padded batch. ``tokens`` = prompt + target; loss positions come from the two lengths."""
+    """A right-padded batch. ``tokens`` = prompt + target; loss positions come from the two lengths.
+
+    ``teacher_ids`` / ``teacher_logprobs`` (distillation only) hold one row per target token, in the order
+    ``loss_mask()`` selects them (row by row).
+    """
 
     indices: list[int]
     h_ids: Int[Tensor, "batch h_pos"]
@@ -115,10 +180,18 @@ class HyperBatch:
     tokens: Int[Tensor, "batch pos"]
     prompt_lengths: Int[Tensor, " batch"]
     lengths: Int[Tensor, " batch"]
+    pool_mask: Bool[Tensor, "batch h_pos"] | None = None
+    keys: list[str] | None = None
+    teacher_ids: Int[Tensor, "n_targets k"] | None = None
+    teacher_logprobs: Float[Tensor, "n_targets k"] | None = None
 
     def to(self, device: torch.device | str) -> HyperBatch:
+        def move(t: Tensor | None) -> Tensor | None:
+            return t.to(device) if t is not None else None
+
         return HyperBatch(self.indices, self.h_ids.to(device), self.h_lengths.to(device), self.tokens.to(device),
-                          self.prompt_lengths.to(device), self.lengths.to(device))
+                          self.prompt_lengths.to(device), self.lengths.to(device), move(self.pool_mask), self.keys,
+                          move(self.teacher_ids), move(self.teacher_logprobs))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -134,18 +207,35 @@ class HyperBatch:
         return (t >= self.prompt_lengths[:, None] - 1) & (t < self.lengths[:, None] - 1)
 
 
+def pool_masks(spans: Sequence[tuple[int, int]], width: int) -> Bool[Tensor, "batch h_pos"]:
+    """Boolean masks of the pooled span of each row."""
+    positions = torch.arange(width)[None]
+    starts = torch.tensor([s for s, _ in spans])[:, None]
+    ends = torch.tensor([e for _, e in spans])[:, None]
+    return (positions >= starts) & (positions < ends)
+
+
 def collate(items: Sequence[EncodedExample], pad_id: int) -> HyperBatch:
     """Right-pad a list of encoded examples into one :class:`HyperBatch`."""
     if not items:
         raise ValueError("cannot collate an empty batch")
     full = [torch.cat([item.prompt_ids, item.target_ids]) for item in items]
+    h_ids = right_pad([item.h_ids for item in items], pad_id)
+    teacher_ids = teacher_logprobs = None
+    if all(item.teacher_ids is not None for item in items):
+        teacher_ids = torch.cat([item.teacher_ids for item in items]).long()  # type: ignore[misc]
+        teacher_logprobs = torch.cat([item.teacher_logprobs for item in items]).float()  # type: ignore[misc]
     return HyperBatch(
         indices=[item.index for item in items],
-        h_ids=right_pad([item.h_ids for item in items], pad_id),
+        h_ids=h_ids,
         h_lengths=torch.tensor([len(item.h_ids) for item in items]),
         tokens=right_pad(full, pad_id),
         prompt_lengths=torch.tensor([len(item.prompt_ids) for item in items]),
         lengths=torch.tensor([len(seq) for seq in full]),
+        pool_mask=pool_masks([item.pool for item in items], h_ids.shape[1]),
+        keys=[item.key for item in items],
+        teacher_ids=teacher_ids,
+        teacher_logprobs=teacher_logprobs,
     )
 
 

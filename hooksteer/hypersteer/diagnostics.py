@@ -10,7 +10,11 @@ measures it:
 * ``within_concept``: mean cosine between the vectors of the *same* steering prompt for two different
   base prompts (only for variants that read the base prompt; 1.0 = H ignores the base prompt);
 * ``separation``: ``within_concept - between_concepts`` for context variants, ``1 - between_concepts``
-  for ``no_context`` (larger = concepts more distinct than prompts are).
+  for ``no_context`` (larger = concepts more distinct than prompts are);
+* ``shared_fraction``: how much of the vectors' squared norm is their common mean,
+  ``‖mean Δ‖² / mean ‖Δ‖²`` (1.0 = one vector for everything, 0 = no shared part);
+* ``collapsed``: ``between_concepts`` ≥ :data:`COLLAPSE_COSINE` — H writes (nearly) one vector whatever
+  the steering prompt says.
 
 :func:`vector_agreement` compares two hypernetworks (e.g. trained with 2 and with 20 blocks): the mean
 cosine between their vectors for the same (steering prompt, base prompt) pairs.
@@ -21,6 +25,8 @@ Example:
     0.0
     >>> round(mean_pairwise_cosine(torch.ones(4, 2)), 6)
     1.0
+    >>> round(shared_fraction(torch.tensor([[1.0, 1.0], [1.0, -1.0]])), 6)
+    0.5
     >>> report = vector_separation(hyper, ["Talk about cats.", "Talk about Paris."], ["Hi!", "Plan a trip."])  # doctest: +SKIP
     >>> report["between_concepts"]   # doctest: +SKIP
     0.41
@@ -35,7 +41,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["mean_pairwise_cosine", "vector_agreement", "vector_separation"]
+__all__ = ["COLLAPSE_COSINE", "mean_pairwise_cosine", "shared_fraction", "vector_agreement", "vector_separation"]
+
+#: Mean between-concept cosine from which a hypernetwork counts as collapsed (one vector for all concepts).
+COLLAPSE_COSINE = 0.95
 
 
 def mean_pairwise_cosine(vectors: Float[Tensor, "n d_model"]) -> float:
@@ -54,6 +63,23 @@ def mean_pairwise_cosine(vectors: Float[Tensor, "n d_model"]) -> float:
     cosines = units @ units.T
     off_diagonal = ~torch.eye(len(units), dtype=torch.bool, device=units.device)
     return float(cosines[off_diagonal].mean())
+
+
+def shared_fraction(vectors: Float[Tensor, "n d_model"]) -> float:
+    """Share of the vectors' mean squared norm that is their common mean: ``‖mean‖² / mean ‖v‖²``.
+
+    1.0 when every vector is the same, about ``1/n`` for unrelated random vectors, 0 when they cancel out.
+
+    Raises:
+        ValueError: fewer than two rows, or all vectors zero.
+    """
+    if vectors.ndim != 2 or vectors.shape[0] < 2:
+        raise ValueError(f"need at least two vectors of shape (n, d_model), got shape {tuple(vectors.shape)}")
+    vectors = vectors.detach().float()
+    total = float(vectors.pow(2).sum(-1).mean())
+    if total == 0:
+        raise ValueError("all vectors are zero: the shared fraction is undefined")
+    return float(vectors.mean(0).pow(2).sum()) / total
 
 
 def _grid(hyper: Any, steering_prompts: Sequence[str], base_prompts: Sequence[str]) -> Float[Tensor, "n d_model"]:
@@ -83,11 +109,14 @@ def vector_separation(hyper: Any, steering_prompts: Sequence[str], base_prompts:
     stacked = _grid(hyper, steering_prompts, prompts_used).view(len(steering_prompts), len(prompts_used), -1)
     stacked = stacked.transpose(0, 1)
     between = sum(mean_pairwise_cosine(row) for row in stacked) / len(stacked)
+    shared = sum(shared_fraction(row) for row in stacked) / len(stacked)
     within = None
     if uses_context and len(prompts_used) > 1:
         within = sum(mean_pairwise_cosine(stacked[:, c]) for c in range(stacked.shape[1])) / stacked.shape[1]
-    return {"variant": hyper.config.variant, "between_concepts": between, "within_concept": within,
+    return {"variant": getattr(hyper, "kind", hyper.config.variant), "between_concepts": between,
+            "within_concept": within,
             "separation": (within - between) if within is not None else 1.0 - between,
+            "shared_fraction": shared, "collapsed": between >= COLLAPSE_COSINE,
             "n_concepts": len(steering_prompts), "n_prompts": len(prompts_used),
             "mean_norm": float(stacked.norm(dim=-1).mean())}
 

@@ -17,11 +17,18 @@ Magnitude (what a steering factor means):
   :class:`~hooksteer.evaluate.methods.DiffMeanMethod` does at its own site. One factor list therefore
   means the same thing ("fraction of a typical residual vector") for HyperSteer and DiffMean.
 * ``"trained"``: the raw Δ that H was trained with, times the factor (factor 1 = the trained vector).
+  Give such a method its own ``factors`` (e.g. ``(0.5, 1.0, 1.5, 2.0)``): the protocol then sweeps those
+  for it instead of the run's residual-norm fractions.
 * a number: unit direction × that fixed magnitude.
 
 The mean trained norm ``‖Δ‖`` and its ratio to the residual norm (``natural_factor``: the factor at
 which ``resid_norm`` steering reproduces the trained vector's length) are recorded in each concept's
 ``info``.
+
+The same method evaluates the bounds of :mod:`hooksteer.hypersteer.bounds` (a free vector per concept, or
+one shared vector), and it may steer a different model object than H's base model when it is the same
+network (e.g. a ``TransformerBridge`` on the same weights, for faster generation): the base model's
+dimensions must match.
 
 Example:
     >>> from hooksteer.hypersteer.evaluation import HyperSteerMethod              # doctest: +SKIP
@@ -48,9 +55,20 @@ from hooksteer.evaluate.methods import (
     residual_norm,
 )
 from hooksteer.hooks import PositionSpec
-from hooksteer.hypersteer.model import HyperSteer
+from hooksteer.hypersteer.bounds import ConceptVectors
+from hooksteer.hypersteer.model import HyperSteer, base_signature
 
 __all__ = ["HyperSteerMethod", "HyperSteerDirections"]
+
+
+def _network(model: nn.Module) -> dict[str, Any]:
+    """What must agree for H's vectors to mean the same on another model object (e.g. the bridge of H's base
+    model): sizes and block layout."""
+    cfg = model.cfg
+    signature = {k: v for k, v in base_signature(model).items() if k != "model_name"}
+    for key in ("positional_embedding_type", "normalization_type", "act_fn", "d_mlp"):
+        signature[key] = getattr(cfg, key, None)
+    return signature
 
 
 class HyperSteerDirections:
@@ -60,7 +78,7 @@ class HyperSteerDirections:
     raw ‖Δ‖ of the most recent call; ``calls`` and ``seconds`` count the work done.
     """
 
-    def __init__(self, hyper: HyperSteer, steering_prompt: str, *, normalise: bool = True,
+    def __init__(self, hyper: HyperSteer | ConceptVectors, steering_prompt: str, *, normalise: bool = True,
                  batch_size: int = 32) -> None:
         if not isinstance(steering_prompt, str) or not steering_prompt.strip():
             raise ValueError("steering_prompt must be a non-empty string")
@@ -102,8 +120,11 @@ class HyperSteerMethod:
     """Steering with a trained HyperSteer hypernetwork (see the module docstring).
 
     Args:
-        hyper: the trained :class:`HyperSteer` (its base model must be the evaluated model).
+        hyper: the trained :class:`HyperSteer` or :class:`~hooksteer.hypersteer.bounds.ConceptVectors` (its base
+            model must be the evaluated model, or one with the same dimensions, e.g. its TransformerBridge).
         magnitude: ``"resid_norm"`` (default, same meaning of a factor as DiffMean), ``"trained"`` or a number.
+        factors: this method's own factor sweep (``None``: the evaluation's); e.g. multiples of the trained
+            norm for ``magnitude="trained"``.
         prompt_index: which of the concept's steering-prompt phrasings H receives.
         positions: where the vector is added (HyperSteer: ``"all"``).
         texts_for: texts whose residual norm sets the ``resid_norm`` scale (default: the concept's
@@ -112,8 +133,9 @@ class HyperSteerMethod:
         batch_size: pairs per H forward.
     """
 
-    hyper: HyperSteer = field(repr=False)
+    hyper: HyperSteer | ConceptVectors = field(repr=False)
     magnitude: Magnitude | str = "resid_norm"
+    factors: Sequence[float] | None = None
     prompt_index: int = 0
     positions: PositionSpec = "all"
     texts_for: TextsFor | None = field(default=None, repr=False)
@@ -122,16 +144,23 @@ class HyperSteerMethod:
     uses_factors: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.hyper, HyperSteer):
-            raise TypeError(f"hyper must be a HyperSteer, got {type(self.hyper).__name__}")
+        if not isinstance(self.hyper, HyperSteer | ConceptVectors):
+            raise TypeError(f"hyper must be a HyperSteer or ConceptVectors, got {type(self.hyper).__name__}")
         if not self.name:
-            self.name = f"hypersteer-{self.hyper.config.variant}"
+            kind = self.hyper.kind if isinstance(self.hyper, ConceptVectors) else self.hyper.config.variant
+            self.name = f"hypersteer-{kind}"
+        if self.factors is not None:
+            self.factors = [float(f) for f in self.factors]
         if isinstance(self.magnitude, str) and self.magnitude not in ("resid_norm", "trained"):
             raise ValueError(f"magnitude must be 'resid_norm', 'trained' or a number, got {self.magnitude!r}")
 
     def prepare(self, model: nn.Module, concept: Concept, others: Sequence[Concept]) -> VectorSteerer:
         if self.hyper.base_model is not model:
-            raise ValueError("the HyperSteer hypernetwork was built for another base model than the one evaluated")
+            built, steered = _network(self.hyper.base_model), _network(model)
+            differ = [k for k in built if built[k] != steered[k]]
+            if differ:
+                raise ValueError("the HyperSteer hypernetwork was built for another base model than the one "
+                                 f"evaluated ({', '.join(f'{k} {built[k]} vs {steered[k]}' for k in differ)})")
         if not concept.steering_prompts:
             raise ValueError(f"concept {concept.id!r} has no steering prompts for HyperSteer")
         steering_prompt = concept.steering_prompts[self.prompt_index]
@@ -139,7 +168,7 @@ class HyperSteerMethod:
         trained = self.magnitude == "trained"
         directions = HyperSteerDirections(self.hyper, steering_prompt, normalise=not trained,
                                           batch_size=self.batch_size)
-        info: dict[str, Any] = {"method": "hypersteer", "variant": self.hyper.config.variant,
+        info: dict[str, Any] = {"method": "hypersteer", "variant": self._kind(),
                                 "n_blocks": self.hyper.config.n_blocks, "steering_prompt": steering_prompt,
                                 "magnitude_mode": self.magnitude if isinstance(self.magnitude, str) else "fixed"}
         reference: float | None = None
@@ -157,11 +186,14 @@ class HyperSteerMethod:
         steerer.reference_norm = reference
         return steerer
 
+    def _kind(self) -> str:
+        return self.hyper.kind if isinstance(self.hyper, ConceptVectors) else self.hyper.config.variant
+
     def config(self) -> dict[str, Any]:
         cfg = self.hyper.config
-        return {"name": self.name, "class": type(self).__name__, "variant": cfg.variant, "n_blocks": cfg.n_blocks,
-                "layer": cfg.layer, "hook_name": self.hyper.hook_name,
-                "magnitude": self.magnitude, "prompt_index": self.prompt_index,
+        return {"name": self.name, "class": type(self).__name__, "variant": self._kind(), "n_blocks": cfg.n_blocks,
+                "layer": cfg.layer, "hook_name": self.hyper.hook_name, "loss": cfg.loss,
+                "magnitude": self.magnitude, "factors": self.factors, "prompt_index": self.prompt_index,
                 "positions": self.positions if isinstance(self.positions, str) else [int(p) for p in self.positions],
                 "texts_for": getattr(self.texts_for, "__name__", None) if self.texts_for else "default_texts_for",
                 "trained_steps": cfg.extra.get("trained_steps") if isinstance(cfg.extra, dict) else None}

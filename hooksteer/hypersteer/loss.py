@@ -1,17 +1,18 @@
-"""The HyperSteer training loss: cross-entropy of the target tokens under ``h_l ← h_l + Δ``.
+"""The HyperSteer training losses under ``h_l ← h_l + Δ``: distillation KL to the prompt-steered model
+(``loss="distill"``, :func:`distill_loss`) or cross-entropy of target tokens (``loss="ce"``, :func:`target_loss`).
 
 Two equivalent ways to get the steered logits:
 
 * :func:`steered_logits_above_site` (training default): start from the cached, frozen residual at
   ``blocks.{layer}.hook_resid_post``, add Δ, and run only blocks ``layer+1..`` (``start_at_layer``).
-* :func:`steered_target_loss_above_site`: the same, but the final norm and the unembedding (a large
+* :func:`steered_loss_above_site`: the same, but the final norm and the unembedding (a large
   matrix for 49k-token vocabularies) are applied only at the target positions.
 * :func:`steered_logits_full`: a full forward with :func:`hooksteer.hooks.add_vector` at the same hook
   point - the mechanism used at inference. The two agree to float precision (tested).
 
 Example:
     >>> resid = resid_at_layer(model, batch.tokens, layer)                # doctest: +SKIP
-    >>> loss_sum, n = steered_target_loss_above_site(model, resid, layer, delta, batch)  # doctest: +SKIP
+    >>> loss_sum, n = steered_loss_above_site(model, resid, layer, delta, batch, "distill")  # doctest: +SKIP
     >>> same_sum, _ = target_loss(steered_logits_full(model, batch.tokens, layer, delta), batch)  # doctest: +SKIP
 """
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from hooksteer.distill.loss import topk_kl
 from hooksteer.hooks import add_vector
 from hooksteer.hypersteer.data import HyperBatch
 
@@ -46,15 +48,16 @@ def steered_logits_full(
         return model(tokens.to(device), padding_side="right")
 
 
-def steered_target_loss_above_site(
+def steered_loss_above_site(
     model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"],
-    batch: HyperBatch,
+    batch: HyperBatch, loss: str = "ce",
 ) -> tuple[Tensor, Tensor]:
-    """:func:`target_loss` of :func:`steered_logits_above_site`, unembedding only the target positions.
+    """``loss`` (``"ce"``: :func:`target_loss`, ``"distill"``: :func:`distill_loss`) of
+    :func:`steered_logits_above_site`, unembedding only the target positions.
 
     Blocks ``layer+1..`` still run over every position (prompt tokens are the targets' context), but
     the final norm and the (large) unembedding are applied only where the loss needs them. Equal to
-    ``target_loss(steered_logits_above_site(...), batch)`` (tested).
+    the loss of ``steered_logits_above_site(...)`` (tested).
     """
     from transformer_lens.utilities.activation_functions import apply_softcap
 
@@ -66,8 +69,28 @@ def steered_target_loss_above_site(
     if model.cfg.normalization_type is not None:
         picked = model.ln_final(picked)
     logits = apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap)[0]
-    labels = batch.tokens[:, 1:].to(final.device)[mask]
+    return _loss_at_targets(logits, batch, mask, loss)
+
+
+def _loss_at_targets(logits: Tensor, batch: HyperBatch, mask: Tensor, loss: str) -> tuple[Tensor, Tensor]:
+    """Summed loss over the target positions picked by ``mask`` (``logits`` already restricted to them)."""
+    if loss == "distill":
+        if batch.teacher_ids is None or batch.teacher_logprobs is None:
+            raise ValueError("loss='distill' needs teacher distributions in the batch (DistillRecord examples)")
+        if batch.teacher_ids.shape[0] != logits.shape[0]:
+            raise ValueError(f"{logits.shape[0]} target positions but {batch.teacher_ids.shape[0]} teacher rows")
+        return topk_kl(logits, batch.teacher_ids, batch.teacher_logprobs).sum(), mask.sum()
+    if loss != "ce":
+        raise ValueError(f"unknown loss {loss!r}; expected 'ce' or 'distill'")
+    labels = batch.tokens[:, 1:].to(logits.device)[mask]
     return F.cross_entropy(logits.float(), labels, reduction="sum"), mask.sum()
+
+
+def distill_loss(logits: Float[Tensor, "batch pos d_vocab"], batch: HyperBatch) -> tuple[Tensor, Tensor]:
+    """Summed KL(teacher ‖ student) over target tokens (the batch's cached top-k teacher), and how many
+    tokens it covers. Zero when the student's distributions equal the teacher's."""
+    mask = batch.loss_mask().to(logits.device)
+    return _loss_at_targets(logits[:, :-1][mask], batch, mask, "distill")
 
 
 def target_loss(logits: Float[Tensor, "batch pos d_vocab"], batch: HyperBatch) -> tuple[Tensor, Tensor]:
@@ -77,7 +100,4 @@ def target_loss(logits: Float[Tensor, "batch pos d_vocab"], batch: HyperBatch) -
     several batches or processes can be combined exactly).
     """
     mask = batch.loss_mask().to(logits.device)
-    predictions = logits[:, :-1][mask]
-    labels = batch.tokens[:, 1:].to(logits.device)[mask]
-    loss_sum = F.cross_entropy(predictions.float(), labels, reduction="sum")
-    return loss_sum, mask.sum()
+    return _loss_at_targets(logits[:, :-1][mask], batch, mask, "ce")

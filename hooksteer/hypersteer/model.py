@@ -1,8 +1,10 @@
 """The HyperSteer hypernetwork H: steering prompt (+ base prompt) → steering vector Δ.
 
 H is a truncated, trainable copy of the frozen base model B (its own copy of the embeddings and
-of blocks ``0..n_blocks-1``), a final norm (copy of B's) and a linear head on the last steering-prompt
-token. The vector is added to B's residual stream at ``blocks.{layer}.hook_resid_post``:
+of blocks ``0..n_blocks-1``), a final norm (copy of B's) and a linear head on the pooled steering-prompt
+tokens (their mean by default, or the last token). With ``center=True`` (default) the head reads its input
+minus a running mean over training batches, ``Δ = b + W·(x − μ)``, so the part shared by all steering
+prompts lives in the bias. The vector is added to B's residual stream at ``blocks.{layer}.hook_resid_post``:
 ``ŷ = B(x | h_l ← h_l + Δ)``, ``Δ = H(s, x)``.
 
 Variants: ``no_context`` H(s); ``in_context`` H(s ⊕ x); ``cross_attention`` H(s) with every block
@@ -44,6 +46,8 @@ from hooksteer.hypersteer.blocks import HyperBlock, check_block_supported
 from hooksteer.hypersteer.config import HyperSteerConfig, HyperSteerConfigError
 from hooksteer.hypersteer.data import (
     h_input_ids,
+    pool_masks,
+    pool_span,
     prompt_ids,
     resid_at_layer,
     steering_ids,
@@ -51,7 +55,7 @@ from hooksteer.hypersteer.data import (
 from hooksteer.vectors import SteeringVector
 
 FORMAT = "hooksteer.hypersteer"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: centred head (center_mean buffer saved), mean pooling, steering prompt last in-context
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -103,9 +107,16 @@ class HyperSteer(nn.Module):
         )
         self.ln_final = copy.deepcopy(model.ln_final) if cfg.normalization_type is not None else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.d_model)
+        if self.config.center:
+            self.register_buffer("center_mean", torch.zeros(cfg.d_model))
+            self.register_buffer("center_batches", torch.zeros((), dtype=torch.long))
         reference = next(model.parameters())
         self.to(device=reference.device, dtype=reference.dtype)  # new layers follow the base model's dtype
         self.requires_grad_(True)
+        if self.config.freeze_blocks:
+            for name, param in self.named_parameters():
+                if name in self._frozen_copy_names():
+                    param.requires_grad_(False)
         if self.config.freeze_embeddings:
             self.embed.requires_grad_(False)
             if self.pos_embed is not None:
@@ -157,15 +168,19 @@ class HyperSteer(nn.Module):
         h_lengths: Int[Tensor, " batch"],
         context: Float[Tensor, "batch ctx d_model"] | None = None,
         context_mask: Bool[Tensor, "batch ctx"] | None = None,
+        pool_mask: Bool[Tensor, "batch pos"] | None = None,
     ) -> Float[Tensor, "batch d_model"]:
-        """Δ for each row: H's last real input token (or the mean of its real tokens, ``pooling="mean"``)
-        through blocks, final norm and head.
+        """Δ for each row: H's blocks, pooling (mean over ``pool_mask``, or the last real token), final norm,
+        centring (``center=True``; in training mode the running mean is updated first) and head.
 
         Args:
-            h_ids: right-padded input tokens of H (steering prompt, ⊕ base prompt for ``in_context``).
+            h_ids: right-padded input tokens of H (steering prompt; with the base prompt for ``in_context``).
             h_lengths: number of real tokens per row.
             context: base-model residual at layer ``layer`` over the base prompt (``cross_attention``).
             context_mask: True on real context tokens.
+            pool_mask: True on the tokens mean pooling reads (default for the variants that read the steering
+                prompt alone: :func:`~hooksteer.hypersteer.data.pool_span` of each row; required for
+                ``in_context``).
         """
         if self.config.variant == "cross_attention" and context is None:
             raise ValueError("the cross_attention variant needs the base prompt's activations as context")
@@ -181,11 +196,38 @@ class HyperSteer(nn.Module):
             x = block(x, context, context_mask)
         lengths = h_lengths.to(x.device)
         if self.config.pooling == "mean":
-            real = (torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]).to(x.dtype)
-            pooled = (x * real[..., None]).sum(1) / lengths[:, None].to(x.dtype)
+            if pool_mask is None:
+                pool_mask = self._default_pool_mask(lengths, x.shape[1])
+            weights = pool_mask.to(device=x.device, dtype=x.dtype)
+            if bool((weights.sum(1) == 0).any()):
+                raise ValueError("pool_mask selects no token in some row")
+            pooled = (x * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
         else:
             pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]
-        return self.head(self.ln_final(pooled))
+        features = self.ln_final(pooled)
+        if self.config.center:
+            if self.training:
+                self._update_center(features.detach())
+            features = features - self.center_mean.to(features.dtype)
+        return self.head(features)
+
+    def _default_pool_mask(self, lengths: Tensor, width: int) -> Tensor:
+        """Pooled tokens when H reads the steering prompt alone (see :func:`~hooksteer.hypersteer.data.pool_span`)."""
+        if self.config.variant == "in_context":
+            raise ValueError("in_context mean pooling needs pool_mask (which tokens are the steering prompt's)")
+        spans = [pool_span(self.base_model, int(n)) for n in lengths.tolist()]
+        return pool_masks(spans, width).to(lengths.device)
+
+    @torch.no_grad()
+    def _update_center(self, features: Tensor) -> None:
+        """Running mean of the head's input over training batches (the first batch sets it)."""
+        batch_mean = features.float().mean(0)
+        if int(self.center_batches) == 0:
+            self.center_mean.copy_(batch_mean)
+        else:
+            momentum = self.config.center_momentum
+            self.center_mean.mul_(1 - momentum).add_(batch_mean, alpha=momentum)
+        self.center_batches += 1
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None
@@ -222,9 +264,11 @@ class HyperSteer(nn.Module):
         pad = pad_token_id(model)
         steer_ids = [steering_ids(model, text, cfg) for text in steer]
         base_ids = [prompt_ids(model, text, cfg) for text in base] if base is not None else None
-        rows = [h_input_ids(s, base_ids[i] if base_ids else None, cfg) for i, s in enumerate(steer_ids)]
+        encoded = [h_input_ids(s, base_ids[i] if base_ids else None, cfg, model) for i, s in enumerate(steer_ids)]
+        rows = [ids for ids, _ in encoded]
         h_ids = right_pad(rows, pad).to(self.device)
         h_lengths = torch.tensor([len(r) for r in rows], device=self.device)
+        pool_mask = pool_masks([span for _, span in encoded], h_ids.shape[1]).to(self.device)
         context = context_mask = None
         if cfg.variant == "cross_attention":
             assert base_ids is not None
@@ -234,7 +278,7 @@ class HyperSteer(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return self(h_ids, h_lengths, context, context_mask).float()
+            return self(h_ids, h_lengths, context, context_mask, pool_mask).float()
         finally:
             self.train(was_training)
 
@@ -261,9 +305,25 @@ class HyperSteer(nn.Module):
         return out[0] if single else out
 
     # ------------------------------------------------------------------ persistence
+    def _saved_buffers(self) -> dict[str, Tensor]:
+        """Buffers that are learned state (the centring mean), unlike causal masks and rotary tables."""
+        return {name: b for name, b in self.named_buffers() if name in ("center_mean", "center_batches")}
+
+    def _frozen_copy_names(self) -> set[str]:
+        """Parameters that stay equal to the base model's (``freeze_blocks``): copied blocks and embeddings,
+        not the new cross-attention sub-layers."""
+        if not self.config.freeze_blocks:
+            return set()
+        return {name for name, _ in self.named_parameters()
+                if name.startswith(("embed.", "pos_embed.")) or (name.startswith("blocks.") and ".cross." not in name)}
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """H's parameters (buffers such as causal masks and rotary tables are rebuilt, not saved)."""
-        return {name: p.detach().cpu().contiguous() for name, p in self.named_parameters()}
+        """H's parameters and its centring statistics (other buffers, e.g. rotary tables, are rebuilt; frozen
+        copies of the base model's weights are rebuilt from it on load)."""
+        frozen = self._frozen_copy_names()
+        state = {name: p.detach().cpu().contiguous() for name, p in self.named_parameters() if name not in frozen}
+        state.update({name: b.detach().cpu().contiguous() for name, b in self._saved_buffers().items()})
+        return state
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created). Returns it."""
@@ -290,7 +350,8 @@ class HyperSteer(nn.Module):
         except (SafetensorError, OSError, ValueError) as error:
             raise HyperSteerFileError(f"{weights_path} is not a valid safetensors file (corrupt or truncated?): "
                                       f"{error}") from error
-        expected = dict(self.named_parameters())
+        frozen = self._frozen_copy_names()
+        expected = {**{n: p for n, p in self.named_parameters() if n not in frozen}, **self._saved_buffers()}
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
             raise HyperSteerFileError(f"{weights_path} does not match this HyperSteer architecture: "
@@ -301,6 +362,8 @@ class HyperSteer(nn.Module):
                 if tensor.shape != param.shape:
                     raise HyperSteerFileError(f"{weights_path}: {name} has shape {tuple(tensor.shape)}, "
                                               f"expected {tuple(param.shape)} (made for another model?)")
+                if not bool(torch.isfinite(tensor.float()).all()):
+                    raise HyperSteerFileError(f"{weights_path}: {name} contains NaN or infinity")
                 param.copy_(tensor.to(param.dtype))
 
     @classmethod
@@ -322,6 +385,10 @@ class HyperSteer(nn.Module):
             raise HyperSteerFileError(f"{config_path} is not valid JSON (corrupt?): {error}") from error
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise HyperSteerFileError(f"{config_path} is not a HyperSteer config (format {FORMAT!r} expected)")
+        version = str(meta.get("format_version", ""))
+        if version not in ("1", FORMAT_VERSION):
+            raise HyperSteerFileError(f"{config_path} has format version {version!r}; this hooksteer reads "
+                                      f"versions '1' and {FORMAT_VERSION!r}")
         saved, current = meta.get("base_model", {}), base_signature(model)
         if not isinstance(saved, dict) or not isinstance(meta.get("config"), dict):
             raise HyperSteerFileError(f"{config_path}: 'base_model' and 'config' must be JSON objects, got "
@@ -333,7 +400,7 @@ class HyperSteer(nn.Module):
                     f"{key}={current[key]}: it was made for another model"
                 )
         try:
-            config = HyperSteerConfig.from_dict(meta["config"])
+            config = HyperSteerConfig.from_dict(meta["config"], format_version=version)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise HyperSteerFileError(f"{config_path} has an invalid config: {error}") from error
         try:

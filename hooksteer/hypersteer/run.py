@@ -4,7 +4,13 @@ The run file holds :class:`~hooksteer.hypersteer.config.HyperSteerConfig` fields
 
 ``model``          base model (default: the embedded SmolLM2-135M-Instruct; ``"tiny:llama"`` / ``"tiny:gpt2"``
                    build a tiny random test model)
-``examples``       JSONL file of SteeringExample records (``concept_id, steering_prompt, base_prompt, target``)
+``data``           ``loss="distill"`` (the default): :class:`~hooksteer.hypersteer.dataset.DistillDataSettings`
+                   fields (``train_concepts``, ``held_out``, ``train_prompts``, ``eval_prompts``, ...): the
+                   packaged Wikipedia concepts are split and distillation records are written (cached in
+                   ``out/teacher/``, or ``teacher_cache``); the split is saved as ``out/split.json``
+``teacher_cache``  folder of the distillation cache (default ``out/teacher``)
+``examples``       ``loss="ce"``: JSONL file of SteeringExample records
+                   (``concept_id, steering_prompt, base_prompt, target[, finished]``)
 ``eval_examples``  JSONL file of held-out records (optional)
 ``eval_fraction``  if no eval file: hold out this fraction of the *concepts* (default 0.1)
 ``split``          optional DatasetSplit JSON (``hooksteer.data.splits``): training examples are checked
@@ -36,7 +42,7 @@ from typing import Any
 from hooksteer.data.schema import SteeringExample
 from hooksteer.hypersteer.config import HyperSteerConfig, HyperSteerConfigError
 
-RUN_KEYS = ("model", "examples", "eval_examples", "eval_fraction", "split", "out")
+RUN_KEYS = ("model", "data", "teacher_cache", "examples", "eval_examples", "eval_fraction", "split", "out")
 
 
 def read_examples(path: str | Path) -> list[SteeringExample]:
@@ -96,25 +102,45 @@ def train_from_run_file(config_path: str | Path, *, examples: str | None = None,
         config = HyperSteerConfig.from_dict(raw)
     except HyperSteerConfigError as error:
         raise SystemExit(f"{config_path}: {error}") from error
-    examples_path = examples or run.get("examples")
-    if not examples_path:
-        raise SystemExit("give the training examples: --examples FILE.jsonl or \"examples\" in the run file")
-    train = read_examples(examples_path)
-    eval_path = eval_examples or run.get("eval_examples")
-    if eval_path:
-        held = read_examples(eval_path)
-    else:
-        train, held = split_by_concept(train, float(run.get("eval_fraction", 0.1)), config.seed)
-    if run.get("split"):
-        from hooksteer.data.splits import DatasetSplit
-
-        DatasetSplit.load(run["split"]).check_examples(train)
     out_dir = Path(out or run.get("out") or "runs/hypersteer")
+    examples_path = examples or run.get("examples")
+    eval_path = eval_examples or run.get("eval_examples")
+    data_settings = None
+    if config.loss == "distill":
+        if examples_path or eval_path:
+            raise SystemExit("loss='distill' builds its own data from the packaged concepts (\"data\" in the run "
+                             "file); --examples / \"examples\" are for loss='ce'")
+        from hooksteer.hypersteer.dataset import DistillDataSettings
+
+        try:
+            data_settings = DistillDataSettings(**dict(run.get("data") or {}))
+        except (TypeError, ValueError) as error:
+            raise SystemExit(f"{config_path}: invalid \"data\" settings: {error}") from error
+    elif not examples_path:
+        raise SystemExit("give the training examples: --examples FILE.jsonl or \"examples\" in the run file")
+    else:
+        train = read_examples(examples_path)
+        if eval_path:
+            held = read_examples(eval_path)
+        else:
+            train, held = split_by_concept(train, float(run.get("eval_fraction", 0.1)), config.seed)
+        if run.get("split"):
+            from hooksteer.data.splits import DatasetSplit
+
+            DatasetSplit.load(run["split"]).check_examples(train)
     model = load_base_model(str(run.get("model", DEFAULT_MODEL)))
     hyper = HyperSteer(model, config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {**hyper.config.to_dict(), **run, "examples": str(examples_path), "eval_examples": eval_path,
-                "out": str(out_dir), "n_train": len(train), "n_eval": len(held), "resume": resume}
+    if data_settings is not None:
+        from hooksteer.hypersteer.dataset import build_distill_dataset
+
+        dataset = build_distill_dataset(model, data_settings, cache_dir=run.get("teacher_cache") or out_dir / "teacher",
+                                        progress=progress)
+        dataset.split.save(out_dir / "split.json")
+        train, held = dataset.train.records, dataset.held_out.records
+    settings = {**hyper.config.to_dict(), **run, "examples": str(examples_path) if examples_path else None,
+                "eval_examples": eval_path, "out": str(out_dir), "n_train": len(train), "n_eval": len(held),
+                "resume": resume}
     resume_from = latest_checkpoint(out_dir) if resume == "latest" else resume
     if resume == "latest" and resume_from is None:
         raise SystemExit(f"--resume latest: no checkpoint-* folder in {out_dir}")

@@ -1,7 +1,9 @@
 """Training HyperSteer with Hugging Face Accelerate (1 CPU, 1 GPU or several GPUs, same code).
 
 Only H trains: AdamW over H's parameters, linear warm-up then linear decay to 0, gradient clipping,
-token-mean cross-entropy over the target tokens. The frozen base model's layer-``l`` activations are
+token-mean loss over the target tokens: KL to the prompt-steered teacher (``config.loss="distill"``, on
+:class:`~hooksteer.distill.DistillRecord` s) or cross-entropy (``"ce"``, on SteeringExamples). The same
+trainer trains the bounds of :mod:`hooksteer.hypersteer.bounds` (free vectors: oracle and floor). The frozen base model's layer-``l`` activations are
 computed once per example (under ``no_grad``) and cached; each step then runs only the blocks above
 the injection site with Δ added (``config.start_above_site``).
 
@@ -32,8 +34,9 @@ from torch import Tensor
 
 from hooksteer.activations import pad_token_id
 from hooksteer.data.schema import SteeringExample
+from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.data import EncodedExample, HyperBatch, ResidCache, collate, encode_examples
-from hooksteer.hypersteer.loss import steered_logits_full, steered_target_loss_above_site, target_loss
+from hooksteer.hypersteer.loss import distill_loss, steered_logits_full, steered_loss_above_site, target_loss
 from hooksteer.hypersteer.model import HyperSteer, HyperSteerFileError
 
 STATE_FILE = "training_state.pt"
@@ -88,25 +91,66 @@ def linear_schedule(warmup_steps: int, total_steps: int):
     return multiplier
 
 
+def parameter_groups(hyper: HyperSteer | ConceptVectors) -> list[dict[str, Any]]:
+    """AdamW parameter groups: H's blocks and embeddings at ``config.lr``, the head's weight at ``head_lr`` and
+    its bias (the part of Δ shared by every steering prompt) at ``head_bias_lr``; a vector table at ``lr``.
+
+    The shared part of a useful vector is large (tens of units of norm at a 243-norm residual), far more than
+    a bias can travel at a block-sized learning rate, hence its own rate.
+    """
+    cfg = hyper.config
+    if isinstance(hyper, ConceptVectors):
+        return [{"params": [hyper.table], "lr": cfg.lr}]
+    groups: dict[str, list[Tensor]] = {"body": [], "head_weight": [], "head_bias": []}
+    for name, param in hyper.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = {"head.weight": "head_weight", "head.bias": "head_bias"}.get(name, "body")
+        groups[key].append(param)
+    rates = {"body": cfg.lr, "head_weight": cfg.head_lr if cfg.head_lr is not None else cfg.lr,
+             "head_bias": cfg.head_bias_lr if cfg.head_bias_lr is not None else cfg.lr}
+    return [{"params": params, "lr": rates[key], "name": key} for key, params in groups.items() if params]
+
+
+def needs_context(hyper: HyperSteer | ConceptVectors) -> bool:
+    """Whether ``hyper`` reads the base model's layer-``l`` activations over the base prompt."""
+    return isinstance(hyper, HyperSteer) and hyper.config.variant == "cross_attention"
+
+
+def batch_deltas(forward: Any, hyper: HyperSteer | ConceptVectors, batch: HyperBatch, resid: Tensor | None) -> Tensor:
+    """The batch's vectors: ``forward`` is ``hyper`` itself or its Accelerate/DDP wrapper; ``resid`` is the
+    frozen layer-``l`` residual (needed by cross-attention)."""
+    if isinstance(hyper, ConceptVectors):
+        return forward(hyper.indices(batch.keys or []))
+    context = context_mask = None
+    if needs_context(hyper):
+        if resid is None:
+            raise ValueError("the cross_attention variant needs the base model's layer activations")
+        context_mask = batch.context_mask()
+        context = resid[:, : context_mask.shape[1]]
+    return forward(batch.h_ids, batch.h_lengths, context, context_mask, batch.pool_mask)
+
+
 class HyperSteerTrainer:
-    """Trains a :class:`HyperSteer` on a list of :class:`~hooksteer.data.schema.SteeringExample`.
+    """Trains a :class:`HyperSteer` (or a :class:`~hooksteer.hypersteer.bounds.ConceptVectors` table).
 
     Args:
-        hyper: the hypernetwork (its ``config`` holds the optimisation settings).
-        train_examples: training records (steering prompt, base prompt, target completion).
+        hyper: the hypernetwork (its ``config`` holds the loss and optimisation settings).
+        train_examples: training records: :class:`~hooksteer.distill.DistillRecord` s for ``loss="distill"``,
+            :class:`~hooksteer.data.schema.SteeringExample` s (or DistillRecords) for ``loss="ce"``.
         eval_examples: held-out records for the periodic eval loss (optional).
         output_dir: where checkpoints and the final weights go (``None``: nothing is written).
         accelerator: an ``accelerate.Accelerator`` (default: a new one with ``config.mixed_precision``).
         progress: show a tqdm bar with the running loss.
     """
 
-    def __init__(self, hyper: HyperSteer, train_examples: Sequence[SteeringExample],
-                 eval_examples: Sequence[SteeringExample] | None = None, *, output_dir: str | os.PathLike | None = None,
-                 accelerator: Any = None, progress: bool = True) -> None:
+    def __init__(self, hyper: HyperSteer | ConceptVectors, train_examples: Sequence[SteeringExample | Any],
+                 eval_examples: Sequence[SteeringExample | Any] | None = None, *,
+                 output_dir: str | os.PathLike | None = None, accelerator: Any = None, progress: bool = True) -> None:
         from accelerate import Accelerator
 
-        if not isinstance(hyper, HyperSteer):
-            raise TypeError(f"hyper must be a HyperSteer, got {type(hyper).__name__}")
+        if not isinstance(hyper, HyperSteer | ConceptVectors):
+            raise TypeError(f"hyper must be a HyperSteer or ConceptVectors, got {type(hyper).__name__}")
         if not train_examples:
             raise ValueError("train_examples is empty")
         self.config = hyper.config
@@ -130,7 +174,7 @@ class HyperSteerTrainer:
         base_ids = {id(p) for p in self.base.parameters()}
         if any(id(p) in base_ids for p in params):  # pragma: no cover - guarded by deep copies
             raise RuntimeError("a base-model parameter ended up in H's optimizer")
-        optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        optimizer = torch.optim.AdamW(parameter_groups(hyper), lr=self.config.lr, weight_decay=self.config.weight_decay)
         self.steps_per_epoch = len(self._epoch_batches(0))
         if self.config.max_steps is not None:
             self.total_steps = int(self.config.max_steps)
@@ -160,29 +204,25 @@ class HyperSteerTrainer:
 
     # ------------------------------------------------------------------ loss
     @property
-    def hyper(self) -> HyperSteer:
-        """The unwrapped hypernetwork."""
+    def hyper(self) -> HyperSteer | ConceptVectors:
+        """The unwrapped hypernetwork (or vector table)."""
         return self.accelerator.unwrap_model(self.model)
 
     def batch_loss(self, batch: HyperBatch, cache: ResidCache) -> tuple[Tensor, Tensor]:
         """``(loss_sum, n_target_tokens)`` of one batch, gradients flowing into H only."""
         hyper = self.hyper
         resid = None
-        context = context_mask = None
-        if self.config.start_above_site or self.config.variant == "cross_attention":
+        if self.config.start_above_site or needs_context(hyper):
             resid = cache.get(batch)
-        if self.config.variant == "cross_attention":
-            assert resid is not None
-            context_mask = batch.context_mask()
-            context = resid[:, : context_mask.shape[1]]
-        delta = self.model(batch.h_ids, batch.h_lengths, context, context_mask)
+        delta = batch_deltas(self.model, hyper, batch, resid)
         if self.config.start_above_site:
-            return steered_target_loss_above_site(self.base, resid, hyper.layer, delta, batch)
-        return target_loss(steered_logits_full(self.base, batch.tokens, hyper.layer, delta), batch)
+            return steered_loss_above_site(self.base, resid, hyper.layer, delta, batch, self.config.loss)
+        logits = steered_logits_full(self.base, batch.tokens, hyper.layer, delta)
+        return distill_loss(logits, batch) if self.config.loss == "distill" else target_loss(logits, batch)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Token-mean target cross-entropy on the eval examples (all processes), or None without any."""
+        """Token-mean eval loss (KL or cross-entropy, as trained) on the eval examples (all processes), or None."""
         if not self.eval_data:
             return None
         was_training = self.model.training
@@ -334,3 +374,37 @@ def encoded_lengths(data: Sequence[EncodedExample]) -> dict[str, float]:
     return {"h_tokens": sum(len(d.h_ids) for d in data) / len(data),
             "prompt_tokens": sum(len(d.prompt_ids) for d in data) / len(data),
             "target_tokens": sum(len(d.target_ids) for d in data) / len(data)}
+
+
+@torch.no_grad()
+def mean_loss(hyper: HyperSteer | ConceptVectors, examples: Sequence[Any], *, batch_size: int | None = None) -> float:
+    """Token-mean loss (``hyper.config.loss``: KL to the prompted model, or cross-entropy) of ``hyper`` on
+    ``examples``, without training (e.g. the eval KL of a trained H, an oracle, or an untrained floor = no
+    steering).
+
+    Example:
+        >>> mean_loss(hyper, held_out_records)          # doctest: +SKIP
+        0.41
+    """
+    if not examples:
+        raise ValueError("mean_loss needs at least one example")
+    base = hyper.base_model
+    config = hyper.config
+    data = encode_examples(base, examples, config)
+    cache = ResidCache(base, hyper.layer, "off")
+    pad = pad_token_id(base)
+    device = next(base.parameters()).device
+    size = batch_size or config.batch_size
+    was_training = hyper.training
+    hyper.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(data), size):
+            batch = collate(data[start : start + size], pad).to(device)
+            resid = cache.get(batch)
+            delta = batch_deltas(hyper, hyper, batch, resid)
+            loss_sum, n = steered_loss_above_site(base, resid, hyper.layer, delta, batch, config.loss)
+            total, count = total + float(loss_sum), count + int(n)
+    finally:
+        hyper.train(was_training)
+    return total / max(count, 1)

@@ -1,0 +1,195 @@
+"""Bounds for a hypernetwork: free vectors trained with the same objective and data as H.
+
+* **oracle** (:meth:`ConceptVectors.oracle`): one free vector per steering prompt. What H would write if it
+  memorised every concept perfectly; the upper bound that H amortises (and, trained on held-out concepts'
+  *training* prompts, the best a single vector per concept can do on them).
+* **floor** (:meth:`ConceptVectors.floor`): one vector shared by every steering prompt. What a collapsed H
+  (one concept-independent direction) learns; H must beat it on held-in concepts to be reading the concept.
+
+Both train with :class:`~hooksteer.hypersteer.HyperSteerTrainer` exactly like H (same loss, batches, steps
+and learning-rate schedule) and plug into the evaluation like H
+(:class:`~hooksteer.hypersteer.evaluation.HyperSteerMethod`).
+
+Example:
+    >>> from hooksteer.hypersteer import HyperSteerConfig, HyperSteerTrainer          # doctest: +SKIP
+    >>> oracle = ConceptVectors.oracle(model, [r.steering_prompt for r in records], HyperSteerConfig(lr=1e-2))  # doctest: +SKIP
+    >>> HyperSteerTrainer(oracle, records).train()                                     # doctest: +SKIP
+    >>> v = oracle.vector("Write about Volcano. Every sentence must be about Volcano.")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from hooksteer.hypersteer.config import HyperSteerConfig
+from hooksteer.hypersteer.model import HyperSteerFileError, base_signature
+from hooksteer.vectors import SteeringVector
+
+__all__ = ["ConceptVectors"]
+
+FORMAT = "hooksteer.concept_vectors"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ConceptVectors(nn.Module):
+    """A table of free steering vectors at ``blocks.{layer}.hook_resid_post``, keyed by steering prompt.
+
+    Args:
+        model: the frozen base model (kept by reference, not as a submodule).
+        keys: the steering prompts with a vector of their own (ignored when ``shared``).
+        config: the same :class:`HyperSteerConfig` as H (layer, loss and optimisation settings).
+        shared: one vector for every steering prompt (the floor), known or not.
+        init_std: std of the initial vectors (0: start exactly at "no steering").
+    """
+
+    needs_base_prompt = False
+
+    def __init__(self, model: Any, keys: Sequence[str], config: HyperSteerConfig | None = None, *,
+                 shared: bool = False, init_std: float = 0.0) -> None:
+        super().__init__()
+        self.config = (copy.deepcopy(config) if config is not None else HyperSteerConfig()).resolved(model)
+        self._base = [model]
+        self.signature = base_signature(model)
+        self.shared = bool(shared)
+        self.keys = ["*"] if self.shared else list(dict.fromkeys(keys))
+        if not self.keys:
+            raise ValueError("ConceptVectors needs at least one steering prompt (key)")
+        self._index = {key: i for i, key in enumerate(self.keys)}
+        generator = torch.Generator().manual_seed(self.config.seed)
+        init = torch.randn(len(self.keys), int(model.cfg.d_model), generator=generator) * float(init_std)
+        reference = next(model.parameters())
+        self.table = nn.Parameter(init.to(device=reference.device, dtype=reference.dtype))
+
+    @classmethod
+    def oracle(cls, model: Any, keys: Sequence[str], config: HyperSteerConfig | None = None) -> ConceptVectors:
+        """One free vector per steering prompt."""
+        return cls(model, keys, config)
+
+    @classmethod
+    def floor(cls, model: Any, config: HyperSteerConfig | None = None) -> ConceptVectors:
+        """One vector shared by every steering prompt."""
+        return cls(model, [], config, shared=True)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def base_model(self) -> Any:
+        return self._base[0]
+
+    @property
+    def layer(self) -> int:
+        return int(self.config.layer)  # type: ignore[arg-type]
+
+    @property
+    def hook_name(self) -> str:
+        return self.config.hook_name
+
+    @property
+    def device(self) -> torch.device:
+        return self.table.device
+
+    @property
+    def kind(self) -> str:
+        return "floor" if self.shared else "oracle"
+
+    # ------------------------------------------------------------------ lookup
+    def indices(self, keys: Sequence[str]) -> Int[Tensor, " batch"]:
+        """Row of each steering prompt (every prompt maps to row 0 when ``shared``)."""
+        if self.shared:
+            return torch.zeros(len(keys), dtype=torch.long, device=self.device)
+        missing = [k for k in keys if k not in self._index]
+        if missing:
+            raise KeyError(f"no free vector for steering prompt {missing[0]!r}: the oracle only knows the "
+                           f"{len(self.keys)} prompts it was built for")
+        return torch.tensor([self._index[k] for k in keys], dtype=torch.long, device=self.device)
+
+    def forward(self, rows: Int[Tensor, " batch"]) -> Float[Tensor, "batch d_model"]:
+        """The vectors of the given table rows (see :meth:`indices`)."""
+        return self.table[rows.to(self.device)]
+
+    @torch.no_grad()
+    def vectors(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
+                ) -> Float[Tensor, "batch d_model"]:
+        """Per-row vectors ``(batch, d_model)``, like :meth:`HyperSteer.vectors` (the base prompt is ignored)."""
+        steer = [steering_prompt] if isinstance(steering_prompt, str) else list(steering_prompt)
+        if base_prompt is not None and not isinstance(base_prompt, str) and len(steer) == 1:
+            steer = steer * len(list(base_prompt))
+        return self(self.indices(steer)).float()
+
+    def vector(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
+               ) -> SteeringVector | list[SteeringVector]:
+        """Steering vector(s) at :attr:`hook_name`: one for a string, a list for a list of prompts."""
+        single = isinstance(steering_prompt, str)
+        steer = [steering_prompt] if single else list(steering_prompt)
+        deltas = self.vectors(steer).cpu()
+        out = [SteeringVector(self.hook_name, delta, method=f"hypersteer-{self.kind}",
+                              source={"steering_prompt": s, "kind": self.kind,
+                                      "base_model": self.signature["model_name"]})
+               for s, delta in zip(steer, deltas, strict=True)]
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` (keys, settings, base model) and ``model.safetensors`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (WEIGHTS_FILE + ".tmp")
+        try:
+            save_file({"table": self.table.detach().cpu().contiguous()}, str(tmp), metadata={"format": FORMAT})
+            os.replace(tmp, directory / WEIGHTS_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta = {"format": FORMAT, "shared": self.shared, "keys": self.keys, "base_model": self.signature,
+                "config": self.config.to_dict()}
+        tmp = directory / (CONFIG_FILE + ".tmp")
+        try:
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, directory / CONFIG_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return directory
+
+    def load_weights(self, directory: str | os.PathLike) -> None:
+        """Overwrite the table with the one saved in ``directory`` (same keys; used to resume training)."""
+        other = type(self).load(directory, self.base_model)
+        if other.keys != self.keys:
+            raise HyperSteerFileError(f"{directory} holds vectors for other steering prompts than this table")
+        with torch.no_grad():
+            self.table.copy_(other.table)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, model: Any) -> ConceptVectors:
+        """Load what :meth:`save` wrote (safetensors + JSON, no pickle), checking the base model's width."""
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / CONFIG_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise HyperSteerFileError(f"cannot read {directory / CONFIG_FILE}: {error}") from error
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("keys"), list):
+            raise HyperSteerFileError(f"{directory / CONFIG_FILE} is not a saved ConceptVectors table")
+        try:
+            config = HyperSteerConfig.from_dict(meta["config"])
+            with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
+                table = handle.get_tensor("table")
+        except (KeyError, TypeError, ValueError, SafetensorError, OSError) as error:
+            raise HyperSteerFileError(f"{directory} holds an unreadable ConceptVectors table: {error}") from error
+        if table.ndim != 2 or table.shape != (len(meta["keys"]), int(model.cfg.d_model)):
+            raise HyperSteerFileError(f"{directory}: table of shape {tuple(table.shape)} does not fit "
+                                      f"{len(meta['keys'])} keys × d_model={model.cfg.d_model}")
+        if not bool(torch.isfinite(table).all()):
+            raise HyperSteerFileError(f"{directory}: the table contains NaN or infinity")
+        vectors = cls(model, meta["keys"], config, shared=bool(meta.get("shared")))
+        with torch.no_grad():
+            vectors.table.copy_(table.to(vectors.table.dtype))
+        return vectors
