@@ -239,3 +239,140 @@ def save_report(report: dict[str, Any], out: Path, began: float, markdown: Calla
     (out / "results.md").write_text(text)
     print(text)
     log(f"done in {report['seconds']['total']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
+
+
+# ---------------------------------------------------------------------------- intervals, lengths, samples
+def interval_text(interval: Mapping[str, Any] | None) -> str:
+    """``"0.123 [0.050, 0.200]"`` for an :class:`hooksteer.evaluate.stats.Interval` dict (a dash for None)."""
+    if not interval:
+        return "—"
+    return f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
+def interval_summary(per_concept: Sequence[Mapping[str, Any]], methods: Sequence[str],
+                     roles: Mapping[str, str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per role and method: mean report-half ratings over concepts, each with a bootstrap 95 % interval
+    (:func:`hooksteer.evaluate.stats.bootstrap_ci`), the chosen factors and the mean added norm."""
+    from hooksteer.evaluate.stats import bootstrap_ci
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for role in ("held_out", "held_in"):
+        for method in methods:
+            rows = [r for r in per_concept if r["method"] == method and roles.get(r["concept_id"]) == role]
+            if not rows:
+                continue
+            entry: dict[str, Any] = {key: bootstrap_ci([r[key] for r in rows]).to_dict()
+                                     for key in ("concept", "instruction", "fluency", "score")}
+            entry["n_concepts"] = len(rows)
+            entry["chosen_factors"] = [r.get("chosen_factor") for r in rows]
+            trained = [r["mean_delta_norm"] for r in rows if r.get("mean_delta_norm") is not None]
+            if trained:
+                entry["mean_trained_norm"] = sum(trained) / len(trained)
+            out.setdefault(role, {})[method] = entry
+    return out
+
+
+def interval_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of :func:`interval_summary` rows for one role, best mean score first."""
+    from hooksteer.evaluate.report import table
+
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1]["score"]["mean"])
+    body = [[m, fmt(r["concept"]["mean"]), fmt(r["instruction"]["mean"]), fmt(r["fluency"]["mean"]),
+             interval_text(r["score"]), ", ".join(fmt(f, 2) for f in r["chosen_factors"] if f is not None) or "—"]
+            for m, r in ranked]
+    return table(body, ("method", "concept", "instruction", "fluency", "steering score [95 % CI]", "chosen factors"))
+
+
+def paired_comparisons(per_concept: Sequence[Mapping[str, Any]], roles: Mapping[str, str], candidates: Sequence[str],
+                       *, baselines: Sequence[str] = ("diffmean", "prompt"), prompt_share: float | None = 0.9,
+                       role: str = "held_out") -> list[dict[str, Any]]:
+    """Paired bootstrap differences ``candidate − baseline`` over the concepts of ``role`` (and, with
+    ``prompt_share``, ``candidate − prompt_share × prompt``): a candidate beats a baseline only when the
+    interval excludes 0."""
+    from hooksteer.evaluate.stats import paired_difference_ci
+
+    concepts = sorted({r["concept_id"] for r in per_concept if roles.get(r["concept_id"]) == role})
+    table = {(r["method"], r["concept_id"]): float(r["score"]) for r in per_concept}
+
+    def scores(method: str) -> list[float] | None:
+        values = [table.get((method, c)) for c in concepts]
+        return None if not concepts or any(v is None for v in values) else values  # type: ignore[return-value]
+
+    out = []
+    for candidate in candidates:
+        a = scores(candidate)
+        if a is None:
+            continue
+        targets = [(b, scores(b), 1.0) for b in baselines if b != candidate]
+        if prompt_share is not None:
+            targets.append((f"{prompt_share:g}×prompt", scores("prompt"), prompt_share))
+        for name, b, share in targets:
+            if b is None:
+                continue
+            diff = paired_difference_ci(a, [share * v for v in b])
+            out.append({"role": role, "a": candidate, "b": name, **diff.to_dict()})
+    return out
+
+
+def comparison_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of :func:`paired_comparisons`."""
+    from hooksteer.evaluate.report import table
+
+    body = [[c["a"], c["b"], interval_text(c), "yes" if c["excludes_zero"] else "no"] for c in comparisons]
+    return table(body, ("A", "B", "A − B [95 % CI]", "interval excludes 0"))
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def answer_lengths(result: Any, tokenizer: Any = None, *, reference: str = "none") -> dict[str, dict[str, float]]:
+    """Per method: mean words of its answers at each concept's chosen factor (report half), the mean words of
+    the ``reference`` method's answers to the same (concept, prompt) pairs, their ratio, and the share of
+    answers shorter than the reference's (a steering vector that shortens answers is a bug signal)."""
+    chosen = {(c.method, c.concept_id): c.chosen_factor for c in result.concepts}
+    answers: dict[tuple[str, str, str], str] = {}
+    for g in result.generations:
+        if g.half == "report" and chosen.get((g.method, g.concept_id), "missing") == g.factor:
+            answers[(g.method, g.concept_id, g.prompt_id)] = g.output
+    out: dict[str, dict[str, float]] = {}
+    for method in result.methods:
+        pairs = [(text, answers.get((reference, c, p))) for (m, c, p), text in answers.items() if m == method]
+        pairs = [(a, b) for a, b in pairs if b is not None]
+        if not pairs:
+            continue
+        mine = sum(_words(a) for a, _ in pairs) / len(pairs)
+        ref = sum(_words(b) for _, b in pairs) / len(pairs)
+        out[method] = {"words": mine, "reference_words": ref, "ratio": mine / ref if ref else float("nan"),
+                       "shorter_share": sum(_words(a) < _words(b) for a, b in pairs) / len(pairs), "n": len(pairs)}
+    return out
+
+
+def length_table(lengths: Mapping[str, Mapping[str, float]]) -> str:
+    """Markdown table of :func:`answer_lengths`."""
+    from hooksteer.evaluate.report import table
+
+    body = [[m, fmt(v["words"], 1), fmt(v["reference_words"], 1), fmt(v["ratio"], 2), fmt(v["shorter_share"], 2)]
+            for m, v in lengths.items()]
+    return table(body, ("method", "words", "unsteered words", "ratio", "share shorter"))
+
+
+def write_samples(result: Any, concepts: Sequence[Any], path: Path, n: int, methods: Sequence[str]) -> None:
+    """Write up to ``n`` (concept, report prompt) cells to ``path`` as markdown: each method's answer at the
+    concept's chosen factor, side by side, to read."""
+    chosen = {(c.method, c.concept_id): c.chosen_factor for c in result.concepts}
+    by_cell: dict[tuple[str, str], dict[str, str]] = {}
+    for g in result.generations:
+        if g.half == "report" and g.method in methods and chosen.get((g.method, g.concept_id), "x") == g.factor:
+            by_cell.setdefault((g.concept_id, g.prompt_id), {})[g.method] = g.output
+    titles = {c.id: c.title for c in concepts}
+    lines = ["# Generations to read", "", "Each method at the factor chosen for the concept (report half).", ""]
+    for (concept_id, prompt_id), outputs in list(by_cell.items())[:n]:
+        lines += [f"## {titles.get(concept_id, concept_id)} — prompt `{prompt_id}`", ""]
+        for method in methods:
+            if method in outputs:
+                factor = chosen.get((method, concept_id))
+                text = outputs[method].replace("\n", " ")
+                lines.append(f"- **{method}** ({fmt(factor, 2) if factor is not None else '—'}): {text}")
+        lines.append("")
+    path.write_text("\n".join(lines))

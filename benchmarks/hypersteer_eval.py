@@ -1,47 +1,53 @@
-"""Benchmark: HyperSteer vs prompt steering vs DiffMean on held-out (and held-in) concepts, in one run.
+"""Benchmark: HyperSteer distilled from prompt steering, with its bounds, against prompt steering and DiffMean.
 
-Steps (every setting is a command-line flag; the defaults are small):
+One run, one split, one judge, one seed. Steps (every setting is a flag; see ``--help``; ``--tiny`` runs the
+same pipeline on a tiny random model in well under a minute, numbers meaningless):
 
-1. split   - concepts (Wikipedia vital articles) into train / held-in / held-out and base prompts into
-             train / eval with :func:`hooksteer.data.splits.make_split` (saved as ``split.json``);
-2. teacher - teacher targets (prompt-steered completions filtered by the judge) for train concepts x
-             train prompts with :func:`hooksteer.data.teacher.generate_teacher_targets`, cached as JSONL
-             (``teacher.jsonl``; a rerun with the same settings generates nothing). Targets for held-out
-             concepts x eval prompts are also made, only for the eval *loss* (never trained on);
-3. train   - each requested HyperSteer variant with :class:`~hooksteer.hypersteer.HyperSteerTrainer`
-             for ``--steps`` optimizer steps (train/eval loss history saved);
-4. evaluate - prompt steering, DiffMean and every HyperSteer variant
-             (:class:`hooksteer.hypersteer.evaluation.HyperSteerMethod`) in ONE
-             :func:`hooksteer.evaluate.protocol.evaluate` call on held-out + held-in concepts x eval prompts,
-             same judge, factors and seed (AxBench protocol: factor chosen on half the prompts, reported on
-             the other half); scores are then averaged per concept role;
-5. timing  - seconds per new HyperSteer vector (one ``hyper.vector(s, x)`` call; median over unseen
-             held-out pairs, plus the batched cost per vector) vs seconds to build one DiffMean vector for a
-             new concept (contrast texts -> activations -> mean difference).
+1. **split** concepts (Wikipedia vital articles) into train / held-in / held-out and base prompts into train /
+   eval (:func:`hooksteer.data.splits.make_split`, saved as ``split.json``);
+2. **teacher** (:func:`hooksteer.distill.build_distill_teacher`, cached under ``teacher/``): the prompt-steered
+   model's greedy answer and its top-k next-token log-probs for train concepts × train prompts (H and the
+   floor train on these), held-out concepts × train prompts (only the oracle trains on these) and
+   evaluated concepts × eval prompts (eval KL only, never trained on);
+3. **train** every HyperSteer variant, the **oracle** (a free vector per evaluated concept) and the **floor**
+   (one vector shared by all concepts) with the same objective (``--loss distill``: KL to the prompted model)
+   through :class:`~hooksteer.hypersteer.HyperSteerTrainer`;
+4. **eval KL** of every trained module and of no steering on the never-trained eval pairs;
+5. **diagnostics**: between-concept cosine and shared fraction of held-out vectors
+   (:func:`~hooksteer.hypersteer.diagnostics.vector_separation`), cosine of H's vector with the oracle's;
+6. **steering score** (AxBench protocol, :func:`hooksteer.evaluate.protocol.evaluate`: factor chosen on half of
+   the eval prompts, reported on the other half) of prompt steering, DiffMean (same layer), no steering, and
+   H / oracle / floor both at residual-norm factors (``--factors``) and at multiples of their trained norm
+   (``--trained-factors``); bootstrap 95 % intervals over concepts, paired differences;
+7. **answer length** of each method's chosen answers vs the unsteered answers to the same prompts, and
+   ``samples.md`` with generations to read;
+8. **scale curve** (``--curve 50 100``): H retrained on nested subsets of the training concepts, held-out
+   score and eval KL per size;
+9. **timing**: teacher seconds per pair and tokens/s, training tokens/s, seconds per new vector.
 
-Outputs under ``--out`` (default ``runs/benchmarks/hypersteer_eval``): ``results.json`` (config +
-results), ``results.md`` (tables), ``split.json``, ``teacher.jsonl``, ``hyper-<variant>/`` (trained H +
-history) and ``evaluation/`` (the protocol's own results, generations and factor-sweep plot).
+A time estimate is printed before anything runs (``--estimate-only`` stops there).
 
-``--tiny`` runs the same pipeline on a tiny random model (:func:`hooksteer.testing.tiny_model`) with
-hand-made concepts and a cheap keyword judge in well under a minute (a smoke test of the wiring; its
-numbers mean nothing).
+Outputs under ``--out``: ``settings.json``, ``split.json``, ``teacher/`` (distillation cache),
+``hyper-<variant>/``, ``oracle/``, ``floor/``, ``evaluation/`` (the protocol's results and generations),
+``curve/``, ``results.json``, ``results.md``, ``samples.md``.
 
 Usage::
 
     .venv/bin/python benchmarks/hypersteer_eval.py --tiny
-    .venv/bin/python benchmarks/hypersteer_eval.py                      # small real run (SmolLM2-135M, CPU)
-    .venv/bin/python benchmarks/hypersteer_eval.py --variants no_context in_context cross_attention --steps 200
+    .venv/bin/python benchmarks/hypersteer_eval.py --estimate-only
+    .venv/bin/python benchmarks/hypersteer_eval.py --train-concepts 400 --held-out 20 --curve 50 100 200
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import statistics
+import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,343 +61,477 @@ import common  # noqa: E402
 from common import fmt, log  # noqa: E402
 
 DEFAULT_OUT = REPO / "runs" / "benchmarks" / "hypersteer_eval"
+VARIANT_CHOICES = ("no_context", "in_context", "cross_attention")
 
 
-# ============================================================================ arguments
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="tiny random model + keyword judge (< 1 minute smoke run)")
-    p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(REPO)}, "
-                   "or .../tiny with --tiny)")
-    p.add_argument("--model", default=None, help="base model (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: CUDA when available, else CPU)")
-    p.add_argument("--seed", type=int, default=0, help="split / training / evaluation seed")
-    # data
-    p.add_argument("--concept-seed", type=int, default=0, help="seed of load_concepts' shuffle")
-    p.add_argument("--train-concepts", type=int, default=40, help="training concepts")
-    p.add_argument("--held-out", type=int, default=5, help="held-out concepts (never trained on)")
-    p.add_argument("--held-in", type=int, default=3, help="held-in concepts (a subset of the training concepts)")
-    p.add_argument("--prompt-sources", nargs="+", default=["hand-written"],
-                   help="base-prompt sources (hand-written, mt-bench, writingbench)")
-    p.add_argument("--train-prompts", type=int, default=4, help="train base prompts")
-    p.add_argument("--eval-prompts", type=int, default=4, help="eval base prompts (>= 2: selection + report halves)")
-    # teacher
-    p.add_argument("--teacher-candidates", type=int, default=2, help="sampled candidates per (concept, prompt)")
-    p.add_argument("--teacher-tokens", type=int, default=32, help="max new tokens of a teacher target")
-    p.add_argument("--teacher-temperature", type=float, default=0.8)
-    p.add_argument("--teacher-batch", type=int, default=16, help="generation batch (candidates) of the teacher")
-    p.add_argument("--teacher-min-concept", type=float, default=1.0, help="judge concept score a target needs")
-    p.add_argument("--teacher-min-fluency", type=float, default=1.0, help="judge fluency score a target needs")
-    p.add_argument("--teacher-cache", type=Path, default=None, help="teacher JSONL cache (default OUT/teacher.jsonl)")
-    p.add_argument("--teacher-model-class", choices=["hooked", "bridge"], default="hooked",
-                   help="who writes teacher targets: the HookedTransformer being steered (default) or a "
-                        "TransformerBridge on the same weights (at batch 16 its fast path generated 2.6x (CPU) and 1.9x "
-                        "(H200) the HookedTransformer's tokens/s in benchmarks/generation.py)")
-    p.add_argument("--no-eval-loss", action="store_true", help="skip teacher targets for the held-out eval loss")
-    # hypersteer
-    p.add_argument("--variants", nargs="+", default=["cross_attention"],
-                   choices=["no_context", "in_context", "cross_attention"])
-    p.add_argument("--n-blocks", type=int, default=2, help="H blocks")
-    p.add_argument("--pooling", choices=["last", "mean"], default="last", help="what H's head reads (see HyperSteerConfig)")
-    p.add_argument("--layer", type=int, default=None, help="injection layer (default ~2/3 of the depth)")
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps per variant")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup-steps", type=int, default=4)
-    p.add_argument("--eval-every", type=int, default=20, help="eval-loss interval in steps (0 = start/end only)")
-    p.add_argument("--hyper-magnitude", default="resid_norm",
-                   help="HyperSteer scale: resid_norm (same factor meaning as DiffMean), trained, or a number")
-    # evaluation
-    p.add_argument("--factors", type=float, nargs="+", default=[0.1, 0.2, 0.35],
-                   help="steering factors (x mean residual norm at each method's site)")
-    p.add_argument("--diffmean-layer", type=int, default=None, help="DiffMean layer (default: a third of the depth)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per evaluated answer")
-    p.add_argument("--eval-batch-size", type=int, default=32)
-    p.add_argument("--no-held-in", action="store_true", help="evaluate held-out concepts only")
-    # timing
-    p.add_argument("--timing-vectors", type=int, default=8, help="new (concept, prompt) pairs timed for HyperSteer")
-    p.add_argument("--timing-concepts", type=int, default=4, help="new concepts timed for DiffMean")
-    args = p.parse_args(argv)
+@dataclass
+class HyperSteerEvalSettings:
+    """Every setting of one benchmark run (saved as ``settings.json`` beside its outputs)."""
+
+    out: str | None = field(default=None, metadata={"help": "output folder (default runs/benchmarks/hypersteer_eval)"})
+    model: str | None = field(default=None, metadata={"help": "base model (default: embedded SmolLM2-135M-Instruct)"})
+    threads: int = field(default=1, metadata={"help": "torch threads"})
+    device: str | None = field(default=None, metadata={"help": "torch device, e.g. cuda (default: CUDA if available)"})
+    seed: int = field(default=0, metadata={"help": "split / training / evaluation seed"})
+    concept_seed: int = field(default=0, metadata={"help": "seed of load_concepts' shuffle"})
+    train_concepts: int = field(default=100, metadata={"help": "training concepts"})
+    held_out: int = field(default=20, metadata={"help": "held-out concepts (never trained on by H)"})
+    held_in: int = field(default=5, metadata={"help": "held-in concepts (a subset of the training concepts)"})
+    prompt_sources: list[str] = field(default_factory=lambda: ["hand-written"],
+                                      metadata={"help": "base-prompt sources (hand-written, mt-bench, writingbench)"})
+    train_prompts: int = field(default=4, metadata={"help": "train base prompts per concept"})
+    eval_prompts: int = field(default=6, metadata={"help": "eval base prompts (half choose the factor, half report)"})
+    loss: str = field(default="distill", metadata={"help": "objective of H and its bounds", "choices": ["distill", "ce"]})
+    response: str = field(default="prompted", metadata={"help": "whose greedy answer is distilled",
+                                                        "choices": ["prompted", "unsteered"]})
+    teacher_context: str = field(default="steering_prompt", metadata={
+        "help": "what the teacher reads", "choices": ["steering_prompt", "reference_text"]})
+    teacher_tokens: int = field(default=32, metadata={"help": "max tokens of a teacher answer"})
+    top_k: int = field(default=32, metadata={"help": "teacher log-probs kept per position"})
+    teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
+    teacher_cache: str | None = field(default=None, metadata={"help": "distillation cache folder (default OUT/teacher)"})
+    variants: list[str] = field(default_factory=lambda: ["no_context", "cross_attention"],
+                                metadata={"help": f"HyperSteer variants ({', '.join(VARIANT_CHOICES)})"})
+    n_blocks: int = field(default=2, metadata={"help": "H blocks"})
+    pooling: str = field(default="mean", metadata={"help": "what H's head reads", "choices": ["mean", "last"]})
+    center: bool = field(default=True, metadata={"help": "centred head input, Δ = b + W(x − μ)"})
+    layer: int | None = field(default=None, metadata={"help": "injection layer (default ~2/3 of the depth)"})
+    epochs: float = field(default=3.0, metadata={"help": "H training epochs (ignored when --steps is given)"})
+    steps: int | None = field(default=None, metadata={"help": "H optimizer steps"})
+    batch_size: int = field(default=8, metadata={"help": "training batch size"})
+    lr: float = field(default=3e-4, metadata={"help": "learning rate of H's blocks and embeddings"})
+    head_lr: float | None = field(default=None, metadata={"help": "learning rate of H's head weight (none: --lr)"})
+    head_bias_lr: float = field(default=2e-2, metadata={"help": "learning rate of H's head bias (the shared part)"})
+    warmup_steps: int = field(default=10, metadata={"help": "H warm-up steps"})
+    bound_lr: float = field(default=0.05, metadata={"help": "learning rate of the oracle and floor vectors"})
+    bound_epochs: float = field(default=8.0, metadata={"help": "oracle / floor training epochs"})
+    eval_every: int = field(default=0, metadata={"help": "eval-KL interval in steps during training (0: start/end)"})
+    factors: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.45],
+                                 metadata={"help": "steering factors (× mean residual norm at the site)"})
+    trained_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0],
+                                         metadata={"help": "multiples of a vector's trained norm"})
+    diffmean_layer: int | None = field(default=None, metadata={"help": "DiffMean layer (default: H's layer)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per evaluated answer"})
+    eval_batch_size: int = field(default=32, metadata={"help": "generation batch"})
+    curve: list[int] = field(default_factory=list, metadata={"help": "training-set sizes (concepts) for the scale "
+                                                                      "curve, each < --train-concepts"})
+    no_held_in: bool = field(default=False, metadata={"help": "evaluate held-out concepts only"})
+    samples: int = field(default=20, metadata={"help": "generations written to samples.md"})
+    timing_vectors: int = field(default=8, metadata={"help": "new (concept, prompt) pairs timed per variant"})
+
+
+TINY = {"train_concepts": 8, "held_out": 3, "held_in": 1, "train_prompts": 2, "eval_prompts": 2, "teacher_tokens": 6,
+        "top_k": 8, "n_blocks": 1, "epochs": 2.0, "batch_size": 4, "lr": 1e-3, "warmup_steps": 0, "bound_epochs": 2.0,
+        "factors": [0.5, 2.0], "trained_factors": [1.0], "max_new_tokens": 4, "timing_vectors": 2, "samples": 4,
+        "curve": [4]}
+
+# Seconds per unit, measured on the 2-core CPU (1 torch thread) and on an H200; used only for the estimate.
+RATES = {"cpu": {"teacher_pair": 0.9, "train_token": 6.0e-4, "generation": 0.35, "setup": 90.0},
+         "cuda": {"teacher_pair": 0.04, "train_token": 2.0e-5, "generation": 0.02, "setup": 60.0}}
+
+
+# ----------------------------------------------------------------------------------------------- settings
+def parse_settings(argv: Sequence[str] | None = None) -> tuple[HyperSteerEvalSettings, argparse.Namespace]:
+    """Settings from the command line (``--tiny`` shrinks every setting left at its default)."""
+    from hooksteer.settings import add_arguments, from_arguments
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny random model + keyword judge (< 1 minute)")
+    parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
+    add_arguments(parser, HyperSteerEvalSettings)
+    args = parser.parse_args(argv)
+    settings = from_arguments(HyperSteerEvalSettings, args)
     if args.tiny:
-        tiny_defaults(args, p)
-    if args.eval_prompts < 2:
-        p.error("--eval-prompts must be >= 2 (the protocol needs a selection and a report half)")
-    if args.out is None:
-        args.out = DEFAULT_OUT / "tiny" if args.tiny else DEFAULT_OUT
-    return args
+        defaults = HyperSteerEvalSettings()
+        for key, value in TINY.items():
+            if getattr(settings, key) == getattr(defaults, key):
+                setattr(settings, key, value)
+    problems = validate(settings)
+    if problems:
+        parser.error("; ".join(problems))
+    if settings.out is None:
+        settings.out = str(DEFAULT_OUT / "tiny" if args.tiny else DEFAULT_OUT)
+    return settings, args
 
 
-def tiny_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Shrink every setting the user left at its default (explicit flags win)."""
-    tiny = {"train_concepts": 6, "held_out": 2, "held_in": 1, "train_prompts": 3, "eval_prompts": 2,
-            "teacher_candidates": 2, "teacher_tokens": 6, "steps": 3, "batch_size": 4, "eval_every": 3,
-            "factors": [0.5, 2.0], "max_new_tokens": 4, "timing_vectors": 2, "timing_concepts": 2,
-            "n_blocks": 1, "lr": 1e-3, "warmup_steps": 0, "teacher_min_concept": 0.0,
-            "teacher_min_fluency": 0.0}
-    common.apply_tiny_defaults(args, parser, tiny)
+def validate(s: HyperSteerEvalSettings) -> list[str]:
+    """Every problem with the settings (empty when they are fine), checked before anything runs."""
+    problems = []
+    for name in ("train_concepts", "held_out", "train_prompts", "teacher_tokens", "top_k", "teacher_batch",
+                 "n_blocks", "batch_size", "max_new_tokens", "eval_batch_size", "threads"):
+        if getattr(s, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1")
+    if s.held_in < 0 or s.held_in > s.train_concepts:
+        problems.append("--held-in must be between 0 and --train-concepts")
+    if s.eval_prompts < 2:
+        problems.append("--eval-prompts must be >= 2 (selection and report halves)")
+    if s.held_out < 2:
+        problems.append("--held-out must be >= 2 (between-concept cosines)")
+    bad = [v for v in s.variants if v not in VARIANT_CHOICES]
+    if bad or not s.variants:
+        problems.append(f"--variants must be among {VARIANT_CHOICES}, got {s.variants}")
+    if any(n < 2 or n >= s.train_concepts for n in s.curve):
+        problems.append("--curve sizes must be >= 2 and < --train-concepts")
+    for name in ("factors", "trained_factors"):
+        values = getattr(s, name)
+        if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+            problems.append(f"--{name.replace('_', '-')} must be positive numbers")
+    if s.steps is not None and s.steps < 1:
+        problems.append("--steps must be >= 1")
+    if s.epochs <= 0 or s.bound_epochs <= 0 or s.lr <= 0 or s.bound_lr <= 0:
+        problems.append("--epochs, --bound-epochs, --lr and --bound-lr must be > 0")
+    return problems
 
 
-# ============================================================================ steps
-def load_data(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
-    """All concepts needed (train + held-out) and all base prompts."""
-    n_concepts = args.train_concepts + args.held_out
-    concepts, prompts = common.load_concepts_and_prompts(args, n_concepts)
-    n_prompts = args.train_prompts + args.eval_prompts
-    if len(concepts) < n_concepts or len(prompts) < n_prompts:
-        raise SystemExit(f"need {n_concepts} concepts and {n_prompts} base prompts, have {len(concepts)} and "
-                         f"{len(prompts)}")
-    # choose the prompts used by the split deterministically (split seed), so that the split has exactly
-    # train_prompts + eval_prompts of them
-    return concepts, common.pick_prompts(prompts, args.seed, n_prompts)
+def steps_for(n_examples: int, epochs: float, batch_size: int) -> int:
+    return max(1, math.ceil(epochs * n_examples / batch_size))
 
 
-def teacher_examples(args: argparse.Namespace, model: Any, judge: Any, concepts: Sequence[Any],
-                     prompts: Sequence[Any], cache: Path) -> tuple[list[Any], dict[str, Any]]:
-    """Teacher examples for every (concept, prompt) pair, and the generation stats."""
-    result, stats = common.teacher_targets(args, model, judge, concepts, prompts, cache)
-    return result.examples, stats
+def estimate_seconds(s: HyperSteerEvalSettings, device: str) -> dict[str, float]:
+    """Rough seconds per stage, from the sizes and :data:`RATES` (printed before the run starts)."""
+    rate = RATES["cuda" if device.startswith("cuda") else "cpu"]
+    evaluated = s.held_out + (0 if s.no_held_in else s.held_in)
+    pairs = (s.train_concepts + s.held_out) * s.train_prompts + evaluated * s.eval_prompts
+    tokens_per_example = 45 + s.teacher_tokens
+    n_train = s.train_concepts * s.train_prompts
+    h_steps = s.steps or steps_for(n_train, s.epochs, s.batch_size)
+    bound_steps = steps_for(n_train, s.bound_epochs, s.batch_size) + steps_for(
+        evaluated * s.train_prompts, s.bound_epochs, s.batch_size)
+    n_factor_methods = 3 * len(s.variants) + 6  # H, oracle, floor at two magnitudes; DiffMean
+    generations = evaluated * s.eval_prompts * (n_factor_methods * max(len(s.factors), len(s.trained_factors)) + 2)
+    curve_generations = sum(1 for _ in s.curve) * len(s.variants) * s.held_out * s.eval_prompts * (
+        len(s.factors) + len(s.trained_factors))
+    curve_steps = sum(s.steps or steps_for(n * s.train_prompts, s.epochs, s.batch_size) for n in s.curve) * len(s.variants)
+    step_seconds = rate["train_token"] * s.batch_size * tokens_per_example * 3  # forward + backward above the site
+    return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"],
+            "train": (h_steps * len(s.variants) + bound_steps) * step_seconds,
+            "evaluate": generations * rate["generation"],
+            "curve": curve_steps * step_seconds + curve_generations * rate["generation"]}
 
 
-def train_variant(args: argparse.Namespace, model: Any, variant: str, train: list[Any], held: list[Any],
-                  out: Path) -> tuple[Any, dict[str, Any]]:
-    from hooksteer.hypersteer import HyperSteer, HyperSteerConfig, HyperSteerTrainer
+# ----------------------------------------------------------------------------------------------- steps
+def teacher_data(s: HyperSteerEvalSettings, model: Any, generator: Any, concepts: Sequence[Any],
+                 prompts: Sequence[Any], cache: Path, tiny: bool) -> Any:
+    from hooksteer.distill import DistillConfig, build_distill_teacher
 
-    config = HyperSteerConfig(variant=variant, n_blocks=args.n_blocks, layer=args.layer, lr=args.lr, pooling=args.pooling,
-                              batch_size=args.batch_size, max_steps=args.steps, warmup_steps=args.warmup_steps,
-                              seed=args.seed, eval_every=args.eval_every, log_every=max(1, min(5, args.steps)),
-                              save_every=0, extra={"trained_steps": args.steps})
-    torch.manual_seed(args.seed)
-    hyper = HyperSteer(model, config)
-    # output_dir=None: no resumable checkpoints (optimizer state is ~2x H's size); H and history saved below
-    trainer = HyperSteerTrainer(hyper, train, held or None, output_dir=None, progress=not args.tiny)
+    config = DistillConfig(response=s.response, teacher_context=s.teacher_context, max_new_tokens=s.teacher_tokens,
+                           top_k=s.top_k, batch_size=s.teacher_batch)
+    return build_distill_teacher(model, [(c, p) for c in concepts for p in prompts], config, cache_dir=cache,
+                                 generator=generator, progress=not tiny)
+
+
+def hyper_config(s: HyperSteerEvalSettings, variant: str, n_examples: int) -> Any:
+    from hooksteer.hypersteer import HyperSteerConfig
+
+    steps = s.steps or steps_for(n_examples, s.epochs, s.batch_size)
+    return HyperSteerConfig(variant=variant, n_blocks=s.n_blocks, layer=s.layer, lr=s.lr, head_lr=s.head_lr,
+                            head_bias_lr=s.head_bias_lr, pooling=s.pooling,
+                            center=s.center, loss=s.loss, batch_size=s.batch_size, max_steps=steps,
+                            warmup_steps=min(s.warmup_steps, steps // 4), seed=s.seed, eval_every=s.eval_every,
+                            log_every=max(1, min(10, steps)), save_every=0, extra={"trained_steps": steps})
+
+
+def bound_config(s: HyperSteerEvalSettings, n_examples: int) -> Any:
+    from hooksteer.hypersteer import HyperSteerConfig
+
+    steps = steps_for(n_examples, s.bound_epochs, s.batch_size)
+    return HyperSteerConfig(variant="no_context", n_blocks=0, layer=s.layer, lr=s.bound_lr, loss=s.loss,
+                            batch_size=s.batch_size, max_steps=steps, warmup_steps=0, seed=s.seed,
+                            eval_every=s.eval_every, log_every=max(1, min(10, steps)), save_every=0,
+                            extra={"trained_steps": steps})
+
+
+def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out: Path, tiny: bool) -> dict[str, Any]:
+    """Train ``module`` with the HyperSteer trainer, save it to ``out``, and return its training record."""
+    from hooksteer.hypersteer import HyperSteerTrainer
+    from hooksteer.hypersteer.trainer import encoded_lengths
+
+    trainer = HyperSteerTrainer(module, records, eval_records or None, output_dir=None, progress=not tiny)
     result = trainer.train()
-    hyper = trainer.hyper
-    hyper.save(out)
-    (out / "history.json").write_text(json.dumps(result.to_dict(), indent=2))
-    hyper.eval()
-    model.requires_grad_(False)
-    info = {"variant": variant, "hook_name": hyper.hook_name, "n_blocks": hyper.config.n_blocks,
-            "h_parameters": sum(p.numel() for p in hyper.parameters()), "n_train_examples": len(train),
-            "n_eval_examples": len(held), **result.to_dict()}
-    first = next((e["eval_loss"] for e in result.eval_loss if e["step"] == 0), None)
-    last = result.eval_loss[-1]["eval_loss"] if result.eval_loss else None
-    info["eval_loss_start"], info["eval_loss_end"] = first, last
-    return hyper, info
+    module = trainer.hyper
+    module.eval()
+    module.base_model.requires_grad_(False)
+    module.save(out)
+    history = result.to_dict()
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    lengths = encoded_lengths(trainer.train_data)
+    tokens = result.steps * module.config.batch_size * (lengths.get("prompt_tokens", 0) + lengths.get("target_tokens", 0))
+    return {**history, "n_train_examples": len(records), "trainable_parameters": sum(
+        p.numel() for p in module.parameters() if p.requires_grad), "tokens_per_second": tokens / max(result.seconds, 1e-9),
+        "eval_loss_start": history["eval_loss"][0]["eval_loss"] if history["eval_loss"] else None,
+        "eval_loss_end": history["eval_loss"][-1]["eval_loss"] if history["eval_loss"] else None}
 
 
-def time_hypersteer(hyper: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Median seconds of one ``hyper.vector(s, x)`` call for unseen pairs (after a warm-up), and batched cost."""
-    from hooksteer.hypersteer.timing import time_vector_inference
+def eval_kl(modules: dict[str, Any], records_by_role: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
+    """Token-mean eval loss (KL to the prompted model) per module and role, with no steering as a reference."""
+    from hooksteer.hypersteer.bounds import ConceptVectors
+    from hooksteer.hypersteer.trainer import mean_loss
 
-    return time_vector_inference(hyper, pairs)
-
-
-def time_diffmean(model: Any, method: Any, concepts: Sequence[Any], pool: Sequence[Any]) -> dict[str, Any]:
-    """Seconds to build one DiffMean vector for a new concept: contrast texts, activations, mean difference
-    (``make_vector``), and separately the residual-norm scale reference that steering also needs."""
-    hook_name = method.site_for(model)
-    texts_for = method.texts_for
-    positive, negative = texts_for(concepts[0], pool)
-    method.make_vector(model, hook_name, concepts[0], positive, negative)  # warm-up
-    build, scale, sizes = [], [], []
-    for concept in concepts:
-        start = time.perf_counter()
-        positive, negative = texts_for(concept, pool)
-        vector = method.make_vector(model, hook_name, concept, positive, negative)
-        build.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        method.magnitude_for(model, hook_name, vector.unit().vector.float(), positive, negative)
-        scale.append(time.perf_counter() - start)
-        sizes.append(len(positive) + len(negative))
-    return {"seconds_per_vector": statistics.median(build), "seconds_scale_reference": statistics.median(scale),
-            "n_concepts": len(concepts), "mean_texts_per_vector": sum(sizes) / len(sizes), "hook_name": hook_name,
-            "single_seconds": build}
-
-
-def role_summary(result: Any, roles: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per role (held_out / held_in) and method: mean report-half ratings at the chosen factor."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for role in ("held_out", "held_in"):
-        rows = {}
-        for method in result.methods:
-            picked = [c for c in result.concepts if c.method == method and roles.get(c.concept_id) == role]
-            if not picked:
-                continue
-            rows[method] = {key: sum(c.report[key] for c in picked) / len(picked)
-                            for key in ("concept", "instruction", "fluency", "score")}
-            rows[method]["n_concepts"] = len(picked)
-            rows[method]["chosen_factors"] = [c.chosen_factor for c in picked]
-            rows[method]["collapsed_cells"] = sum(len(c.collapsed_factors) for c in picked)
-        if rows:
-            out[role] = rows
+    any_module = next(iter(modules.values()))
+    unsteered = ConceptVectors.floor(any_module.base_model, dataclasses.replace(any_module.config))
+    out: dict[str, dict[str, float]] = {}
+    for name, module in {"none": unsteered, **modules}.items():
+        out[name] = {role: mean_loss(module, records) for role, records in records_by_role.items() if records}
     return out
 
 
-# ============================================================================ report
+def separation(modules: dict[str, Any], held_out: Sequence[Any], eval_prompts: Sequence[Any],
+               oracle: Any) -> dict[str, dict[str, Any]]:
+    """Between-concept cosine / shared fraction of each module's held-out vectors, and cosine with the oracle."""
+    from hooksteer.hypersteer.diagnostics import vector_separation
+
+    steering = [c.steering_prompts[0] for c in held_out]
+    prompts = [p.text for p in eval_prompts]
+    reference = oracle.vectors(steering).float()
+    out = {}
+    for name, module in modules.items():
+        info = vector_separation(module, steering, prompts)
+        vectors = module.vectors(steering, [prompts[0]] * len(steering)) if module.needs_base_prompt else (
+            module.vectors(steering))
+        info["cosine_with_oracle"] = float(torch.nn.functional.cosine_similarity(vectors.float().cpu(),
+                                                                                 reference.cpu()).mean())
+        info["norm_ratio_to_oracle"] = float(vectors.norm(dim=-1).mean() / reference.norm(dim=-1).mean())
+        out[name] = info
+    return out
+
+
+def methods_for(s: HyperSteerEvalSettings, modules: dict[str, Any], texts_for: Any, layer: int) -> list[Any]:
+    """Every evaluated method: baselines, and each module at residual-norm factors and at its trained norm."""
+    from hooksteer.evaluate.methods import DiffMeanMethod, NoSteering, PromptSteering
+    from hooksteer.hypersteer.evaluation import HyperSteerMethod
+
+    methods: list[Any] = [PromptSteering(), NoSteering(),
+                          DiffMeanMethod(layer=s.diffmean_layer if s.diffmean_layer is not None else layer,
+                                         texts_for=texts_for)]
+    for name, module in modules.items():
+        methods.append(HyperSteerMethod(module, texts_for=texts_for, name=f"{name}@resid"))
+        methods.append(HyperSteerMethod(module, magnitude="trained", factors=s.trained_factors,
+                                        texts_for=texts_for, name=f"{name}@trained"))
+    return methods
+
+
+def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: Any, train_data: Any,
+                 train_concepts: Sequence[Any], held_out: Sequence[Any], eval_prompts: Sequence[Any],
+                 eval_records: list[Any], texts_for: Any, out: Path, tiny: bool) -> list[dict[str, Any]]:
+    """H retrained on nested subsets of the training concepts: held-out eval KL and steering score per size."""
+    from hooksteer.evaluate.protocol import evaluate
+    from hooksteer.evaluate.stats import bootstrap_ci, per_concept_scores
+    from hooksteer.hypersteer import HyperSteer
+    from hooksteer.hypersteer.evaluation import HyperSteerMethod
+    from hooksteer.hypersteer.trainer import mean_loss
+
+    points = []
+    for size in sorted(s.curve):
+        subset = {c.id for c in train_concepts[:size]}
+        records = [r for r in train_data.records if r.concept_id in subset]
+        for variant in s.variants:
+            log(f"curve: {variant} on {size} concepts ({len(records)} examples) ...")
+            torch.manual_seed(s.seed)
+            hyper = HyperSteer(model, hyper_config(s, variant, len(records)))
+            info = train(hyper, records, [], out / f"{variant}-{size}", tiny)
+            methods = [HyperSteerMethod(hyper, texts_for=texts_for, name=f"hypersteer-{variant}@resid"),
+                       HyperSteerMethod(hyper, magnitude="trained", factors=s.trained_factors, texts_for=texts_for,
+                                        name=f"hypersteer-{variant}@trained")]
+            result = evaluate(generator, methods, list(held_out), list(eval_prompts), judge=judge, factors=s.factors,
+                              max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
+                              out_dir=out / f"{variant}-{size}" / "evaluation", progress=not tiny)
+            rows = [{"method": c.method, "concept_id": c.concept_id, **c.report} for c in result.concepts]
+            ids = [c.id for c in held_out]
+            point = {"concepts": size, "variant": variant, "n_examples": len(records), "steps": info["steps"],
+                     "train_seconds": info["seconds"], "eval_kl": mean_loss(hyper, eval_records)}
+            for method in (m.name for m in methods):
+                point[method.split("@")[1]] = bootstrap_ci(per_concept_scores(rows, method, ids)).to_dict()
+            points.append(point)
+    return points
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    settings, args = parse_settings(argv)
+    s, tiny = settings, args.tiny
+    device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    estimate = estimate_seconds(s, device)
+    log(f"estimated time on {device}: {sum(estimate.values()) / 60:.0f} min ("
+        + ", ".join(f"{k} {v / 60:.0f}" for k, v in estimate.items()) + ")")
+    if args.estimate_only:
+        return {"estimate_seconds": estimate}
+    out = Path(s.out)  # type: ignore[arg-type]
+    run = argparse.Namespace(threads=s.threads, out=out)
+    began = common.start_run(run)
+    from hooksteer.settings import save_settings
+
+    save_settings(settings, out / "settings.json")
+
+    from hooksteer.evaluate.methods import pool_texts_for
+    from hooksteer.evaluate.protocol import evaluate
+    from hooksteer.hypersteer import HyperSteer
+    from hooksteer.hypersteer.bounds import ConceptVectors
+    from hooksteer.hypersteer.timing import time_vector_inference
+
+    log("loading model and data ...")
+    model = common.load_model(tiny, s.seed, s.model, s.device)
+    # the embedded model's TransformerBridge shares its weights and generates faster; a tiny bridge would not
+    generator = common.load_bridge(tiny, s.seed, s.device) if s.model is None and not tiny else model
+    data_args = argparse.Namespace(tiny=tiny, concept_seed=s.concept_seed, prompt_sources=s.prompt_sources)
+    concepts, prompts = common.load_concepts_and_prompts(data_args, s.train_concepts + s.held_out)
+    n_prompts = s.train_prompts + s.eval_prompts
+    if len(concepts) < s.train_concepts + s.held_out or len(prompts) < n_prompts:
+        raise SystemExit(f"need {s.train_concepts + s.held_out} concepts and {n_prompts} base prompts, have "
+                         f"{len(concepts)} and {len(prompts)}")
+    prompts = common.pick_prompts(prompts, s.seed, n_prompts)
+    split = common.save_split(concepts, prompts, out / "split.json", seed=s.seed, held_out=s.held_out,
+                              held_in=s.held_in, eval_prompts=s.eval_prompts)
+    train_concepts = split.select(concepts, split.train_concepts)
+    held_out = split.select(concepts, split.held_out_concepts)
+    held_in = [] if s.no_held_in else split.select(concepts, split.held_in_concepts)
+    train_prompts = split.select(prompts, split.train_prompts)
+    eval_prompts = split.select(prompts, split.eval_prompts)
+    judge = common.make_judge(tiny, model)
+
+    # ---- teacher
+    cache = Path(s.teacher_cache) if s.teacher_cache else out / "teacher"
+    log(f"teacher: ({len(train_concepts)} train + {len(held_out)} held-out) concepts × {len(train_prompts)} train "
+        f"prompts, {len(held_out) + len(held_in)} evaluated concepts × {len(eval_prompts)} eval prompts ...")
+    started = time.perf_counter()
+    train_data = teacher_data(s, model, generator, train_concepts, train_prompts, cache, tiny)
+    split.check_examples(train_data.steering_examples())
+    oracle_data = teacher_data(s, model, generator, [*held_out, *held_in], train_prompts, cache, tiny)
+    eval_data = teacher_data(s, model, generator, [*held_out, *held_in], eval_prompts, cache, tiny)
+    teacher_seconds = time.perf_counter() - started
+    held_out_ids = {c.id for c in held_out}
+    eval_by_role = {"held_out": [r for r in eval_data.records if r.concept_id in held_out_ids],
+                    "held_in": [r for r in eval_data.records if r.concept_id not in held_out_ids]}
+    oracle_records = [r for r in oracle_data.records]
+    log(f"teacher: {len(train_data)} train pairs ({train_data.stats['seconds_per_pair'] or 0:.2f} s/pair new, "
+        f"{train_data.stats['finished_fraction']:.2f} finished), {teacher_seconds:.0f} s")
+
+    # ---- train
+    modules: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    for variant in s.variants:
+        log(f"training HyperSteer {variant} ...")
+        torch.manual_seed(s.seed)
+        hyper = HyperSteer(model, hyper_config(s, variant, len(train_data)))
+        training[f"hypersteer-{variant}"] = train(hyper, train_data.records, eval_by_role["held_out"],
+                                                  out / f"hyper-{variant}", tiny)
+        modules[f"hypersteer-{variant}"] = hyper
+    log("training the floor (one shared vector) ...")
+    floor = ConceptVectors.floor(model, bound_config(s, len(train_data)))
+    training["floor"] = train(floor, train_data.records, eval_by_role["held_out"], out / "floor", tiny)
+    log("training the oracle (a free vector per evaluated concept) ...")
+    oracle = ConceptVectors.oracle(model, [r.steering_prompt for r in oracle_records],
+                                   bound_config(s, len(oracle_records)))
+    training["oracle"] = train(oracle, oracle_records, [], out / "oracle", tiny)
+    modules |= {"oracle": oracle, "floor": floor}
+
+    # ---- eval KL and diagnostics
+    log("eval KL and vector diagnostics ...")
+    kl = eval_kl(modules, eval_by_role)
+    diagnostics = separation(modules, held_out, eval_prompts, oracle)
+
+    # ---- steering score
+    pool = list(concepts)
+    texts_for = pool_texts_for(pool)
+    layer = modules[f"hypersteer-{s.variants[0]}"].layer
+    methods = methods_for(s, modules, texts_for, layer)
+    eval_concepts = [*held_out, *held_in]
+    roles = {c.id: "held_out" for c in held_out} | {c.id: "held_in" for c in held_in}
+    log(f"evaluating {len(methods)} methods on {len(held_out)} held-out + {len(held_in)} held-in concepts × "
+        f"{len(eval_prompts)} prompts ...")
+    started = time.perf_counter()
+    result = evaluate(generator, methods, eval_concepts, eval_prompts, judge=judge, factors=s.factors,
+                      max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
+                      out_dir=out / "evaluation", progress=not tiny)
+    eval_seconds = time.perf_counter() - started
+    per_concept = [{"method": c.method, "concept_id": c.concept_id, "role": roles.get(c.concept_id),
+                    "chosen_factor": c.chosen_factor, **c.report, **{k: c.info[k] for k in (
+                        "mean_delta_norm", "natural_factor", "resid_norm") if k in c.info}} for c in result.concepts]
+    scores = common.interval_summary(per_concept, [m.name for m in methods], roles)
+    comparisons = common.paired_comparisons(per_concept, roles, [m.name for m in methods if m.name.startswith(
+        ("hypersteer", "oracle", "floor"))], baselines=("diffmean", "prompt", "floor@resid", "floor@trained"),
+        prompt_share=0.9)
+    lengths = common.answer_lengths(result, model.tokenizer, reference="none")
+
+    # ---- scale curve
+    curve: list[dict[str, Any]] = []
+    if s.curve:
+        curve = curve_points(s, model, generator, judge, train_data, train_concepts, held_out, eval_prompts,
+                             eval_by_role["held_out"], texts_for, out / "curve", tiny)
+
+    # ---- timing
+    pairs = [(c.steering_prompts[0], p.text) for c in held_out for p in eval_prompts][: s.timing_vectors]
+    timing = {name: time_vector_inference(m, pairs) for name, m in modules.items() if name.startswith("hypersteer")}
+
+    report = {
+        "benchmark": "hypersteer_eval", "tiny": tiny, "command": " ".join(["benchmarks/hypersteer_eval.py", *(
+            sys.argv[1:] if argv is None else list(argv))]),
+        "settings": dataclasses.asdict(settings), "estimate_seconds": estimate,
+        **{k: v for k, v in common.run_info("hypersteer_eval", run, argv, model, judge).items()
+           if k in ("environment", "model", "judge")},
+        "data": {"n_train_concepts": len(train_concepts), "n_train_prompts": len(train_prompts),
+                 "n_held_out": len(held_out), "n_held_in": len(held_in), "n_eval_prompts": len(eval_prompts),
+                 "n_train_pairs": len(train_data), "n_oracle_pairs": len(oracle_records),
+                 "n_eval_pairs": len(eval_data), "held_out": [c.id for c in held_out],
+                 "held_in": [c.id for c in held_in], "eval_prompts": [p.text for p in eval_prompts],
+                 "teacher": {"train": train_data.stats, "oracle": oracle_data.stats, "eval": eval_data.stats}},
+        "training": training, "eval_kl": kl, "diagnostics": diagnostics, "scores": scores,
+        "comparisons": comparisons, "answer_lengths": lengths, "per_concept": per_concept, "curve": curve,
+        "timing": timing,
+        "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
+    }
+    common.write_samples(result, eval_concepts, out / "samples.md", s.samples,
+                         methods=["none", "prompt", f"hypersteer-{s.variants[0]}@trained",
+                                  f"hypersteer-{s.variants[-1]}@resid", "oracle@trained", "floor@trained"])
+    common.save_report(report, out, began, markdown)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- report
 def markdown(report: dict[str, Any]) -> str:
     from hooksteer.evaluate.report import table
 
-    lines = ["# HyperSteer vs prompt steering vs DiffMean", ""]
-    cfg = report["config"]
-    lines.append(f"Model `{report['model']}`, judge `{report['judge']}`, seed {cfg['seed']}, factors {cfg['factors']}, "
-                 f"{cfg['max_new_tokens']} new tokens (greedy). {report['data']['n_train_concepts']} train concepts × "
-                 f"{report['data']['n_train_prompts']} train prompts → {report['data']['n_train_examples']} teacher "
-                 f"examples; evaluated on {report['data']['n_held_out']} held-out and {report['data']['n_held_in']} "
-                 f"held-in concepts × {report['data']['n_eval_prompts']} eval prompts (factor chosen on half of "
-                 "them, scores on the other half).")
-    lines.append("")
+    s, d = report["settings"], report["data"]
+    lines = ["# HyperSteer (distilled) vs bounds, prompt steering and DiffMean", "",
+             f"`{report['command']}`", "",
+             f"Model `{report['model']}`, judge `{report['judge']}`, device {report['environment']['device']}, "
+             f"loss `{s['loss']}` (response: {s['response']}), {d['n_train_concepts']} train concepts × "
+             f"{d['n_train_prompts']} prompts = {d['n_train_pairs']} training pairs; evaluated on {d['n_held_out']} "
+             f"held-out + {d['n_held_in']} held-in concepts × {d['n_eval_prompts']} eval prompts (factor chosen on "
+             f"half, reported on the other half), {s['max_new_tokens']} greedy tokens. Scores: mean over concepts "
+             "[bootstrap 95 % interval].", ""]
     for role, title in (("held_out", "Held-out concepts"), ("held_in", "Held-in concepts")):
         rows = report["scores"].get(role)
-        if not rows:
-            continue
-        lines += [f"## {title}", ""]
-        lines.append(common.score_table(rows))
-        lines.append("")
-    lines += ["## Training", ""]
-    body = [[v["variant"], str(v["steps"]), str(v["n_train_examples"]), fmt(v.get("train_loss_end")),
-             fmt(v["eval_loss_start"]), fmt(v["eval_loss_end"]), fmt(v["seconds"], 1),
-             fmt(v.get("separation", {}).get("between_concepts")), fmt(v.get("separation", {}).get("within_concept"))]
-            for v in report["training"].values()]
-    lines.append(table(body, ("variant", "steps", "train examples", "last train loss", "eval loss (start)",
-                              "eval loss (end)", "seconds", "cos between concepts", "cos within concept")))
-    lines += ["", "Eval loss: target cross-entropy on held-out concepts × eval prompts (teacher targets, never "
-              "trained on). Cosines (`hooksteer.hypersteer.diagnostics.vector_separation`): mean cosine of H's "
-              "vectors for two different held-out concepts at the same eval prompt (1.0 = H ignores the steering "
-              "prompt), and for one concept at two different eval prompts (context variants only).", "",
-              "## Seconds per new steering vector", ""]
-    t = report["timing"]
-    body = [[f"hypersteer-{name}", fmt(v["seconds_per_vector"], 4), fmt(v["seconds_per_vector_batched"], 4),
-             "one vector per (concept, base prompt)"] for name, v in t["hypersteer"].items()]
-    d = t["diffmean"]
-    body.append(["diffmean", fmt(d["seconds_per_vector"], 4), "—",
-                 f"one vector per concept ({d['mean_texts_per_vector']:.0f} contrast texts); +"
-                 f"{d['seconds_scale_reference']:.3f} s for the residual-norm scale"])
-    lines.append(table(body, ("method", "s / new vector", "s / vector (batched)", "note")))
-    lines += ["", "## Verdict", "", report["verdict"], ""]
-    return "\n".join(lines)
-
-
-def verdict(scores: dict[str, dict[str, dict[str, float]]]) -> str:
-    parts = []
-    for role, label in (("held_out", "held-out"), ("held_in", "held-in")):
-        rows = scores.get(role)
-        if not rows:
-            continue
-        ranked = common.rank_by_score(rows)
-        best, best_row = ranked[0]
-        ties = [m for m, r in ranked if abs(r["score"] - best_row["score"]) < 1e-9]
-        order = common.ranking_text(ranked)
-        n = int(best_row["n_concepts"])
-        head = f"tie between {', '.join(ties)}" if len(ties) > 1 else f"**{best}** wins"
-        parts.append(f"On {label} concepts ({n}): {head} ({order}).")
-    parts.append("Small run: few concepts and prompts, so differences of ~0.1-0.2 are within noise.")
-    return " ".join(parts)
-
-
-# ============================================================================ main
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    began = common.start_run(args)
-    out: Path = args.out
-
-    from hooksteer.evaluate.methods import DiffMeanMethod, PromptSteering, pool_texts_for
-    from hooksteer.hypersteer.diagnostics import vector_separation
-    from hooksteer.hypersteer.evaluation import HyperSteerMethod
-
-    # ---- model, data, split
-    log("loading model and data ...")
-    model = common.load_model(args.tiny, args.seed, args.model, args.device)
-    concepts, prompts = load_data(args)
-    split = common.save_split(concepts, prompts, out / "split.json", seed=args.seed, held_out=args.held_out,
-                              held_in=args.held_in, eval_prompts=args.eval_prompts)
-    train_concepts = split.select(concepts, split.train_concepts)
-    held_out = split.select(concepts, split.held_out_concepts)
-    held_in = [] if args.no_held_in else split.select(concepts, split.held_in_concepts)
-    train_prompts = split.select(prompts, split.train_prompts)
-    eval_prompts = split.select(prompts, split.eval_prompts)
-    judge = common.make_judge(args.tiny, model)
-
-    # ---- teacher targets
-    cache = args.teacher_cache or out / "teacher.jsonl"
-    log(f"teacher targets: {len(train_concepts)} concepts × {len(train_prompts)} prompts (cache {cache}) ...")
-    start = time.perf_counter()
-    writer = model if args.teacher_model_class == "hooked" else common.load_bridge(args.tiny, args.seed, args.device)
-    train_examples, teacher_stats = teacher_examples(args, writer, judge, train_concepts, train_prompts, cache)
-    split.check_examples(train_examples)
-    eval_examples, eval_teacher_stats = [], {}
-    if not args.no_eval_loss:
-        eval_examples, eval_teacher_stats = teacher_examples(args, writer, judge, held_out, eval_prompts, cache)
-    del writer
-    teacher_seconds = time.perf_counter() - start
-    log(f"teacher: {len(train_examples)} train examples (pair hit rate {teacher_stats['pair_hit_rate']:.2f}), "
-        f"{len(eval_examples)} held-out eval-loss examples, {teacher_seconds:.0f} s")
-    if not train_examples:
-        raise SystemExit("no teacher target passed the judge: nothing to train on")
-
-    # ---- train
-    hypers, training = {}, {}
-    for variant in args.variants:
-        log(f"training {variant} ({args.steps} steps) ...")
-        hyper, info = train_variant(args, model, variant, train_examples, eval_examples, out / f"hyper-{variant}")
-        if info["train_loss"]:
-            info["train_loss_end"] = info["train_loss"][-1]["loss"]
-        if len(held_out) > 1:  # does H tell the held-out concepts apart? (1.0 = it ignores the steering prompt)
-            info["separation"] = vector_separation(hyper, [c.steering_prompts[0] for c in held_out],
-                                                   [p.text for p in eval_prompts])
-        hypers[variant], training[variant] = hyper, info
-        log(f"  {variant}: eval loss {fmt(info['eval_loss_start'])} → {fmt(info['eval_loss_end'])}, "
-            f"{info['seconds']:.0f} s")
-
-    # ---- evaluate (one call: all methods, same judge / factors / seed)
-    pool = list(concepts)  # fixed negatives for DiffMean, however few concepts are evaluated
-    texts_for = pool_texts_for(pool)
-    magnitude: Any = args.hyper_magnitude
-    try:
-        magnitude = float(magnitude)
-    except ValueError:
-        pass
-    diffmean = DiffMeanMethod(layer=args.diffmean_layer, texts_for=texts_for)
-    methods = [PromptSteering(), diffmean,
-               *(HyperSteerMethod(h, magnitude=magnitude, texts_for=texts_for) for h in hypers.values())]
-    eval_concepts = [*held_out, *held_in]
-    roles = {c.id: "held_out" for c in held_out} | {c.id: "held_in" for c in held_in}
-    log(f"evaluating {[m.name for m in methods]} on {len(held_out)} held-out + {len(held_in)} held-in concepts × "
-        f"{len(eval_prompts)} prompts, factors {args.factors} ...")
-    result, eval_seconds = common.run_evaluation(args, model, methods, eval_concepts, eval_prompts, judge)
-    scores = role_summary(result, roles)
-
-    # ---- timing
-    log("timing new vectors ...")
-    pairs = [(c.steering_prompts[0], p.text) for c in held_out for p in eval_prompts][: args.timing_vectors]
-    pairs = pairs or [(held_out[0].steering_prompts[0], eval_prompts[0].text)]
-    timing = {"hypersteer": {v: time_hypersteer(h, pairs) for v, h in hypers.items()},
-              "diffmean": time_diffmean(model, diffmean, held_out[: args.timing_concepts] or held_out, pool)}
-
-    hyper_info = {c.method: {} for c in result.concepts}
-    for c in result.concepts:
-        if c.info.get("natural_factor") is not None:
-            hyper_info[c.method].setdefault("natural_factor", []).append(c.info["natural_factor"])
-            hyper_info[c.method].setdefault("mean_delta_norm", []).append(c.info["mean_delta_norm"])
-    report = {
-        **common.run_info("hypersteer_eval", args, argv, model, judge),
-        "data": {"n_train_concepts": len(train_concepts), "n_train_prompts": len(train_prompts),
-                 "n_held_out": len(held_out), "n_held_in": len(held_in), "n_eval_prompts": len(eval_prompts),
-                 "n_train_examples": len(train_examples), "n_eval_loss_examples": len(eval_examples),
-                 "held_out": [c.id for c in held_out], "held_in": [c.id for c in held_in],
-                 "eval_prompts": [p.text for p in eval_prompts], "train_prompts": [p.text for p in train_prompts],
-                 "teacher": teacher_stats, "teacher_eval_loss": eval_teacher_stats},
-        "training": training,
-        "scores": scores,
-        "per_concept": [{"method": c.method, "concept": c.concept_id, "role": roles.get(c.concept_id),
-                         "chosen_factor": c.chosen_factor, **c.report} for c in result.concepts],
-        "hypersteer_vectors": {m: {k: sum(v) / len(v) for k, v in d.items()} for m, d in hyper_info.items() if d},
-        "timing": timing,
-        "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": time.perf_counter() - began},
-    }
-    report["verdict"] = verdict(scores)
-    common.save_report(report, out, began, markdown)
-    return report
+        if rows:
+            lines += [f"## {title}", "", common.interval_table(rows), ""]
+    if report["comparisons"]:
+        lines += ["## Paired differences (held-out)", "", common.comparison_table(report["comparisons"]), ""]
+    lines += ["## Eval KL (never-trained pairs) and vectors", ""]
+    body = []
+    for name, kl in report["eval_kl"].items():
+        diag = report["diagnostics"].get(name, {})
+        train = report["training"].get(name, {})
+        body.append([name, fmt(kl.get("held_out")), fmt(kl.get("held_in")), fmt(diag.get("between_concepts")),
+                     fmt(diag.get("shared_fraction")), fmt(diag.get("cosine_with_oracle")), fmt(diag.get("mean_norm"), 1),
+                     str(train.get("steps", "—")), fmt(train.get("seconds"), 0)])
+    lines.append(table(body, ("module", "KL held-out", "KL held-in", "cos between concepts", "shared fraction",
+                              "cos with oracle", "‖Δ‖", "steps", "train s")))
+    lines += ["", "## Answer length (words, chosen factor, report half) vs unsteered", "",
+              common.length_table(report["answer_lengths"]), ""]
+    if report["curve"]:
+        lines += ["## Scale curve (held-out)", ""]
+        body = [[p["variant"], str(p["concepts"]), str(p["n_examples"]), fmt(p["eval_kl"]),
+                 str(common.interval_text(p["resid"])), str(common.interval_text(p["trained"]))]
+                for p in report["curve"]]
+        lines += [table(body, ("variant", "train concepts", "examples", "eval KL", "score @resid", "score @trained")),
+                  ""]
+    lines += ["## Seconds", ""]
+    t = report["data"]["teacher"]["train"]
+    lines.append(f"Teacher: {fmt(t.get('seconds_per_pair'))} s per new pair, {fmt(t.get('tokens_per_second'), 0)} "
+                 f"tokens/s. Training tokens/s: " + ", ".join(f"{k} {v['tokens_per_second']:.0f}"
+                                                             for k, v in report["training"].items()) + ". New vector: "
+                 + ", ".join(f"{k} {v['seconds_per_vector']:.3f} s" for k, v in report["timing"].items()) + ".")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not results_path.is_file():
         raise SystemExit(f"{results_path} not found: pass the output folder of benchmarks/hypersteer_eval.py")
     results = json.loads(results_path.read_text())
-    config = results["config"]
-    run_args = argparse.Namespace(**config)
+    config = results.get("settings") or results["config"]  # "config": runs written before the distillation rewrite
+    tiny = bool(results.get("tiny", config.get("tiny")))
+    run_args = argparse.Namespace(**{**config, "tiny": tiny})
     import torch
 
     torch.set_num_threads(args.threads)
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from hooksteer.hypersteer import HyperSteer
     from hooksteer.hypersteer.diagnostics import vector_agreement, vector_separation
 
-    model = common.load_model(bool(config.get("tiny")), config["seed"], config.get("model"), args.device)
+    model = common.load_model(tiny, config["seed"], config.get("model"), args.device)
     concepts, prompts = common.load_concepts_and_prompts(run_args, config["train_concepts"] + config["held_out"])
     split = DatasetSplit.load(args.run / "split.json")
     held_out = split.select(concepts, split.held_out_concepts)
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                               "variants": {}}
     steering_prompts, base_prompts = [c.steering_prompts[0] for c in held_out], [p.text for p in eval_prompts]
     for variant in config["variants"]:
+        if not (args.run / f"hyper-{variant}").is_dir():
+            continue
         hyper = HyperSteer.load(args.run / f"hyper-{variant}", model)
         hyper.eval()
         report["variants"][variant] = vector_separation(hyper, steering_prompts, base_prompts)

@@ -86,9 +86,12 @@ def run_demo(args: argparse.Namespace) -> int:
                        for i, p in enumerate(prompts)])
     save_config(out_dir, "demo", args, hook_name=hook_name, vector_norm=vector.norm())
     print(f"Saved vector, generations and config to {out_dir}/ ({time.perf_counter() - start:.0f} s)")
+    from hooksteer import models
     from hooksteer.hypersteer.demo import run_from_args as run_hypersteer_demo
 
-    if run_hypersteer_demo(model, args) is not None:
+    # the embedded model's TransformerBridge (same weights) generates faster than the HookedTransformer
+    generator = models.load_bridge() if getattr(args, "hypersteer", True) and args.model == models.DEFAULT_MODEL else None
+    if run_hypersteer_demo(model, args, generator) is not None:
         print(f"Demo finished in {time.perf_counter() - start:.0f} s")
     return 0
 

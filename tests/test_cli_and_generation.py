@@ -65,16 +65,18 @@ def test_demo_command_writes_vector_generations_and_config(tiny_default_model, t
 
 def test_demo_command_runs_the_hypersteer_demo_with_its_options(tiny_default_model, tmp_path, monkeypatch):
     calls = []
+    bridge = object()  # stands in for the embedded model's TransformerBridge (the demo's generator)
+    monkeypatch.setattr("hooksteer.models.load_bridge", lambda *args, **kwargs: bridge)
     monkeypatch.setattr("hooksteer.hypersteer.demo.run_hypersteer_demo",
-                        lambda model, **kwargs: calls.append((model, kwargs)) or {"seconds": 0.0})
+                        lambda model, settings, **kwargs: calls.append((model, settings, kwargs)) or {"seconds": 0.0})
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--max-new-tokens", "3", "--prompt", "hi", "--one-sign",
                      "--hypersteer-steps", "5", "--hypersteer-held-out", "2", "--hypersteer-factor", "0.7"]) == 0
     assert len(calls) == 1
-    model, kwargs = calls[0]
-    assert model is tiny_default_model
-    assert kwargs["steps"] == 5 and kwargs["held_out"] == 2 and kwargs["factor"] == 0.7
-    assert kwargs["out_dir"] == str(out) and kwargs["max_new_tokens"] == 3
+    model, settings, kwargs = calls[0]
+    assert model is tiny_default_model and kwargs["generator"] is bridge
+    assert settings.steps == 5 and settings.held_out == 2 and settings.factor == 0.7
+    assert kwargs["out_dir"] == str(out) and settings.max_new_tokens == 3
     calls.clear()
     assert cli.main(["demo", "--out", str(out), "--max-new-tokens", "3", "--prompt", "hi", "--no-hypersteer"]) == 0
     assert calls == []

@@ -1,4 +1,4 @@
-"""HyperSteer demo (hooksteer.hypersteer.demo) on a tiny model with a stub judge."""
+"""HyperSteer demo (hooksteer.hypersteer.demo) on a tiny model: distillation, save/reload, settings and flags."""
 
 from __future__ import annotations
 
@@ -8,30 +8,22 @@ import json
 import pytest
 import torch
 
-from hooksteer.evaluate.base import JudgeScores
 from hooksteer.hypersteer.demo import (
     DEMO_FILE,
     GENERATIONS_FILE,
     HYPER_DIR,
+    SETTINGS_FILE,
+    HyperSteerDemoSettings,
     add_arguments,
     load_demo_hypersteer,
     run_from_args,
     run_hypersteer_demo,
+    settings_from_args,
 )
 from hooksteer.testing import tiny_model
 
-
-class AcceptAllJudge:
-    """Stub judge for a random tiny model (its outputs are noise): accepts every candidate."""
-
-    name = "accept-all (test stub)"
-
-    def rate(self, concept, instruction, outputs):
-        return [JudgeScores(concept=2.0, instruction=2.0, fluency=2.0) for _ in outputs]
-
-
-SMALL = dict(train_concepts=3, held_out=2, train_prompts=2, eval_prompts=2, steps=2, batch_size=2,
-             teacher_candidates=1, teacher_tokens=4, max_new_tokens=4, verbose=False)
+SMALL = HyperSteerDemoSettings(train_concepts=3, held_out=2, train_prompts=2, eval_prompts=2, steps=2, batch_size=2,
+                               teacher_tokens=4, top_k=8, max_new_tokens=4)
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +32,25 @@ def trained(tmp_path_factory):
     model = tiny_model("llama", seed=0)
     out = tmp_path_factory.mktemp("demo")
     lines: list[str] = []
-    report = run_hypersteer_demo(model, out_dir=out, judge=AcceptAllJudge(), print_fn=lines.append, **SMALL)
+    report = run_hypersteer_demo(model, SMALL, out_dir=out, print_fn=lines.append, verbose=False)
     return model, out, report, lines
 
 
 def test_demo_trains_saves_and_prints_three_columns(trained):
     model, out, report, lines = trained
     assert report["trained_now"] is True
-    assert (out / HYPER_DIR / "model.safetensors").is_file() and (out / HYPER_DIR / DEMO_FILE).is_file()
+    for name in ("model.safetensors", DEMO_FILE, SETTINGS_FILE, "teacher/index.jsonl"):
+        assert (out / HYPER_DIR / name).is_file()
+    assert json.loads((out / HYPER_DIR / SETTINGS_FILE).read_text())["train_concepts"] == 3
     assert len(report["rows"]) == 2
     text = "\n".join(lines)
     assert "unsteered" in text and "prompt-steered" in text and "HyperSteer" in text
     saved = json.loads((out / GENERATIONS_FILE).read_text())
     assert saved["rows"] == report["rows"]
-    assert report["eval_loss_before"] is not None and report["eval_loss_after"] is not None
+    for key in ("eval_kl_unsteered", "eval_kl_before", "eval_kl_after"):
+        assert report[key] is not None and report[key] >= 0
     assert -1.0 <= report["mean_vector_cosine"] <= 1.0 + 1e-6
-    for row in report["rows"]:
-        assert row["hypersteer_norm"] == pytest.approx(report["factor"] * report["residual_norm"], rel=1e-4)
+    assert report["answer_words"]["unsteered"] >= 0
 
 
 def test_held_out_concepts_were_never_trained_on(trained):
@@ -69,18 +63,19 @@ def test_held_out_concepts_were_never_trained_on(trained):
 
 def test_second_run_loads_the_saved_hypersteer(trained):
     model, out, report, _ = trained
-    again = run_hypersteer_demo(model, out_dir=out, judge=AcceptAllJudge(), print_fn=lambda s: None, **SMALL)
+    again = run_hypersteer_demo(model, SMALL, out_dir=out, print_fn=lambda s: None, verbose=False)
     assert again["trained_now"] is False
-    # same H, same greedy decoding: identical HyperSteer outputs
     assert [r["hypersteer"] for r in again["rows"]] == [r["hypersteer"] for r in report["rows"]]
-    assert [r["hypersteer_raw_norm"] for r in again["rows"]] == pytest.approx(
-        [r["hypersteer_raw_norm"] for r in report["rows"]])
+    assert [r["hypersteer_norm"] for r in again["rows"]] == pytest.approx([r["hypersteer_norm"] for r in report["rows"]])
 
 
-def test_hypersteer_column_differs_from_unsteered_at_large_factor(trained):
-    model, out, _, _ = trained
-    strong = run_hypersteer_demo(model, out_dir=out, print_fn=lambda s: None, **{**SMALL, "factor": 50.0})
-    assert any(r["hypersteer"] != r["unsteered"] for r in strong["rows"])
+def test_factor_scales_the_trained_vector(trained):
+    model, out, report, _ = trained
+    strong = HyperSteerDemoSettings(**{**SMALL.__dict__, "factor": 200.0})
+    result = run_hypersteer_demo(model, strong, out_dir=out, print_fn=lambda s: None, verbose=False)
+    for weak, big in zip(report["rows"], result["rows"], strict=True):
+        assert big["hypersteer_norm"] == pytest.approx(200.0 * weak["hypersteer_norm"], rel=1e-4)
+    assert any(r["hypersteer"] != r["unsteered"] for r in result["rows"])
 
 
 def test_corrupt_demo_metadata_is_reported(tmp_path):
@@ -93,16 +88,21 @@ def test_corrupt_demo_metadata_is_reported(tmp_path):
     assert load_demo_hypersteer(model, tmp_path / "missing") is None
 
 
-def test_bad_factor_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="factor"):
-        run_hypersteer_demo(tiny_model("llama"), out_dir=tmp_path, factor=0.0, verbose=False)
+@pytest.mark.parametrize("bad", [{"factor": 0.0}, {"factor": float("nan")}, {"train_concepts": 0}, {"steps": 0}])
+def test_bad_settings_are_rejected(bad):
+    with pytest.raises(ValueError):
+        HyperSteerDemoSettings(**bad)
 
 
-def test_cli_arguments_and_opt_out(tmp_path):
+def test_cli_flags_build_the_same_settings_object(tmp_path):
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(tmp_path))
+    parser.add_argument("--max-new-tokens", type=int, default=40)
     add_arguments(parser)
-    args = parser.parse_args(["--no-hypersteer", "--hypersteer-steps", "5"])
-    assert args.hypersteer is False and args.hypersteer_steps == 5
-    assert run_from_args(None, args) is None
-    assert parser.parse_args([]).hypersteer is True
+    args = parser.parse_args(["--hypersteer-steps", "5", "--hypersteer-variant", "cross_attention",
+                              "--retrain-hypersteer", "--max-new-tokens", "7"])
+    settings = settings_from_args(args)
+    assert settings == HyperSteerDemoSettings(steps=5, variant="cross_attention", retrain=True, max_new_tokens=7)
+    assert settings_from_args(parser.parse_args([])) == HyperSteerDemoSettings()
+    off = parser.parse_args(["--no-hypersteer"])
+    assert off.hypersteer is False and run_from_args(None, off) is None

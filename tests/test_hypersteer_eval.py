@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in the script resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -34,56 +36,73 @@ CONCEPTS = [Concept(id=w, title=w, steering_prompts=[f"Write about {w}. Every se
             for w in ("river", "castle", "garden")]
 
 
+EXPECTED_METHODS = {"prompt", "none", "diffmean", *(f"{m}@{mag}" for m in (
+    "hypersteer-no_context", "hypersteer-cross_attention", "oracle", "floor") for mag in ("resid", "trained"))}
+
+
 def test_tiny_pipeline_runs_and_saves(tmp_path):
     report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "cross_attention"])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["verdict"] == report["verdict"]
+    assert saved["comparisons"] == report["comparisons"]
     text = (tmp_path / "results.md").read_text()
-    assert "Held-out concepts" in text and "Seconds per new steering vector" in text
+    assert "Held-out concepts" in text and "Paired differences" in text and "Answer length" in text
+    assert json.loads((tmp_path / "settings.json").read_text())["variants"] == ["no_context", "cross_attention"]
     for role in ("held_out", "held_in"):
-        methods = set(saved["scores"][role])
-        assert methods == {"prompt", "diffmean", "hypersteer-no_context", "hypersteer-cross_attention"}
+        assert set(saved["scores"][role]) == EXPECTED_METHODS
         for row in saved["scores"][role].values():
-            assert 0.0 <= row["score"] <= 2.0
-    # one evaluate() call: every method on every evaluated concept, same factors
-    assert (tmp_path / "evaluation" / "results.json").is_file()
-    assert saved["data"]["n_train_examples"] > 0
-    assert set(saved["training"]) == {"no_context", "cross_attention"}
-    assert all(math.isfinite(v["eval_loss_end"]) for v in saved["training"].values())
+            score = row["score"]
+            assert 0.0 <= score["low"] <= score["mean"] <= score["high"] <= 2.0
+    # one evaluate() call: every method on every evaluated concept; trained-norm methods swept their own factors
+    evaluation = json.loads((tmp_path / "evaluation" / "results.json").read_text())
+    assert evaluation["config"]["factors"] == [0.5, 2.0]
+    trained = [c for c in saved["per_concept"] if c["method"] == "oracle@trained"]
+    assert trained and all(c["chosen_factor"] == 1.0 for c in trained)  # --tiny sweeps only factor 1 there
+    # bounds and diagnostics beside H
+    assert set(saved["eval_kl"]) == {"none", "hypersteer-no_context", "hypersteer-cross_attention", "oracle", "floor"}
+    assert all(math.isfinite(v["held_out"]) and v["held_out"] >= 0 for v in saved["eval_kl"].values())
+    assert saved["diagnostics"]["floor"]["collapsed"] and saved["diagnostics"]["oracle"]["cosine_with_oracle"] > 0.999
+    for name in ("hypersteer-no_context", "hypersteer-cross_attention", "oracle", "floor"):
+        assert 0.0 <= saved["diagnostics"][name]["shared_fraction"] <= 1.0 + 1e-6
+    assert saved["answer_lengths"]["none"]["ratio"] == 1.0
+    assert (tmp_path / "samples.md").read_text().startswith("# Generations to read")
+    assert {p["variant"] for p in saved["curve"]} == {"no_context", "cross_attention"}
+    assert all(p["concepts"] == 4 and 0 <= p["trained"]["mean"] <= 2 for p in saved["curve"])
     for name in ("no_context", "cross_attention"):
-        assert saved["timing"]["hypersteer"][name]["seconds_per_vector"] > 0
+        assert saved["timing"][f"hypersteer-{name}"]["seconds_per_vector"] > 0
         assert (tmp_path / f"hyper-{name}" / "model.safetensors").is_file()
-    assert saved["timing"]["diffmean"]["seconds_per_vector"] > 0
-    # no leak: held-out concepts never among the training concepts
+    assert (tmp_path / "oracle" / "model.safetensors").is_file() and (tmp_path / "floor" / "config.json").is_file()
+    # no leak: held-out concepts never among the training concepts, and the oracle is the only one that saw them
     split = json.loads((tmp_path / "split.json").read_text())
     assert not set(split["held_out_concepts"]) & set(split["train_concepts"])
-    # H's vectors for the two held-out concepts are compared; the stand-alone script reproduces the figures
-    separation = {name: saved["training"][name]["separation"] for name in ("no_context", "cross_attention")}
-    assert separation["no_context"]["within_concept"] is None and separation["no_context"]["n_prompts"] == 1
-    assert -1.0 <= separation["cross_attention"]["between_concepts"] <= 1.0
-    assert "cos between concepts" in text
+    # the stand-alone separation script reads the run back
     recomputed = _script("hypersteer_separation").main([str(tmp_path), "--compare", str(tmp_path)])["variants"]
     assert all(row["agreement_with_compare"] == pytest.approx(1.0, abs=1e-5) for row in recomputed.values())
-    for name, row in separation.items():
-        assert recomputed[name]["between_concepts"] == pytest.approx(row["between_concepts"], abs=1e-5)
-    assert (tmp_path / "separation.json").is_file()
-    # teacher targets are cached: a rerun reuses all of them
-    again = _benchmark().main(["--tiny", "--out", str(tmp_path), "--steps", "1"])
-    assert again["data"]["teacher"]["n_reused_from_cache"] == again["data"]["teacher"]["n_pairs"]
+    assert recomputed["no_context"]["between_concepts"] == pytest.approx(
+        saved["diagnostics"]["hypersteer-no_context"]["between_concepts"], abs=1e-5)
+    # distillation records are cached: a rerun makes none
+    again = _benchmark().main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--curve"])
+    assert all(t["n_new"] == 0 for t in again["data"]["teacher"].values())
 
 
-def test_tiny_pipeline_with_a_bridge_writing_teacher_targets(tmp_path):
-    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--teacher-model-class", "bridge", "--steps", "2",
-                                "--no-held-in"])
-    assert report["config"]["teacher_model_class"] == "bridge"
-    assert report["data"]["n_train_examples"] > 0 and report["data"]["teacher"]["n_reused_from_cache"] == 0
-    assert set(report["scores"]["held_out"]) == {"prompt", "diffmean", "hypersteer-cross_attention"}
+def test_estimate_only_prints_a_time_estimate_and_runs_nothing(tmp_path, capsys):
+    report = _benchmark().main(["--estimate-only", "--out", str(tmp_path / "never")])
+    assert set(report["estimate_seconds"]) == {"setup", "teacher", "train", "evaluate", "curve"}
+    assert "estimated time" in capsys.readouterr().out and not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("flags", [["--held-out", "1"], ["--variants", "sideways"], ["--curve", "500"],
+                                   ["--factors", "0"], ["--eval-prompts", "1"]])
+def test_bad_settings_stop_before_anything_runs(tmp_path, flags):
+    with pytest.raises(SystemExit) as stop:
+        _benchmark().main(["--tiny", "--out", str(tmp_path / "x"), *flags])
+    assert stop.value.code == 2 and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("variant", ["no_context", "in_context", "cross_attention"])
 def test_adapter_gives_one_unit_vector_per_prompt(tiny_llama, variant):
     hyper = HyperSteer(tiny_llama, HyperSteerConfig(variant=variant, n_blocks=1, head_init_std=0.1))
     method = HyperSteerMethod(hyper)
+    assert method.factors is None
     assert isinstance(method, SteeringMethod) and method.name == f"hypersteer-{variant}"
     steerer = method.prepare(tiny_llama, CONCEPTS[0], CONCEPTS[1:])
     prompts = ["Tell me a story.", "What is the weather like today in the mountains?"]
