@@ -40,11 +40,8 @@ BANNER = re.compile(r"^\s*#\s*={4,}")
 
 #: Modules that still break a layout rule, with why. Each is a strict expected failure until it is split;
 #: then the test passes unexpectedly, which fails and asks for the entry to be removed here.
-KNOWN_BANNERS = {
-    "hooksteer/hooks.py": "positions / hook objects / steer() sections; changed under another issue",
-}
+KNOWN_BANNERS: dict[str, str] = {}
 KNOWN_LONG = {
-    "hooksteer/hooks.py": "position tracking, hook objects and steer(); not split yet",
     "hooksteer/llamacpp.py": "control-vector export, import, llama.cpp runtime and CLI; not split yet",
 }
 
