@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_psr_parser(commands)
     add_train_sae_parser(commands)
-    from hooksteer.llamacpp import add_parser as add_export_gguf_parser
+    from hooksteer.llamacpp.cli import add_parser as add_export_gguf_parser
 
     add_export_gguf_parser(commands)
     return parser

@@ -166,7 +166,10 @@ def _check_export_gguf(args: argparse.Namespace) -> None:
     number(args, "scale")
     if args.model_gguf not in (None, "default"):
         input_file(args.model_gguf, "--model-gguf")
-    output_file(args.out)
+    out = output_file(args.out).resolve()
+    for flag, path in (("VECTOR", args.vector), ("--model-gguf", args.model_gguf)):
+        if path not in (None, "default") and Path(path).resolve() == out:
+            raise UsageError(f"--out {args.out} is the input {flag}; writing would destroy it, give another file")
 
 
 def _check_generate(args: argparse.Namespace) -> None:

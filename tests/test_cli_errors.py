@@ -24,6 +24,22 @@ from hooksteer.data.schema import SteeringExample
 SITE = "blocks.1.hook_resid_post"
 
 
+def _model_gguf_header(path, n_layers, d_model):
+    """A GGUF "model" with just the header fields export-gguf reads (block count, width) and one tensor."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(n_layers)
+    writer.add_embedding_length(d_model)
+    writer.add_tensor("token_embd.weight", np.zeros((4, d_model), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 @pytest.fixture
 def cli_env(tmp_path, monkeypatch, tiny_llama, tiny_bridge):
     """Input files for the tables, and model loaders that return tiny models and record that they ran."""
@@ -63,6 +79,14 @@ def cli_env(tmp_path, monkeypatch, tiny_llama, tiny_bridge):
     save_file({"vector.0": torch.ones(32)}, str(tampered),
               metadata={"format": "hooksteer.steering", "vectors": json.dumps({"hook_name": SITE})})
     files["tampered"] = tampered
+    files["block0"] = hs.SteeringVector("blocks.0.hook_resid_post", torch.ones(32)).save(tmp_path / "b0.safetensors")
+    files["attn"] = hs.SteeringVector("blocks.1.hook_attn_out", torch.ones(32)).save(tmp_path / "attn.safetensors")
+    files["model_gguf"] = _model_gguf_header(tmp_path / "model.gguf", n_layers=3, d_model=32)
+    from hooksteer.llamacpp import export_gguf
+    from hooksteer.psr import PSR, PSRConfig
+
+    files["control_vector"] = export_gguf(hs.SteeringVector(SITE, torch.ones(32)), tmp_path / "cv.gguf")
+    files["psr"] = PSR(PSRConfig(layers=[1], d_model=32)).save(tmp_path / "psr")
     files["long"] = "word " * 400
     loads = []
 
@@ -217,10 +241,40 @@ BAD_TRAIN_SAE = [
     ("`--out` is a file", ["--out", "{file}"], "is a file", False),
     ("`--out` below a file", ["--out", "{blocked}"], "is a file", False),
 ]
+CV = ["--out", "{out}/cv.gguf"]
+BAD_EXPORT_GGUF = [
+    ("`VECTOR` does not exist", ["{missing}", *CV], "does not exist", False),
+    ("a plain folder as `VECTOR`", ["{dir}", *CV], "is a folder", False),
+    ("`VECTOR` is not safetensors", ["{file}", *CV], "not a valid safetensors", False),
+    ("a llama.cpp `.gguf` as `VECTOR`", ["{control_vector}", *CV], "not a valid safetensors", False),
+    ("`VECTOR` with tampered metadata", ["{tampered}", *CV], "list", False),
+    ("a saved PSR as `VECTOR` (per-token gate)", ["{psr}", *CV], "saved PSR", False),
+    ("a vector at block 0's output", ["{block0}", *CV], "block 0's output", False),
+    ("a vector at an attention site", ["{attn}", *CV], "residual stream", False),
+    ("missing `--out`", ["{vector}"], "--out", False),
+    ("`--out` is a folder", ["{vector}", "--out", "{dir}"], "is a folder", False),
+    ("`--out` below a file", ["{vector}", "--out", "{blocked}/cv.gguf"], "is a file", False),
+    ("`--out` is `VECTOR` itself", ["{vector}", "--out", "{vector}"], "input", False),
+    ("`--out` is `--model-gguf`", ["{vector}", "--out", "{model_gguf}", "--model-gguf", "{model_gguf}"], "input",
+     False),
+    ("`--scale nan`", ["{vector}", *CV, "--scale", "nan"], "--scale", False),
+    ("`--scale inf`", ["{vector}", *CV, "--scale", "inf"], "--scale", False),
+    ("`--scale abc`", ["{vector}", *CV, "--scale", "abc"], "invalid float", False),
+    ("`--scale 1e39` (float32 overflow)", ["{vector}", *CV, "--scale", "1e39"], "overflows", False),
+    ("`--model-gguf` does not exist", ["{vector}", *CV, "--model-gguf", "{missing}"], "does not exist", False),
+    ("a folder as `--model-gguf`", ["{vector}", *CV, "--model-gguf", "{dir}"], "is a folder", False),
+    ("`--model-gguf` is not GGUF", ["{vector}", *CV, "--model-gguf", "{file}"], "not a GGUF file", False),
+    ("a control vector as `--model-gguf`", ["{vector}", *CV, "--model-gguf", "{control_vector}"], "not a model",
+     False),
+    ("a vector for another `d_model`", ["{wide}", *CV, "--model-gguf", "{model_gguf}"], "d_model=32", False),
+    ("a vector past the model's blocks", ["{far}", *CV, "--model-gguf", "{model_gguf}"], "outside the model's",
+     False),
+]
 
 _IDS = lambda table: [row[0] for row in table]  # noqa: E731
 COMMAND_TABLES = {"demo": BAD_DEMO, "diffmean": BAD_DIFFMEAN, "generate": BAD_GENERATE, "evaluate": BAD_EVALUATE,
-                  "train-hypersteer": BAD_TRAIN_HYPERSTEER, "train-psr": BAD_TRAIN_PSR, "train-sae": BAD_TRAIN_SAE}
+                  "train-hypersteer": BAD_TRAIN_HYPERSTEER, "train-psr": BAD_TRAIN_PSR, "train-sae": BAD_TRAIN_SAE,
+                  "export-gguf": BAD_EXPORT_GGUF}
 
 
 def _refusal_test(command):
@@ -242,6 +296,7 @@ test_evaluate_refuses_bad_invocations = _refusal_test("evaluate")
 test_train_hypersteer_refuses_bad_invocations = _refusal_test("train-hypersteer")
 test_train_psr_refuses_bad_invocations = _refusal_test("train-psr")
 test_train_sae_refuses_bad_invocations = _refusal_test("train-sae")
+test_export_gguf_refuses_bad_invocations = _refusal_test("export-gguf")
 
 
 def test_no_command_and_unknown_command_are_one_line(capsys):

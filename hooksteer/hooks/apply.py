@@ -63,7 +63,7 @@ def apply_steering_hooks(model: nn.Module, fwd_hooks: Sequence[tuple[str, HookFn
 
     Example:
         >>> tracker = PositionTracker()                                    # doctest: +SKIP
-        >>> hooks = [("blocks.6.hook_resid_post", add_vector(v, 4.0, positions="generated", tracker=tracker))]
+        >>> hooks = [("blocks.6.hook_resid_post", add_vector(v, 4.0, positions="generated", tracker=tracker))]  # doctest: +SKIP
         >>> with apply_steering_hooks(model, hooks, tracker):              # doctest: +SKIP
         ...     generate_texts(model, ["Hi"])
     """
