@@ -90,8 +90,11 @@ class HyperSteerEvalSettings:
     top_k: int = field(default=32, metadata={"help": "teacher log-probs kept per position"})
     teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
     teacher_cache: str | None = field(default=None, metadata={"help": "distillation cache folder (default OUT/teacher)"})
-    variants: list[str] = field(default_factory=lambda: ["no_context", "cross_attention"],
-                                metadata={"help": f"HyperSteer variants ({', '.join(VARIANT_CHOICES)})"})
+    variants: list[str] = field(default_factory=lambda: ["no_context", "cross_attention"], metadata={
+        "help": f"HyperSteer variants ({', '.join(VARIANT_CHOICES)}), each optionally VARIANT:BLOCKS[:frozen], "
+                "e.g. no_context:12:frozen (H reads the base model's own frozen layer-12 features)"})
+    curve_variants: list[str] | None = field(default=None, metadata={
+        "help": "variants retrained for the scale curve (none: all of --variants)"})
     n_blocks: int = field(default=2, metadata={"help": "H blocks"})
     pooling: str = field(default="mean", metadata={"help": "what H's head reads", "choices": ["mean", "last"]})
     center: bool = field(default=True, metadata={"help": "centred head input, Δ = b + W(x − μ)"})
@@ -104,7 +107,8 @@ class HyperSteerEvalSettings:
     head_bias_lr: float = field(default=2e-2, metadata={"help": "learning rate of H's head bias (the shared part)"})
     warmup_steps: int = field(default=10, metadata={"help": "H warm-up steps"})
     bound_lr: float = field(default=0.05, metadata={"help": "learning rate of the oracle and floor vectors"})
-    bound_epochs: float = field(default=8.0, metadata={"help": "oracle / floor training epochs"})
+    bound_epochs: float = field(default=12.0, metadata={"help": "oracle training epochs over its (few) pairs; the "
+                                                                 "floor trains as many steps as H"})
     eval_every: int = field(default=0, metadata={"help": "eval-KL interval in steps during training (0: start/end)"})
     factors: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.45],
                                  metadata={"help": "steering factors (× mean residual norm at the site)"})
@@ -126,7 +130,7 @@ TINY = {"train_concepts": 8, "held_out": 3, "held_in": 1, "train_prompts": 2, "e
         "curve": [4]}
 
 # Seconds per unit, measured on the 2-core CPU (1 torch thread) and on an H200; used only for the estimate.
-RATES = {"cpu": {"teacher_pair": 0.9, "train_token": 6.0e-4, "generation": 0.35, "setup": 90.0},
+RATES = {"cpu": {"teacher_pair": 1.5, "train_token": 2.0e-3, "generation": 0.35, "setup": 90.0},
          "cuda": {"teacher_pair": 0.04, "train_token": 2.0e-5, "generation": 0.02, "setup": 60.0}}
 
 
@@ -168,9 +172,16 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
         problems.append("--eval-prompts must be >= 2 (selection and report halves)")
     if s.held_out < 2:
         problems.append("--held-out must be >= 2 (between-concept cosines)")
-    bad = [v for v in s.variants if v not in VARIANT_CHOICES]
-    if bad or not s.variants:
-        problems.append(f"--variants must be among {VARIANT_CHOICES}, got {s.variants}")
+    try:
+        specs = [parse_variant(v, s.n_blocks) for v in [*s.variants, *(s.curve_variants or [])]]
+    except ValueError as error:
+        problems.append(str(error))
+    else:
+        names = [name for name, _, _ in specs[: len(s.variants)]]
+        if not s.variants or len(set(names)) != len(names):
+            problems.append(f"--variants must name each variant once, got {s.variants}")
+        if s.curve_variants and not set(s.curve_variants) <= set(s.variants):
+            problems.append("--curve-variants must be among --variants")
     if any(n < 2 or n >= s.train_concepts for n in s.curve):
         problems.append("--curve sizes must be >= 2 and < --train-concepts")
     for name in ("factors", "trained_factors"):
@@ -182,6 +193,20 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
     if s.epochs <= 0 or s.bound_epochs <= 0 or s.lr <= 0 or s.bound_lr <= 0:
         problems.append("--epochs, --bound-epochs, --lr and --bound-lr must be > 0")
     return problems
+
+
+def parse_variant(spec: str, default_blocks: int) -> tuple[str, int, bool]:
+    """``"no_context:12:frozen"`` → ``("no_context", 12, True)``; a bare variant uses ``--n-blocks``, trainable."""
+    parts = spec.split(":")
+    if parts[0] not in VARIANT_CHOICES or len(parts) > 3 or (len(parts) == 3 and parts[2] != "frozen"):
+        raise ValueError(f"--variants: {spec!r} is not VARIANT[:BLOCKS[:frozen]] with VARIANT in {VARIANT_CHOICES}")
+    try:
+        blocks = int(parts[1]) if len(parts) > 1 else default_blocks
+    except ValueError:
+        raise ValueError(f"--variants: {spec!r}: BLOCKS must be an integer") from None
+    if blocks < 0:
+        raise ValueError(f"--variants: {spec!r}: BLOCKS must be >= 0")
+    return parts[0], blocks, len(parts) == 3
 
 
 def steps_for(n_examples: int, epochs: float, batch_size: int) -> int:
@@ -196,13 +221,13 @@ def estimate_seconds(s: HyperSteerEvalSettings, device: str) -> dict[str, float]
     tokens_per_example = 45 + s.teacher_tokens
     n_train = s.train_concepts * s.train_prompts
     h_steps = s.steps or steps_for(n_train, s.epochs, s.batch_size)
-    bound_steps = steps_for(n_train, s.bound_epochs, s.batch_size) + steps_for(
-        evaluated * s.train_prompts, s.bound_epochs, s.batch_size)
-    n_factor_methods = 3 * len(s.variants) + 6  # H, oracle, floor at two magnitudes; DiffMean
+    bound_steps = h_steps + steps_for(evaluated * s.train_prompts, s.bound_epochs, s.batch_size)
+    n_factor_methods = 2 * (len(s.variants) + 2) + 1  # H, oracle, floor at two magnitudes; DiffMean
+    n_curve = len(s.curve_variants or s.variants)
     generations = evaluated * s.eval_prompts * (n_factor_methods * max(len(s.factors), len(s.trained_factors)) + 2)
-    curve_generations = sum(1 for _ in s.curve) * len(s.variants) * s.held_out * s.eval_prompts * (
+    curve_generations = len(s.curve) * n_curve * s.held_out * s.eval_prompts * (
         len(s.factors) + len(s.trained_factors))
-    curve_steps = sum(s.steps or steps_for(n * s.train_prompts, s.epochs, s.batch_size) for n in s.curve) * len(s.variants)
+    curve_steps = sum(s.steps or steps_for(n * s.train_prompts, s.epochs, s.batch_size) for n in s.curve) * n_curve
     step_seconds = rate["train_token"] * s.batch_size * tokens_per_example * 3  # forward + backward above the site
     return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"],
             "train": (h_steps * len(s.variants) + bound_steps) * step_seconds,
@@ -221,21 +246,22 @@ def teacher_data(s: HyperSteerEvalSettings, model: Any, generator: Any, concepts
                                  generator=generator, progress=not tiny)
 
 
-def hyper_config(s: HyperSteerEvalSettings, variant: str, n_examples: int) -> Any:
+def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int) -> Any:
     from hooksteer.hypersteer import HyperSteerConfig
 
+    variant, n_blocks, frozen = parse_variant(spec, s.n_blocks)
     steps = s.steps or steps_for(n_examples, s.epochs, s.batch_size)
-    return HyperSteerConfig(variant=variant, n_blocks=s.n_blocks, layer=s.layer, lr=s.lr, head_lr=s.head_lr,
+    return HyperSteerConfig(variant=variant, n_blocks=n_blocks, freeze_blocks=frozen, layer=s.layer, lr=s.lr, head_lr=s.head_lr,
                             head_bias_lr=s.head_bias_lr, pooling=s.pooling,
                             center=s.center, loss=s.loss, batch_size=s.batch_size, max_steps=steps,
                             warmup_steps=min(s.warmup_steps, steps // 4), seed=s.seed, eval_every=s.eval_every,
                             log_every=max(1, min(10, steps)), save_every=0, extra={"trained_steps": steps})
 
 
-def bound_config(s: HyperSteerEvalSettings, n_examples: int) -> Any:
+def bound_config(s: HyperSteerEvalSettings, n_examples: int, epochs: float) -> Any:
     from hooksteer.hypersteer import HyperSteerConfig
 
-    steps = steps_for(n_examples, s.bound_epochs, s.batch_size)
+    steps = s.steps if s.steps and epochs == s.epochs else steps_for(n_examples, epochs, s.batch_size)
     return HyperSteerConfig(variant="no_context", n_blocks=0, layer=s.layer, lr=s.bound_lr, loss=s.loss,
                             batch_size=s.batch_size, max_steps=steps, warmup_steps=0, seed=s.seed,
                             eval_every=s.eval_every, log_every=max(1, min(10, steps)), save_every=0,
@@ -325,10 +351,11 @@ def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: A
     for size in sorted(s.curve):
         subset = {c.id for c in train_concepts[:size]}
         records = [r for r in train_data.records if r.concept_id in subset]
-        for variant in s.variants:
-            log(f"curve: {variant} on {size} concepts ({len(records)} examples) ...")
+        for spec in s.curve_variants or s.variants:
+            variant = parse_variant(spec, s.n_blocks)[0]
+            log(f"curve: {spec} on {size} concepts ({len(records)} examples) ...")
             torch.manual_seed(s.seed)
-            hyper = HyperSteer(model, hyper_config(s, variant, len(records)))
+            hyper = HyperSteer(model, hyper_config(s, spec, len(records)))
             info = train(hyper, records, [], out / f"{variant}-{size}", tiny)
             methods = [HyperSteerMethod(hyper, texts_for=texts_for, name=f"hypersteer-{variant}@resid"),
                        HyperSteerMethod(hyper, magnitude="trained", factors=s.trained_factors, texts_for=texts_for,
@@ -409,19 +436,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # ---- train
     modules: dict[str, Any] = {}
     training: dict[str, Any] = {}
-    for variant in s.variants:
-        log(f"training HyperSteer {variant} ...")
+    for spec in s.variants:
+        variant = parse_variant(spec, s.n_blocks)[0]
+        log(f"training HyperSteer {spec} ...")
         torch.manual_seed(s.seed)
-        hyper = HyperSteer(model, hyper_config(s, variant, len(train_data)))
+        hyper = HyperSteer(model, hyper_config(s, spec, len(train_data)))
         training[f"hypersteer-{variant}"] = train(hyper, train_data.records, eval_by_role["held_out"],
                                                   out / f"hyper-{variant}", tiny)
         modules[f"hypersteer-{variant}"] = hyper
     log("training the floor (one shared vector) ...")
-    floor = ConceptVectors.floor(model, bound_config(s, len(train_data)))
+    floor = ConceptVectors.floor(model, bound_config(s, len(train_data), s.epochs))
     training["floor"] = train(floor, train_data.records, eval_by_role["held_out"], out / "floor", tiny)
     log("training the oracle (a free vector per evaluated concept) ...")
     oracle = ConceptVectors.oracle(model, [r.steering_prompt for r in oracle_records],
-                                   bound_config(s, len(oracle_records)))
+                                   bound_config(s, len(oracle_records), s.bound_epochs))
     training["oracle"] = train(oracle, oracle_records, [], out / "oracle", tiny)
     modules |= {"oracle": oracle, "floor": floor}
 
@@ -433,7 +461,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # ---- steering score
     pool = list(concepts)
     texts_for = pool_texts_for(pool)
-    layer = modules[f"hypersteer-{s.variants[0]}"].layer
+    first, last = (parse_variant(v, s.n_blocks)[0] for v in (s.variants[0], s.variants[-1]))
+    layer = modules[f"hypersteer-{first}"].layer
     methods = methods_for(s, modules, texts_for, layer)
     eval_concepts = [*held_out, *held_in]
     roles = {c.id: "held_out" for c in held_out} | {c.id: "held_in" for c in held_in}
@@ -481,8 +510,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
     }
     common.write_samples(result, eval_concepts, out / "samples.md", s.samples,
-                         methods=["none", "prompt", f"hypersteer-{s.variants[0]}@trained",
-                                  f"hypersteer-{s.variants[-1]}@resid", "oracle@trained", "floor@trained"])
+                         methods=["none", "prompt", f"hypersteer-{first}@trained", f"hypersteer-{last}@trained",
+                                  "oracle@trained", "floor@trained", "diffmean"])
     common.save_report(report, out, began, markdown)
     return report
 
