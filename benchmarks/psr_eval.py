@@ -478,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         PSRMethod(data_s, PSRConfig(**adaptive, loss="mse", steps=0, init="mean_delta",
                                     **{**common_cfg, "local_steps": 0}), name="constant-floor"),
     ]
+    for method in psr_methods:  # saved PSRs (and their diagnostics) are reloaded by a rerun with the same --out
+        method.save_dir = out / "psrs" / method.name
     by_name = {m.name: m for m in psr_methods}
     variants = []
     for positions in args.position_variants:
@@ -490,14 +492,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     stage = time.perf_counter()
     log(f"training {len(psr_methods)} PSRs per concept ({len(ids)} concepts, {len(all_layers)} layers) ...")
+    previous = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
     teacher: dict[str, Any] = {}
     heat: dict[str, Any] = {}
     for i, concept in enumerate(eval_concepts):
         t0 = time.perf_counter()
         for method in psr_methods:
             method.train(concept)
-        teacher[concept.id] = teacher_analysis(data_s.records(concept.id), layer, None)
-        if i < args.heatmaps:
+        if concept.id in previous.get("teacher", {}) and all("loaded_from" in m.training[concept.id]
+                                                              for m in psr_methods):
+            teacher[concept.id] = previous["teacher"][concept.id]  # a rerun: the PSRs were loaded
+            heat[concept.id] = previous.get("heatmap_correlations", {}).get(concept.id)
+        else:
+            teacher[concept.id] = teacher_analysis(data_s.records(concept.id), layer, None)
+        if i < args.heatmaps and concept.id not in heat:
             heat[concept.id] = draw_heatmap(model, data_s.records(concept.id)[0],
                                             {m.name: m.psrs[concept.id] for m in psr_methods if m.data is data_s},
                                             layer, out / f"heatmap_{concept.id}.png", concept.title)

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from torch import nn
 from hooksteer.data.schema import Concept, SteeringExample
 from hooksteer.data.teacher import DEFAULT_STYLE
 from hooksteer.evaluate.methods import Factor, GenerationSettings, derive_seed
+from hooksteer.io import atomic_write_text
 from hooksteer.psr.model import CONFIG_FILE, PSR, PSRConfig
 from hooksteer.psr.teacher import (
     TeacherPair,
@@ -51,6 +53,9 @@ from hooksteer.psr.teacher import (
     template_suffix_length,
 )
 from hooksteer.psr.trainer import TrainResult, train_psr
+
+#: training diagnostics saved next to a PSR by :meth:`PSRMethod.train` (read back when the PSR is loaded)
+TRAINING_FILE = "training_info.json"
 
 __all__ = ["PSRTeacherData", "PSRMethod", "PSRSteerer", "accepted_examples", "fidelity_summary", "summarise_added"]
 
@@ -278,39 +283,43 @@ class PSRMethod:
         self.name = self.name or self.psr_config.short_name
 
     def train(self, concept: Concept) -> PSR:
-        """Train (or load) the concept's PSR and record its diagnostics in ``training[concept.id]``."""
+        """Train (or load) the concept's PSR and record its diagnostics in ``training[concept.id]``.
+
+        With ``save_dir`` the PSR and its diagnostics (``training_info.json``) are saved; a later call (or run)
+        loads both instead of training, without recomputing the teacher activations.
+        """
         if concept.id in self.psrs:
             return self.psrs[concept.id]
         model = self.data.model
-        records = self.data.records(concept.id)
         folder = Path(self.save_dir) / concept.id if self.save_dir is not None else None
-        if folder is not None and (folder / CONFIG_FILE).is_file():
+        if folder is not None and (folder / CONFIG_FILE).is_file() and (folder / TRAINING_FILE).is_file():
             psr = PSR.load(folder, model)
-            summary: dict[str, Any] = {"loaded_from": str(folder)}
+            self.training[concept.id] = {**json.loads((folder / TRAINING_FILE).read_text()), "loaded_from": str(folder)}
         else:
+            records = self.data.records(concept.id)
             config = dataclasses.replace(self.psr_config, concept_id=concept.id,
                                          steering_prompt=self.data.steering_prompt(concept.id),
                                          model_name=str(getattr(model.cfg, "model_name", "")),
                                          extra=dict(self.psr_config.extra), layers=list(self.psr_config.layers))
             psr, result = train_psr(model, records, config, progress=self.progress, diagnose=self.diagnose)
             self.results[concept.id] = result
-            summary = {"initial_loss": result.initial.get("loss"), "final_loss": result.final.get("loss"),
-                       "train_seconds": result.seconds, "n_train": result.n_train, "n_held_out": result.n_held_out,
-                       "best_step": result.best_step, "stopped_early": result.stopped_early,
-                       "regulariser": result.regulariser, **fidelity_summary(result, psr.layers)}
+            top = psr.layers[-1]
+            delta_norm = float(torch.cat([r.delta_norms(top) for r in records]).mean())
+            resid_norm = float(torch.cat([r.plain[top][r.n_prefix :].norm(dim=-1) for r in records]).mean())
+            self.training[concept.id] = {
+                "method": "psr", "variant": psr.config.variant, "loss": psr.config.loss, "layers": psr.layers,
+                "init": psr.config.init, "positions": str(self.positions or psr.config.positions),
+                "n_teacher_examples": len(records), "mean_delta_norm": delta_norm, "mean_resid_norm": resid_norm,
+                "natural_factor": delta_norm / resid_norm if resid_norm > 0 else float("nan"),
+                "initial_loss": result.initial.get("loss"), "final_loss": result.final.get("loss"),
+                "train_seconds": result.seconds, "n_train": result.n_train, "n_held_out": result.n_held_out,
+                "best_step": result.best_step, "stopped_early": result.stopped_early,
+                "regulariser": result.regulariser, **fidelity_summary(result, psr.layers)}
             if folder is not None:
                 psr.save(folder)
+                atomic_write_text(folder / TRAINING_FILE, json.dumps(self.training[concept.id], default=str))
         psr.eval()
         psr.requires_grad_(False)
-        top = psr.layers[-1]
-        delta_norm = float(torch.cat([r.delta_norms(top) for r in records]).mean())
-        resid_norm = float(torch.cat([r.plain[top][r.n_prefix :].norm(dim=-1) for r in records]).mean())
-        natural = delta_norm / resid_norm if resid_norm > 0 else float("nan")
-        self.training[concept.id] = {
-            "method": "psr", "variant": psr.config.variant, "loss": psr.config.loss, "layers": psr.layers,
-            "init": psr.config.init, "positions": str(self.positions or psr.config.positions),
-            "n_teacher_examples": len(records), "natural_factor": natural, "mean_delta_norm": delta_norm,
-            "mean_resid_norm": resid_norm, **summary}
         self.psrs[concept.id] = psr
         return psr
 

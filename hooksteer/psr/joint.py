@@ -127,8 +127,8 @@ class JointSearch:
 
     def steerer(self, search: AlphaSearch, model: nn.Module, concept: Concept,
                 others: Sequence[Concept]) -> SearchedSteerer:
-        if concept.id not in self._done:
-            self._done = {concept.id: self._run(model, concept, others)}  # one concept at a time in memory
+        if concept.id not in self._done:  # ``evaluate`` goes method by method: keep every concept's results
+            self._done[concept.id] = self._run(model, concept, others)
         return self._done[concept.id][search.name]
 
     def _run(self, model: nn.Module, concept: Concept, others: Sequence[Concept]) -> dict[str, SearchedSteerer]:
