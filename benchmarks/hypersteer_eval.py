@@ -268,11 +268,34 @@ def bound_config(s: HyperSteerEvalSettings, n_examples: int, epochs: float) -> A
                             extra={"trained_steps": steps})
 
 
+def saved_training(module: Any, out: Path) -> dict[str, Any] | None:
+    """The training record of a module saved in ``out`` by an earlier (interrupted) run with the same settings,
+    after loading its weights into ``module``; None when there is none or its settings differ (then it is retrained
+    and overwritten)."""
+    record = out / "training.json"
+    if not record.is_file() or not (out / "config.json").is_file():
+        return None
+    saved = json.loads((out / "config.json").read_text())
+    if saved.get("config") != module.config.to_dict() or (
+            "keys" in saved and saved["keys"] != getattr(module, "keys", None)):
+        return None
+    module.load_weights(out)
+    return {**json.loads(record.read_text()), "reused_from": str(out)}
+
+
 def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out: Path, tiny: bool) -> dict[str, Any]:
-    """Train ``module`` with the HyperSteer trainer, save it to ``out``, and return its training record."""
+    """Train ``module`` with the HyperSteer trainer, save it to ``out``, and return its training record.
+
+    A module that an earlier run with the same ``--out`` and settings already trained and saved is reloaded instead
+    (a benchmark stopped during evaluation resumes without retraining)."""
     from hooksteer.hypersteer import HyperSteerTrainer
     from hooksteer.hypersteer.trainer import encoded_lengths
 
+    reused = saved_training(module, out)
+    if reused is not None:
+        module.eval()
+        module.base_model.requires_grad_(False)
+        return reused
     trainer = HyperSteerTrainer(module, records, eval_records or None, output_dir=None, progress=not tiny)
     result = trainer.train()
     module = trainer.hyper
@@ -283,10 +306,14 @@ def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out:
     (out / "history.json").write_text(json.dumps(history, indent=2))
     lengths = encoded_lengths(trainer.train_data)
     tokens = result.steps * module.config.batch_size * (lengths.get("prompt_tokens", 0) + lengths.get("target_tokens", 0))
-    return {**history, "n_train_examples": len(records), "trainable_parameters": sum(
+    info = {**history, "n_train_examples": len(records), "trainable_parameters": sum(
         p.numel() for p in module.parameters() if p.requires_grad), "tokens_per_second": tokens / max(result.seconds, 1e-9),
         "eval_loss_start": history["eval_loss"][0]["eval_loss"] if history["eval_loss"] else None,
         "eval_loss_end": history["eval_loss"][-1]["eval_loss"] if history["eval_loss"] else None}
+    from hooksteer.io import atomic_write_text
+
+    atomic_write_text(out / "training.json", json.dumps(info, indent=2))
+    return info
 
 
 def eval_kl(modules: dict[str, Any], records_by_role: dict[str, list[Any]]) -> dict[str, dict[str, float]]:

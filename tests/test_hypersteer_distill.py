@@ -213,7 +213,8 @@ def test_real_model_short_distillation_gives_distinct_vectors_for_held_out_conce
     data = build_distill_dataset(model, DistillDataSettings(train_concepts=12, held_out=2, train_prompts=2,
                                                             eval_prompts=1, teacher_tokens=16),
                                  cache_dir=tmp_path / "teacher", generator=hs.load_bridge(), progress=False)
-    hyper = HyperSteer(model, variant="no_context", n_blocks=1, lr=1e-3, batch_size=6, max_steps=12, eval_every=0)
+    hyper = HyperSteer(model, variant="no_context", n_blocks=12, freeze_blocks=True, lr=1e-3, head_lr=1e-3,
+                       batch_size=6, max_steps=16, eval_every=0)
     before = mean_loss(hyper, data.held_out.records)
     HyperSteerTrainer(hyper, data.train.records, progress=False).train()
     vectors = hyper.vectors([c.steering_prompt for c in data.held_out_concepts])

@@ -82,6 +82,12 @@ def test_tiny_pipeline_runs_and_saves(tmp_path):
     # distillation records are cached: a rerun makes none
     again = _benchmark().main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--curve"])
     assert all(t["n_new"] == 0 for t in again["data"]["teacher"].values())
+    assert all("reused_from" not in t for t in again["training"].values())  # other settings: retrained
+    # the same settings again: every trained module is reloaded (an interrupted run resumes), with the same vectors
+    resumed = _benchmark().main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--curve"])
+    assert all(t["reused_from"].startswith(str(tmp_path)) for t in resumed["training"].values())
+    for name, by_role in again["eval_kl"].items():
+        assert resumed["eval_kl"][name] == pytest.approx(by_role, rel=1e-5)
 
 
 def test_estimate_only_prints_a_time_estimate_and_runs_nothing(tmp_path, capsys):

@@ -382,6 +382,10 @@ def test_psr_method_in_evaluate(tiny_llama, tmp_path):
     again = PSRMethod(data, PSRConfig(layers=[2], d_model=32, steps=5), save_dir=tmp_path / "s")
     steerer = again.prepare(tiny_llama, concepts[0], concepts[1:])
     assert steerer.info["loaded_from"].endswith("river")
+    # ... but never a PSR trained with other settings: that would silently evaluate the wrong PSR
+    other = PSRMethod(data, PSRConfig(layers=[2], d_model=32, steps=7), save_dir=tmp_path / "s")
+    with pytest.raises(ValueError, match=r"other settings \(steps: 5 != 7\)"):
+        other.prepare(tiny_llama, concepts[0], concepts[1:])
     with pytest.raises(ValueError, match="no teacher examples"):
         methods[0].prepare(tiny_llama, Concept(id="other", title="other"), [])
 

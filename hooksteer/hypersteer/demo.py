@@ -55,11 +55,14 @@ class HyperSteerDemoSettings:
     variant: str = field(default="no_context", metadata={
         "help": "HyperSteer variant", "choices": ["no_context", "in_context", "cross_attention"]})
     n_blocks: int = field(default=1, metadata={"help": "H blocks"})
+    freeze_blocks: bool = field(default=False, metadata={"help": "keep H's blocks at the base model's weights (H "
+                                                                 "reads the model's own layer-n_blocks features)"})
     pooling: str = field(default="mean", metadata={"help": "what H's head reads", "choices": ["mean", "last"]})
     layer: int | None = field(default=None, metadata={"help": "injection layer (default ~2/3 of the depth)"})
     epochs: float = field(default=4.0, metadata={"help": "training epochs (ignored when steps is set)"})
     steps: int | None = field(default=None, metadata={"help": "training steps"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate of H's blocks and head weight"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate of H's blocks"})
+    head_lr: float | None = field(default=None, metadata={"help": "learning rate of the head's weight (none: lr)"})
     head_bias_lr: float = field(default=2e-2, metadata={"help": "learning rate of the head's bias (shared part)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     teacher_tokens: int = field(default=32, metadata={"help": "tokens of each distilled answer"})
@@ -118,8 +121,8 @@ def _build_and_train(model: Any, hyper_dir: Path, s: HyperSteerDemoSettings, gen
     teacher_seconds = time.perf_counter() - started
     train, held = data.train.records, data.held_out.records
     steps = s.steps or max(1, math.ceil(s.epochs * len(train) / s.batch_size))
-    config = HyperSteerConfig(variant=s.variant, n_blocks=s.n_blocks, layer=s.layer, lr=s.lr,
-                              head_bias_lr=s.head_bias_lr, pooling=s.pooling,
+    config = HyperSteerConfig(variant=s.variant, n_blocks=s.n_blocks, freeze_blocks=s.freeze_blocks, layer=s.layer,
+                              lr=s.lr, head_lr=s.head_lr, head_bias_lr=s.head_bias_lr, pooling=s.pooling,
                               loss="distill", batch_size=s.batch_size, max_steps=steps,
                               warmup_steps=min(10, steps // 5), seed=s.seed, eval_every=0,
                               log_every=max(1, steps // 5), save_every=0,

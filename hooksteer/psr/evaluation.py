@@ -57,6 +57,30 @@ from hooksteer.psr.trainer import TrainResult, train_psr
 #: training diagnostics saved next to a PSR by :meth:`PSRMethod.train` (read back when the PSR is loaded)
 TRAINING_FILE = "training_info.json"
 
+
+# fields that differ per concept or are filled in by training; every other PSRConfig field must match to reuse a PSR
+PER_CONCEPT_FIELDS = frozenset({"concept_id", "steering_prompt", "model_name", "extra"})
+
+
+def settings_mismatch(saved: PSRConfig, wanted: PSRConfig) -> list[str]:
+    """Settings in which a saved PSR's config differs from ``wanted`` (``name: saved != wanted``; None in ``wanted``
+    means "resolved at training time" and accepts any saved value).
+
+    Example:
+        >>> settings_mismatch(PSRConfig(layers=[3], d_model=8, steps=8), PSRConfig(layers=[3], d_model=8, steps=20))
+        ['steps: 8 != 20']
+    """
+    out = []
+    for f in dataclasses.fields(wanted):
+        if f.name in PER_CONCEPT_FIELDS:
+            continue
+        a, b = getattr(saved, f.name), getattr(wanted, f.name)
+        if b is None:  # "work it out at training time" (e.g. template_tokens): the saved, resolved value stands
+            continue
+        if (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b):
+            out.append(f"{f.name}: {a!r} != {b!r}")
+    return out
+
 __all__ = ["PSRTeacherData", "PSRMethod", "PSRSteerer", "accepted_examples", "fidelity_summary", "summarise_added"]
 
 
@@ -294,6 +318,10 @@ class PSRMethod:
         folder = Path(self.save_dir) / concept.id if self.save_dir is not None else None
         if folder is not None and (folder / CONFIG_FILE).is_file() and (folder / TRAINING_FILE).is_file():
             psr = PSR.load(folder, model)
+            changed = settings_mismatch(psr.config, self.psr_config)
+            if changed:
+                raise ValueError(f"the PSR saved in {folder} was trained with other settings ({', '.join(changed)}); "
+                                 "use another save_dir (benchmark: another --out) or delete that folder")
             self.training[concept.id] = {**json.loads((folder / TRAINING_FILE).read_text()), "loaded_from": str(folder)}
         else:
             records = self.data.records(concept.id)
