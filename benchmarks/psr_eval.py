@@ -1,7 +1,8 @@
 """Benchmark: S-PSR and A-PSR (all layers) × MSE / likelihood / distill vs prompt steering vs DiffMean vs the
 constant-vector floor, in ONE run, every steered method at its strength chosen by the same rule.
 
-Steps (every setting is a flag; ``--tiny`` is a one-minute smoke run of the wiring on a tiny random model):
+Steps (every setting is a flag and a field of :class:`PSREvalSettings`, saved as ``settings.json`` in the output folder;
+``--tiny`` is a one-minute smoke run of the wiring on a tiny random model):
 
 1. split    - ``--concepts`` held-out concepts (Wikipedia vital articles) and base prompts into train / eval
               (:func:`hooksteer.data.splits.make_split`, ``split.json``);
@@ -35,12 +36,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,107 +66,157 @@ COST = {"teacher_candidate": 1.5, "distill_pair": 2.5, "delta_record": 2.5, "psr
         "diagnose": 6.0, "search_pair": 40.0, "prompt_pair": 10.0, "diffmean_concept": 5.0, "load": 60.0}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+@dataclass
+class PSREvalSettings:
+    """Every setting of one benchmark run (saved as ``settings.json`` beside its outputs)."""
+
+    out: str | None = field(default=None, metadata={
+        "help": "output folder (default runs/benchmarks/psr_eval, or runs/benchmarks/psr_eval/tiny with --tiny)"})
+    threads: int = field(default=1, metadata={"help": "torch threads"})
+    seed: int = field(default=0, metadata={"help": "split / teacher / training / evaluation seed"})
+    concept_seed: int = field(default=0, metadata={"help": "seed of load_concepts' shuffle"})
+    concepts: int = field(default=22, metadata={"help": "held-out concepts drawn (those with fewer than 2 accepted "
+                                                        "sampled teacher answers are dropped)"})
+    eval_concepts: int = field(default=20, metadata={"help": "at most this many of them are evaluated"})
+    prompt_sources: list[str] = field(default_factory=lambda: ["hand-written"], metadata={
+        "help": "base-prompt sources (hand-written, mt-bench, writingbench)"})
+    train_prompts: int = field(default=8, metadata={"help": "base prompts the sampling teacher answers"})
+    distill_prompts: int = field(default=16, metadata={"help": "base prompts the distillation teacher answers"})
+    eval_prompts: int = field(default=6, metadata={"help": "held-out base prompts (halves: selection/report)"})
+    teacher_candidates: int = field(default=4, metadata={"help": "sampled teacher answers per concept × prompt"})
+    teacher_tokens: int = field(default=32, metadata={"help": "max tokens of a teacher answer"})
+    teacher_temperature: float = field(default=0.8, metadata={"help": "sampling temperature of the sampled teacher"})
+    teacher_batch: int = field(default=32, metadata={"help": "teacher generation batch"})
+    teacher_min_concept: float = field(default=1.0, metadata={
+        "help": "judge concept rating (0-2) a sampled teacher answer needs to be accepted"})
+    teacher_min_fluency: float = field(default=1.0, metadata={
+        "help": "judge fluency rating (0-2) a sampled teacher answer needs to be accepted"})
+    top_k: int = field(default=32, metadata={"help": "teacher log-probs kept per position (distillation)"})
+    layer: int | None = field(default=None, metadata={"help": "S-PSR / DiffMean layer (default: 2/3 of the depth)"})
+    apsr_layers: list[int] | None = field(default=None, metadata={
+        "help": "A-PSR layers, e.g. '0-29' or '4,8,12' (default: all)"})
+    train_from: int | None = field(default=None, metadata={
+        "help": "end-to-end training of A-PSR updates layers >= this (default: --layer); lower layers keep their "
+                "layer-by-layer fit"})
+    local_steps: int = field(default=150, metadata={"help": "Adam steps per layer on its local MSE"})
+    steps: int = field(default=20, metadata={"help": "end-to-end steps of the likelihood / distill PSRs"})
+    lr: float = field(default=0.02, metadata={"help": "learning rate of the PSRs"})
+    batch_size: int = field(default=4, metadata={"help": "PSR training batch size"})
+    held_out_fraction: float = field(default=0.25, metadata={"help": "share of train prompts held out"})
+    eval_every: int = field(default=5, metadata={"help": "held-out evaluation interval in end-to-end steps"})
+    patience: int = field(default=2, metadata={
+        "help": "held-out evaluations without improvement before early stopping"})
+    positions: str = field(default="response", metadata={
+        "help": "where PSRs steer (response = assistant-turn template tokens + generated tokens)",
+        "choices": ["response", "generated", "after_sink"]})
+    position_variants: list[str] = field(default_factory=lambda: ["after_sink"], metadata={
+        "help": "also evaluate the A-PSR distill PSR steering these positions instead"})
+    psr_grid: list[float] = field(default_factory=lambda: list(PSR_GRID), metadata={"help": "α grid of the search"})
+    diffmean_grid: list[float] = field(default_factory=lambda: list(DIFFMEAN_GRID), metadata={
+        "help": "DiffMean factor grid (× residual norm) of the search"})
+    refine: int = field(default=1, metadata={"help": "bisection steps after the grid"})
+    coherence_target: float = field(default=1.5, metadata={"help": "mean selection fluency (0-2) kept"})
+    rule: str = field(default="coherence", metadata={"help": "how the strength is chosen",
+                                                     "choices": ["coherence", "best_score"]})
+    fidelity_concepts: int | None = field(default=None, metadata={
+        "help": "concepts in the fidelity plot (default: all)"})
+    heatmaps: int = field(default=3, metadata={"help": "concepts with a ‖Δ_t‖ vs λ_t token heatmap"})
+    max_new_tokens: int = field(default=32, metadata={"help": "greedy tokens generated per evaluated answer"})
+    eval_batch_size: int = field(default=32, metadata={"help": "generation batch"})
+    model_class: str = field(default="bridge", metadata={
+        "help": "model that generates (the bridge's fast path shares the weights)", "choices": ["bridge", "hooked"]})
+    joint: bool = field(default=True, metadata={
+        "help": "all methods of a concept share search batches (--no-joint: each method in its own batches)"})
+
+
+TINY = {"concepts": 2, "train_prompts": 3, "distill_prompts": 3, "eval_prompts": 2, "teacher_tokens": 6,
+        "teacher_candidates": 2, "local_steps": 5, "steps": 2, "max_new_tokens": 3, "top_k": 8,
+        "teacher_min_concept": 0.0, "teacher_min_fluency": 0.0, "psr_grid": [0.5, 2.0],
+        "diffmean_grid": [0.5, 2.0], "model_class": "hooked", "eval_every": 1, "held_out_fraction": 0.34}
+
+
+# ---- settings
+def parse_settings(argv: Sequence[str] | None = None) -> tuple[PSREvalSettings, argparse.Namespace]:
+    """Settings from the command line (``--tiny`` shrinks every setting left at its default) and the parsed
+    flags (for the actions ``--tiny``, ``--estimate-only``, ``--rerender``)."""
     from hooksteer.psr.cli import parse_layers
+    from hooksteer.settings import add_arguments, from_arguments
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny random model + keyword judge (smoke run)")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--concept-seed", type=int, default=0)
-    p.add_argument("--concepts", type=int, default=22, help="held-out concepts drawn (those with fewer than 2 accepted "
-                   "sampled teacher answers are dropped)")
-    p.add_argument("--eval-concepts", type=int, default=20, help="at most this many of them are evaluated")
-    p.add_argument("--prompt-sources", nargs="+", default=["hand-written"])
-    p.add_argument("--train-prompts", type=int, default=8, help="base prompts the sampling teacher answers")
-    p.add_argument("--distill-prompts", type=int, default=16, help="base prompts the distillation teacher answers")
-    p.add_argument("--eval-prompts", type=int, default=6, help="held-out base prompts (halves: selection/report)")
-    p.add_argument("--teacher-candidates", type=int, default=4)
-    p.add_argument("--teacher-tokens", type=int, default=32)
-    p.add_argument("--teacher-temperature", type=float, default=0.8)
-    p.add_argument("--teacher-batch", type=int, default=32)
-    p.add_argument("--teacher-min-concept", type=float, default=1.0)
-    p.add_argument("--teacher-min-fluency", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=32, help="teacher log-probs kept per position (distillation)")
-    p.add_argument("--layer", type=int, default=None, help="S-PSR / DiffMean layer (default: 2/3 of the depth)")
-    p.add_argument("--apsr-layers", type=parse_layers, default=None, help="A-PSR layers, e.g. '0-29' (default: all)")
-    p.add_argument("--train-from", type=int, default=None,
-                   help="end-to-end training of A-PSR updates layers >= this (default: --layer); lower layers keep "
-                        "their layer-by-layer fit")
-    p.add_argument("--local-steps", type=int, default=150, help="Adam steps per layer on its local MSE")
-    p.add_argument("--steps", type=int, default=20, help="end-to-end steps of the likelihood / distill PSRs")
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--held-out-fraction", type=float, default=0.25, help="share of train prompts held out")
-    p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--patience", type=int, default=2)
-    p.add_argument("--positions", default="response", choices=["response", "generated", "after_sink"],
-                   help="where PSRs steer (response = assistant-turn template tokens + generated tokens)")
-    p.add_argument("--position-variants", nargs="*", default=["after_sink"],
-                   help="also evaluate the A-PSR distill PSR steering these positions instead")
-    p.add_argument("--psr-grid", type=float, nargs="+", default=list(PSR_GRID), help="α grid of the search")
-    p.add_argument("--diffmean-grid", type=float, nargs="+", default=list(DIFFMEAN_GRID),
-                   help="DiffMean factor grid (× residual norm) of the search")
-    p.add_argument("--refine", type=int, default=1, help="bisection steps after the grid")
-    p.add_argument("--coherence-target", type=float, default=1.5, help="mean selection fluency (0-2) kept")
-    p.add_argument("--rule", default="coherence", choices=["coherence", "best_score"])
-    p.add_argument("--fidelity-concepts", type=int, default=None, help="concepts in the fidelity plot (default: all)")
-    p.add_argument("--heatmaps", type=int, default=3, help="concepts with a ‖Δ_t‖ vs λ_t token heatmap")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--eval-batch-size", type=int, default=32)
-    p.add_argument("--model-class", default="bridge", choices=["bridge", "hooked"],
-                   help="model that generates (the bridge's fast path shares the weights)")
-    p.add_argument("--no-joint", dest="joint", action="store_false",
-                   help="search each method in its own batches (default: all methods of a concept share batches)")
     p.add_argument("--estimate-only", action="store_true", help="print the time estimate and exit")
     p.add_argument("--rerender", type=Path, default=None, metavar="DIR",
                    help="only rewrite DIR/results.md from DIR/results.json (report changes after a run)")
+    add_arguments(p, PSREvalSettings, skip=("apsr_layers",))
+    p.add_argument("--apsr-layers", type=parse_layers, default=None,  # one LAYERS string, not a list of ints
+                   help=PSREvalSettings.__dataclass_fields__["apsr_layers"].metadata["help"])
     args = p.parse_args(argv)
+    settings = from_arguments(PSREvalSettings, args)
     if args.tiny:
-        tiny = {"concepts": 2, "train_prompts": 3, "distill_prompts": 3, "eval_prompts": 2, "teacher_tokens": 6,
-                "teacher_candidates": 2, "local_steps": 5, "steps": 2, "max_new_tokens": 3, "top_k": 8,
-                "teacher_min_concept": 0.0, "teacher_min_fluency": 0.0, "psr_grid": [0.5, 2.0],
-                "diffmean_grid": [0.5, 2.0], "model_class": "hooked", "eval_every": 1, "held_out_fraction": 0.34}
-        common.apply_tiny_defaults(args, p, tiny)
-    if args.eval_prompts < 2:
-        p.error("--eval-prompts must be >= 2")
-    if args.out is None:
-        args.out = DEFAULT_OUT / "tiny" if args.tiny else DEFAULT_OUT
-    return args
+        defaults = PSREvalSettings()
+        for key, value in TINY.items():
+            if getattr(settings, key) == getattr(defaults, key):
+                setattr(settings, key, value)
+    problems = validate(settings)
+    if problems:
+        p.error("; ".join(problems))
+    if settings.out is None:
+        settings.out = str(DEFAULT_OUT / "tiny" if args.tiny else DEFAULT_OUT)
+    return settings, args
 
 
-# ============================================================================ estimate
-def estimate_seconds(args: argparse.Namespace, n_layers: int = 30) -> dict[str, float]:
+def validate(s: PSREvalSettings) -> list[str]:
+    """Every problem with the settings (empty when they are fine), checked before anything runs."""
+    from hooksteer.psr.model import POSITION_MODES
+
+    problems = []
+    for name in ("threads", "concepts", "eval_concepts", "train_prompts", "distill_prompts", "teacher_candidates",
+                 "teacher_tokens", "teacher_batch", "top_k", "batch_size", "eval_every", "max_new_tokens",
+                 "eval_batch_size"):
+        if getattr(s, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1")
+    if s.eval_prompts < 2:
+        problems.append("--eval-prompts must be >= 2")
+    for name in ("prompt_sources", "psr_grid", "diffmean_grid"):
+        if not getattr(s, name):
+            problems.append(f"--{name.replace('_', '-')} needs at least one value")
+    if not set(s.position_variants) <= set(POSITION_MODES):
+        problems.append(f"--position-variants must be among {list(POSITION_MODES)}, got {s.position_variants}")
+    return problems
+
+
+# ---- estimate
+def estimate_seconds(s: PSREvalSettings, n_layers: int = 30) -> dict[str, float]:
     """Rough seconds per stage on the shared CPU (see :data:`COST`)."""
-    c = min(args.concepts, args.eval_concepts)
-    n_psr = 7 + len([v for v in args.position_variants if v != args.positions])
-    accepted = args.train_prompts * args.teacher_candidates * 0.35
+    c = min(s.concepts, s.eval_concepts)
+    n_psr = 7 + len([v for v in s.position_variants if v != s.positions])
+    accepted = s.train_prompts * s.teacher_candidates * 0.35
     searched = n_psr + 1  # PSRs, floor and position variants + DiffMean
-    per_search = COST["search_pair"] * (len(args.psr_grid) + args.refine + 2) / 7 * args.max_new_tokens / 32
+    per_search = COST["search_pair"] * (len(s.psr_grid) + s.refine + 2) / 7 * s.max_new_tokens / 32
     parts = {
         "load": COST["load"],
-        "teacher (sampled + judged)": args.concepts * args.train_prompts * args.teacher_candidates * COST["teacher_candidate"],
-        "teacher (distillation)": c * args.distill_prompts * COST["distill_pair"],
-        "teacher Δ (all layers)": c * (accepted + args.distill_prompts) * COST["delta_record"],
-        "PSR training": c * (7 * COST["psr_init"] + 4 * args.steps * COST["e2e_step"] * args.batch_size / 4
+        "teacher (sampled + judged)": s.concepts * s.train_prompts * s.teacher_candidates * COST["teacher_candidate"],
+        "teacher (distillation)": c * s.distill_prompts * COST["distill_pair"],
+        "teacher Δ (all layers)": c * (accepted + s.distill_prompts) * COST["delta_record"],
+        "PSR training": c * (7 * COST["psr_init"] + 4 * s.steps * COST["e2e_step"] * s.batch_size / 4
                              + 4 * COST["diagnose"]),
-        "evaluation": c * (searched * per_search * (0.4 if args.joint else 1.0) + COST["prompt_pair"]
+        "evaluation": c * (searched * per_search * (0.4 if s.joint else 1.0) + COST["prompt_pair"]
                            + COST["diffmean_concept"]),
     }
     parts["total"] = sum(parts.values())
     return parts
 
 
-# ============================================================================ data
-def load_data(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+# ---- data
+def load_data(s: PSREvalSettings, tiny: bool) -> tuple[list[Any], list[Any]]:
     """The ``--concepts`` concepts and the train + eval base prompts."""
-    concepts, prompts = common.load_concepts_and_prompts(args, args.concepts)
-    n_prompts = max(args.train_prompts, args.distill_prompts) + args.eval_prompts
+    data_args = argparse.Namespace(tiny=tiny, concept_seed=s.concept_seed, prompt_sources=s.prompt_sources)
+    concepts, prompts = common.load_concepts_and_prompts(data_args, s.concepts)
+    n_prompts = max(s.train_prompts, s.distill_prompts) + s.eval_prompts
     if len(prompts) < n_prompts:
         raise SystemExit(f"need {n_prompts} base prompts, have {len(prompts)} (add --prompt-sources)")
-    return concepts, common.pick_prompts(prompts, args.seed, n_prompts)
+    return concepts, common.pick_prompts(prompts, s.seed, n_prompts)
 
 
 def teacher_analysis(records: Sequence[Any], layer: int, diffmean_unit: torch.Tensor | None) -> dict[str, float]:
@@ -192,7 +245,7 @@ def _mean(values: Sequence[Any]) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-# ============================================================================ plots
+# ---- plots
 def draw_heatmap(model: Any, record: Any, psrs: dict[str, Any], layer: int, path: Path, concept: str) -> dict[str, Any]:
     """‖Δ_t‖ at ``layer`` next to each PSR's λ_t (its top layer, read through the inference hooks) on one response."""
     from analysis.token_effects import heatmap_png, pearson, spearman, token_labels
@@ -236,7 +289,7 @@ def fidelity_plot(curves: dict[str, dict[str, list[float]]], layers: list[int], 
     plt.close(fig)
 
 
-# ============================================================================ report
+# ---- report
 def score_rows(result: Any, methods: Sequence[str], concepts: Sequence[str]) -> tuple[dict[str, Any], list[dict]]:
     """Per method: mean and bootstrap interval over concepts of each rating (report half), plus search info."""
     from hooksteer.evaluate.stats import bootstrap_ci
@@ -387,18 +440,25 @@ def rerender(folder: Path) -> None:
     print(text)
 
 
-# ============================================================================ main
+# ---- main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+    settings, args = parse_settings(argv)
+    s, tiny = settings, args.tiny
     if args.rerender is not None:
         rerender(args.rerender)
         return {}
-    estimate = estimate_seconds(args)
+    estimate = estimate_seconds(s)
     log("time estimate (shared 2-core CPU, 1 thread): " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in estimate.items()))
     if args.estimate_only:
         return {"estimate": estimate}
-    began = common.start_run(args)
-    out: Path = args.out
+    out = Path(s.out)  # type: ignore[arg-type]
+    # what common's helpers read (run_info writes it as results.json's "config"): the settings and the actions
+    run = argparse.Namespace(**{**dataclasses.asdict(s), "out": out, "tiny": tiny,
+                                "estimate_only": args.estimate_only, "rerender": args.rerender})
+    began = common.start_run(run)
+    from hooksteer.settings import save_settings
+
+    save_settings(settings, out / "settings.json")
 
     import analysis.token_effects  # noqa: F401  (imported now: a long run must not fail on a late import)
     import hooksteer.evaluate.stats  # noqa: F401
@@ -415,26 +475,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     stage = time.perf_counter()
     log("loading model and data ...")
-    model = common.load_model(args.tiny, args.seed)
-    generator = model if args.model_class == "hooked" else common.load_bridge(args.tiny, args.seed)
+    model = common.load_model(tiny, s.seed)
+    generator = model if s.model_class == "hooked" else common.load_bridge(tiny, s.seed)
     generator.requires_grad_(False)
     n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
-    layer = args.layer if args.layer is not None else default_layer(n_layers)
-    apsr_layers = args.apsr_layers or list(range(n_layers))
-    train_from = args.train_from if args.train_from is not None else layer
-    concepts, prompts = load_data(args)
-    split = common.save_split(concepts, prompts, out / "split.json", seed=args.seed, held_out=len(concepts),
-                              held_in=0, eval_prompts=args.eval_prompts)
+    layer = s.layer if s.layer is not None else default_layer(n_layers)
+    apsr_layers = s.apsr_layers or list(range(n_layers))
+    train_from = s.train_from if s.train_from is not None else layer
+    concepts, prompts = load_data(s, tiny)
+    split = common.save_split(concepts, prompts, out / "split.json", seed=s.seed, held_out=len(concepts),
+                              held_in=0, eval_prompts=s.eval_prompts)
     eval_concepts = split.select(concepts, split.held_out_concepts)
     train_pool = split.select(prompts, split.train_prompts)
     eval_prompts = split.select(prompts, split.eval_prompts)
-    sampled_prompts, distill_prompts = train_pool[: args.train_prompts], train_pool[: args.distill_prompts]
-    judge = CachedJudge(common.make_judge(args.tiny, model))
+    sampled_prompts, distill_prompts = train_pool[: s.train_prompts], train_pool[: s.distill_prompts]
+    judge = CachedJudge(common.make_judge(tiny, model))
     seconds["load"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
-    log(f"sampled teacher: {len(eval_concepts)} concepts × {len(sampled_prompts)} prompts × {args.teacher_candidates} ...")
-    result, teacher_stats = common.teacher_targets(args, generator, judge, eval_concepts, sampled_prompts,
+    log(f"sampled teacher: {len(eval_concepts)} concepts × {len(sampled_prompts)} prompts × {s.teacher_candidates} ...")
+    result, teacher_stats = common.teacher_targets(run, generator, judge, eval_concepts, sampled_prompts,
                                                    out / "teacher.jsonl")
     from hooksteer.data.teacher import TeacherConfig
 
@@ -444,30 +504,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if missing:
         log(f"fewer than 2 accepted sampled answers for {missing}: these concepts are dropped")
         eval_concepts = [c for c in eval_concepts if c.id not in missing]
-    eval_concepts = eval_concepts[: args.eval_concepts]
+    eval_concepts = eval_concepts[: s.eval_concepts]
     if not eval_concepts:
         raise SystemExit("no concept has teacher answers: nothing to train PSR on")
     stage = time.perf_counter()
     log(f"distillation teacher: {len(eval_concepts)} concepts × {len(distill_prompts)} prompts ...")
     distill = build_distill_teacher(model, [(c, b) for c in eval_concepts for b in distill_prompts],
-                                    DistillConfig(max_new_tokens=args.teacher_tokens, top_k=args.top_k,
-                                                  batch_size=args.teacher_batch),
-                                    cache_dir=out / "distill_cache", generator=generator, progress=not args.tiny)
+                                    DistillConfig(max_new_tokens=s.teacher_tokens, top_k=s.top_k,
+                                                  batch_size=s.teacher_batch),
+                                    cache_dir=out / "distill_cache", generator=generator, progress=not tiny)
     seconds["teacher_distill"] = time.perf_counter() - stage
     ids = [c.id for c in eval_concepts]
     log(f"teacher: {sum(len(examples[c]) for c in ids)} accepted sampled answers, {len(distill)} distillation records")
 
     all_layers = sorted({layer, *apsr_layers})
-    data_s = PSRTeacherData(model, {c: examples[c] for c in ids}, all_layers, max_response_tokens=args.teacher_tokens,
+    data_s = PSRTeacherData(model, {c: examples[c] for c in ids}, all_layers, max_response_tokens=s.teacher_tokens,
                             prefix_tokens="auto", nll=True)
     data_d = PSRTeacherData.from_distill(model, distill.select(ids), all_layers,
                                          concepts={c.id: c for c in eval_concepts}, prefix_tokens="auto", nll=True)
-    common_cfg = {"d_model": d_model, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
-                  "positions": args.positions, "local_steps": args.local_steps,
-                  "held_out_fraction": args.held_out_fraction, "eval_every": args.eval_every, "patience": args.patience}
+    common_cfg = {"d_model": d_model, "lr": s.lr, "batch_size": s.batch_size, "seed": s.seed,
+                  "positions": s.positions, "local_steps": s.local_steps,
+                  "held_out_fraction": s.held_out_fraction, "eval_every": s.eval_every, "patience": s.patience}
     single = {"layers": [layer], "variant": "single"}
     adaptive = {"layers": apsr_layers, "variant": "adaptive"}
-    e2e = {"steps": args.steps}
+    e2e = {"steps": s.steps}
     psr_methods = [
         PSRMethod(data_s, PSRConfig(**single, loss="mse", steps=0, **common_cfg)),
         PSRMethod(data_s, PSRConfig(**single, loss="likelihood", **e2e, **common_cfg)),
@@ -482,8 +542,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         method.save_dir = out / "psrs" / method.name
     by_name = {m.name: m for m in psr_methods}
     variants = []
-    for positions in args.position_variants:
-        if positions == args.positions:
+    for positions in s.position_variants:
+        if positions == s.positions:
             continue
         base = by_name["a-psr-distill"]
         variant = PSRMethod(base.data, base.psr_config, name=f"a-psr-distill@{positions}", positions=positions)
@@ -505,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             heat[concept.id] = previous.get("heatmap_correlations", {}).get(concept.id)
         else:
             teacher[concept.id] = teacher_analysis(data_s.records(concept.id), layer, None)
-        if i < args.heatmaps and concept.id not in heat:
+        if i < s.heatmaps and concept.id not in heat:
             heat[concept.id] = draw_heatmap(model, data_s.records(concept.id)[0],
                                             {m.name: m.psrs[concept.id] for m in psr_methods if m.data is data_s},
                                             layer, out / f"heatmap_{concept.id}.png", concept.title)
@@ -519,18 +579,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{done / (i + 1) * (len(ids) - i - 1) / 60:.0f} min)")
     seconds["psr_training"] = time.perf_counter() - stage
 
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size)
-    joint = JointSearch(settings, seed=args.seed) if args.joint else None
-    search = {"judge": judge, "prompts": eval_prompts, "settings": settings, "seed": args.seed,
-              "target": args.coherence_target, "refine": args.refine, "rule": args.rule, "joint": joint}
+    generation = GenerationSettings(max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size)
+    joint = JointSearch(generation, seed=s.seed) if s.joint else None
+    search = {"judge": judge, "prompts": eval_prompts, "settings": generation, "seed": s.seed,
+              "target": s.coherence_target, "refine": s.refine, "rule": s.rule, "joint": joint}
     diffmean = DiffMeanMethod(layer=layer, texts_for=pool_texts_for(list(concepts)))
-    methods: list[Any] = [PromptSteering(), AlphaSearch(diffmean, grid=args.diffmean_grid, **search)]
-    methods += [AlphaSearch(m, grid=args.psr_grid, **search) for m in [*psr_methods, *variants]]
+    methods: list[Any] = [PromptSteering(), AlphaSearch(diffmean, grid=s.diffmean_grid, **search)]
+    methods += [AlphaSearch(m, grid=s.psr_grid, **search) for m in [*psr_methods, *variants]]
     stage = time.perf_counter()
     log(f"evaluating {[m.name for m in methods]} on {len(ids)} concepts × {len(eval_prompts)} held-out prompts ...")
     evaluation = evaluate(generator, methods, eval_concepts, eval_prompts, judge=judge, factors=[1.0],
-                          max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, seed=args.seed,
-                          out_dir=out / "evaluation", progress=not args.tiny)
+                          max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
+                          out_dir=out / "evaluation", progress=not tiny)
     seconds["evaluate"] = time.perf_counter() - stage
 
     names = [m.name for m in methods]
@@ -554,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         summary["nll_gap_closed_held_out"] = _mean(gaps)
         psr_training[m.name] = summary
 
-    fidelity_ids = ids[: args.fidelity_concepts] if args.fidelity_concepts else ids
+    fidelity_ids = ids[: s.fidelity_concepts] if s.fidelity_concepts else ids
     curves = {}
     for m in psr_methods:
         per_concept = [m.training[c].get("rel_error_per_layer", {}) for c in fidelity_ids]
@@ -567,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dead_per_layer = {m.name: {str(x): _mean([m.training[c].get("dead_share_per_layer", {}).get(str(x)) for c in ids])
                                for x in m.psr_config.layers} for m in psr_methods}
     report = {
-        **common.run_info("psr_eval", args, argv, model, judge),
+        **common.run_info("psr_eval", run, argv, model, judge),
         "layer": layer, "apsr_layers": apsr_layers, "train_from": train_from,
         "template_tokens": data_s.prefix_tokens, "estimate_seconds": estimate,
         "data": {"n_concepts": len(ids), "concepts": ids, "dropped_concepts": missing,

@@ -424,19 +424,63 @@ def test_response_gates_match_unsteered_gates_for_s_psr(tiny_llama):
         fit_metrics(psr, records)["lambda_delta_pearson"], abs=1e-4)
 
 
-def test_benchmark_tiny_runs_every_method_in_one_evaluation(tmp_path):
+def _psr_eval():
     import importlib.util
+    import sys
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "psr_eval.py"
     spec = importlib.util.spec_from_file_location("psr_eval", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["psr_eval"] = module  # dataclasses in the script resolve their annotations through sys.modules
     spec.loader.exec_module(module)
+    return module
+
+
+def test_psr_eval_command_line_parses_to_the_same_settings_as_before():
+    module = _psr_eval()
+    settings, args = module.parse_settings(
+        "--threads 1 --concepts 24 --train-prompts 6 --teacher-candidates 3 --distill-prompts 10 --local-steps 30 "
+        "--steps 8 --eval-every 4 --eval-prompts 6 --out runs/psr_eval20".split())
+    assert settings == module.PSREvalSettings(threads=1, concepts=24, train_prompts=6, teacher_candidates=3,
+                                              distill_prompts=10, local_steps=30, steps=8, eval_every=4,
+                                              eval_prompts=6, out="runs/psr_eval20")
+    assert (settings.eval_concepts, settings.psr_grid, settings.position_variants, settings.joint,
+            settings.apsr_layers, settings.lr) == (20, [0.5, 1.0, 2.0, 4.0], ["after_sink"], True, None, 0.02)
+    assert not args.tiny and not args.estimate_only and args.rerender is None
+    settings, _ = module.parse_settings(["--position-variants", "--no-joint", "--apsr-layers", "0-29"])
+    assert settings.position_variants == [] and settings.joint is False and settings.apsr_layers == list(range(30))
+    tiny, _ = module.parse_settings(["--tiny", "--steps", "7"])
+    assert (tiny.steps, tiny.concepts, tiny.model_class) == (7, 2, "hooked")  # explicit flags win over --tiny
+    for bad in (["--eval-prompts", "1"], ["--psr-grid"], ["--positions", "all"], ["--position-variants", "x"]):
+        with pytest.raises(SystemExit):
+            module.parse_settings(bad)
+
+
+def test_psr_eval_saves_settings_json_before_loading_the_model(tmp_path, monkeypatch):
+    module = _psr_eval()
+    flags = ["--tiny", "--steps", "3", "--apsr-layers", "0,1", "--no-joint", "--out", str(tmp_path)]
+
+    def stop(*_args, **_kwargs):
+        raise RuntimeError("stopped before loading the model")
+
+    monkeypatch.setattr(module.common, "load_model", stop)
+    with pytest.raises(RuntimeError, match="stopped"):
+        module.main(flags)
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    assert saved.pop("class") == "PSREvalSettings"
+    assert module.PSREvalSettings(**saved) == module.parse_settings(flags)[0]
+    assert not (tmp_path / "settings.json.tmp").exists()
+
+
+def test_benchmark_tiny_runs_every_method_in_one_evaluation(tmp_path):
+    module = _psr_eval()
     report = module.main(["--tiny", "--out", str(tmp_path)])
     assert set(report["scores"]) == {"prompt", "diffmean", "s-psr-mse", "s-psr-likelihood", "s-psr-distill",
                                      "a-psr-mse", "a-psr-likelihood", "a-psr-distill", "constant-floor",
                                      "a-psr-distill@after_sink"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["verdict"] == report["verdict"]
+    assert json.loads((tmp_path / "settings.json").read_text())["steps"] == saved["config"]["steps"] == 2
     assert 0.0 <= saved["teacher"][report["data"]["concepts"][0]]["top10_share"] <= 1.0
     assert all((tmp_path / f"heatmap_{c}.png").is_file() for c in report["data"]["concepts"])
     assert (tmp_path / "evaluation" / "results.json").is_file() and (tmp_path / "fidelity_per_layer.png").is_file()
