@@ -237,4 +237,6 @@ def test_real_judge_ranks_good_above_bad() -> None:
         assert on.score >= 1.5, msg
         assert all(on.score > rated[k].score for k in kinds[1:]), msg
         assert mean["on"] > mean["off"] > mean["repeated_off"], msg
-    assert time.time() - start < 60
+    # a guard against a pathologically slow judge, not a benchmark: under 60 s alone on the 2 cores, 102 s while
+    # two benchmarks shared them, so the bound leaves room for a loaded machine
+    assert time.time() - start < 240
