@@ -119,6 +119,9 @@ class HyperSteerEvalSettings:
     eval_batch_size: int = field(default=32, metadata={"help": "generation batch"})
     curve: list[int] = field(default_factory=list, metadata={"help": "training-set sizes (concepts) for the scale "
                                                                       "curve, each < --train-concepts"})
+    curve_metric: str = field(default="score", metadata={
+        "help": "what each curve point measures: the steering score (generations, judged) or only the held-out "
+                "eval KL (no generation; much cheaper)", "choices": ["score", "kl"]})
     no_held_in: bool = field(default=False, metadata={"help": "evaluate held-out concepts only"})
     samples: int = field(default=20, metadata={"help": "generations written to samples.md"})
     timing_vectors: int = field(default=8, metadata={"help": "new (concept, prompt) pairs timed per variant"})
@@ -226,7 +229,7 @@ def estimate_seconds(s: HyperSteerEvalSettings, device: str) -> dict[str, float]
     n_curve = len(s.curve_variants or s.variants)
     generations = evaluated * s.eval_prompts * (n_factor_methods * max(len(s.factors), len(s.trained_factors)) + 2)
     curve_generations = len(s.curve) * n_curve * s.held_out * s.eval_prompts * (
-        len(s.factors) + len(s.trained_factors))
+        len(s.factors) + len(s.trained_factors)) * (s.curve_metric == "score")
     curve_steps = sum(s.steps or steps_for(n * s.train_prompts, s.epochs, s.batch_size) for n in s.curve) * n_curve
     step_seconds = rate["train_token"] * s.batch_size * tokens_per_example * 3  # forward + backward above the site
     return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"],
@@ -384,19 +387,22 @@ def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: A
             torch.manual_seed(s.seed)
             hyper = HyperSteer(model, hyper_config(s, spec, len(records)))
             info = train(hyper, records, [], out / f"{variant}-{size}", tiny)
+            point = {"concepts": size, "variant": variant, "n_examples": len(records), "steps": info["steps"],
+                     "train_seconds": info["seconds"], "eval_kl": mean_loss(hyper, eval_records)}
+            points.append(point)
+            if s.curve_metric == "kl":
+                continue
             methods = [HyperSteerMethod(hyper, texts_for=texts_for, name=f"hypersteer-{variant}@resid"),
                        HyperSteerMethod(hyper, magnitude="trained", factors=s.trained_factors, texts_for=texts_for,
                                         name=f"hypersteer-{variant}@trained")]
             result = evaluate(generator, methods, list(held_out), list(eval_prompts), judge=judge, factors=s.factors,
                               max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
-                              out_dir=out / f"{variant}-{size}" / "evaluation", progress=not tiny)
+                              out_dir=out / f"{variant}-{size}" / "evaluation", progress=not tiny,
+                              reuse="reused_from" in info)
             rows = [{"method": c.method, "concept_id": c.concept_id, **c.report} for c in result.concepts]
             ids = [c.id for c in held_out]
-            point = {"concepts": size, "variant": variant, "n_examples": len(records), "steps": info["steps"],
-                     "train_seconds": info["seconds"], "eval_kl": mean_loss(hyper, eval_records)}
             for method in (m.name for m in methods):
                 point[method.split("@")[1]] = bootstrap_ci(per_concept_scores(rows, method, ids)).to_dict()
-            points.append(point)
     return points
 
 
@@ -496,9 +502,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"evaluating {len(methods)} methods on {len(held_out)} held-out + {len(held_in)} held-in concepts × "
         f"{len(eval_prompts)} prompts ...")
     started = time.perf_counter()
+    reused = all("reused_from" in t for t in training.values())  # same weights as the saved evaluation's
     result = evaluate(generator, methods, eval_concepts, eval_prompts, judge=judge, factors=s.factors,
                       max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
-                      out_dir=out / "evaluation", progress=not tiny)
+                      out_dir=out / "evaluation", progress=not tiny, reuse=reused)
     eval_seconds = time.perf_counter() - started
     per_concept = [{"method": c.method, "concept_id": c.concept_id, "role": roles.get(c.concept_id),
                     "chosen_factor": c.chosen_factor, **c.report, **{k: c.info[k] for k in (
@@ -576,15 +583,25 @@ def markdown(report: dict[str, Any]) -> str:
               common.length_table(report["answer_lengths"]), ""]
     if report["curve"]:
         lines += ["## Scale curve (held-out)", ""]
+        points = list(report["curve"])
+        for name, train in report["training"].items():  # the full-size H of the main run ends each curve
+            variant = name.removeprefix("hypersteer-")
+            if name.startswith("hypersteer-") and any(p["variant"] == variant for p in points):
+                scores = report["scores"].get("held_out", {})
+                points.append({"variant": variant, "concepts": d["n_train_concepts"], "n_examples": d["n_train_pairs"],
+                               "eval_kl": report["eval_kl"][name]["held_out"],
+                               "resid": scores.get(f"{name}@resid", {}).get("score"),
+                               "trained": scores.get(f"{name}@trained", {}).get("score")})
+        points.sort(key=lambda p: (p["variant"], p["concepts"]))
         body = [[p["variant"], str(p["concepts"]), str(p["n_examples"]), fmt(p["eval_kl"]),
-                 str(common.interval_text(p["resid"])), str(common.interval_text(p["trained"]))]
-                for p in report["curve"]]
+                 str(common.interval_text(p.get("resid"))), str(common.interval_text(p.get("trained")))]
+                for p in points]
         lines += [table(body, ("variant", "train concepts", "examples", "eval KL", "score @resid", "score @trained")),
                   ""]
     lines += ["## Seconds", ""]
     t = report["data"]["teacher"]["train"]
     lines.append(f"Teacher: {fmt(t.get('seconds_per_pair'))} s per new pair, {fmt(t.get('tokens_per_second'), 0)} "
-                 f"tokens/s. Training tokens/s: " + ", ".join(f"{k} {v['tokens_per_second']:.0f}"
+                 f"tokens/s. Training tokens/s: " + ", ".join(f"{k} {fmt(v.get('tokens_per_second'), 0)}"
                                                              for k, v in report["training"].items()) + ". New vector: "
                  + ", ".join(f"{k} {v['seconds_per_vector']:.3f} s" for k, v in report["timing"].items()) + ".")
     return "\n".join(lines) + "\n"

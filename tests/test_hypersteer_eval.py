@@ -83,8 +83,15 @@ def test_tiny_pipeline_runs_and_saves(tmp_path):
     again = _benchmark().main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--curve"])
     assert all(t["n_new"] == 0 for t in again["data"]["teacher"].values())
     assert all("reused_from" not in t for t in again["training"].values())  # other settings: retrained
-    # the same settings again: every trained module is reloaded (an interrupted run resumes), with the same vectors
-    resumed = _benchmark().main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--curve"])
+    # the same settings again: every trained module is reloaded (an interrupted run resumes), with the same vectors,
+    # and so is the evaluation those modules got (not generated again); a KL-only curve point trains but generates
+    evaluated = (tmp_path / "evaluation" / "generations.json").stat().st_mtime_ns
+    resumed = _benchmark().main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--curve", "4",
+                                 "--curve-metric", "kl"])
+    assert (tmp_path / "evaluation" / "generations.json").stat().st_mtime_ns == evaluated
+    assert resumed["per_concept"] == again["per_concept"]
+    assert [set(p) >= {"eval_kl", "concepts"} and "resid" not in p for p in resumed["curve"]] == [True, True]
+    assert "| no_context | 8 |" in (tmp_path / "results.md").read_text()  # the full-size H ends the curve
     assert all(t["reused_from"].startswith(str(tmp_path)) for t in resumed["training"].values())
     for name, by_role in again["eval_kl"].items():
         assert resumed["eval_kl"][name] == pytest.approx(by_role, rel=1e-5)

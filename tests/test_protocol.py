@@ -233,6 +233,28 @@ def test_results_are_saved_and_reloadable(tmp_path):
     json.loads((tmp_path / "results.json").read_text())  # strict JSON (no NaN)
 
 
+def test_reuse_loads_a_saved_run_with_the_same_settings_only(tmp_path):
+    calls: list[float] = []
+
+    def answer(prompt, factor):
+        calls.append(factor)
+        return f"TARGET {factor}" if factor == 2.0 else "x"
+
+    def run(factors, reuse):
+        return evaluate(None, [TableMethod(answer)], CONCEPTS, PROMPTS, judge=KeywordJudge(), factors=factors,
+                        seed=3, out_dir=tmp_path, progress=False, reuse=reuse)
+
+    first = run([1.0, 2.0], reuse=True)  # nothing saved yet: generates
+    n = len(calls)
+    assert n > 0
+    again = run([1.0, 2.0], reuse=True)  # same settings: loaded, nothing generated
+    assert len(calls) == n and again.concepts == first.concepts and again.generations == first.generations
+    run([1.0, 2.0], reuse=False)  # reuse is opt-in
+    assert len(calls) == 2 * n
+    other = run([1.0, 3.0], reuse=True)  # other factors: generated anew
+    assert len(calls) == 3 * n and other.config["factors"] == [1.0, 3.0]
+
+
 # ============================================================================ adapters on tiny models
 def test_prompt_baseline_rewrites_message_and_adds_no_hooks(tiny_llama, monkeypatch):
     seen: list[list[str]] = []

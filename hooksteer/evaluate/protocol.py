@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import Counter
@@ -259,6 +260,7 @@ def evaluate(
     seed: int = 0,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    reuse: bool = False,
 ) -> EvaluationResult:
     """Compare steering methods on concepts with held-out factor selection (AxBench protocol).
 
@@ -277,6 +279,10 @@ def evaluate(
         seed: fixes the prompt split, the sampling and random controls: same seed → same generations.
         out_dir: where to save results (nothing is written when None).
         progress: show a tqdm bar over (method, concept) pairs.
+        reuse: when ``out_dir`` already holds the results of a run with the same settings (model, methods'
+            configs, concepts, prompts, judge, factors, generation settings, seed), load and return them instead
+            of generating again (e.g. a benchmark resuming after an interruption). The caller vouches that the
+            methods' weights are the ones evaluated then: a method's config does not include its weights.
 
     Example:
         >>> result = evaluate(model, [PromptSteering()], concepts, prompts, judge=judge)   # doctest: +SKIP
@@ -286,6 +292,11 @@ def evaluate(
     factors = check_factors(factors)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                   batch_size=batch_size)
+    if reuse and out_dir is not None:
+        previous = _previous_run(out_dir, _run_config(model, methods, concepts, base_prompts, judge, factors,
+                                                      settings, seed))
+        if previous is not None:
+            return previous
     jobs = [(method, concept) for method in methods for concept in concepts]
     results: list[ConceptResult] = []
     generations: list[Generation] = []
@@ -300,6 +311,22 @@ def evaluate(
     if out_dir is not None:
         evaluation.save(out_dir)
     return evaluation
+
+
+def _previous_run(out_dir: str | Path, config: dict[str, Any]) -> EvaluationResult | None:
+    """The results saved in ``out_dir`` if they come from a run with ``config`` (the hooksteer version aside)."""
+    out = Path(out_dir)
+    if not (out / "results.json").is_file() or not (out / "generations.json").is_file():
+        return None
+    try:
+        previous = load_results(out)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+    def comparable(c: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in c.items() if k != "hooksteer_version"}, sort_keys=True, default=str)
+
+    return previous if comparable(previous.config) == comparable(config) else None
 
 
 def _run_config(model: nn.Module, methods: Sequence[SteeringMethod], concepts: Sequence[Concept],
