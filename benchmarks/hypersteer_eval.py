@@ -584,7 +584,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report["curve"]:
         lines += ["## Scale curve (held-out)", ""]
         points = list(report["curve"])
-        for name, train in report["training"].items():  # the full-size H of the main run ends each curve
+        for name in report["training"]:  # the full-size H of the main run ends each curve
             variant = name.removeprefix("hypersteer-")
             if name.startswith("hypersteer-") and any(p["variant"] == variant for p in points):
                 scores = report["scores"].get("held_out", {})
