@@ -544,8 +544,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
     }
     common.write_samples(result, eval_concepts, out / "samples.md", s.samples,
-                         methods=["none", "prompt", f"hypersteer-{first}@trained", f"hypersteer-{last}@trained",
-                                  "oracle@trained", "floor@trained", "diffmean"])
+                         methods=list(dict.fromkeys(["none", "prompt", f"hypersteer-{first}@trained",
+                                                     f"hypersteer-{last}@trained", "oracle@resid", "oracle@trained",
+                                                     "floor@trained", "diffmean"])))
     common.save_report(report, out, began, markdown)
     return report
 
