@@ -48,7 +48,7 @@ HYPER_DIR = "hypersteer"
 class HyperSteerDemoSettings:
     """Every setting of the HyperSteer demo (CLI flags ``--hypersteer-<name>``)."""
 
-    train_concepts: int = field(default=60, metadata={"help": "Wikipedia concepts H is trained on"})
+    train_concepts: int = field(default=40, metadata={"help": "Wikipedia concepts H is trained on"})
     held_out: int = field(default=3, metadata={"help": "held-out concepts shown (never trained on)"})
     train_prompts: int = field(default=4, metadata={"help": "base prompts per training concept"})
     eval_prompts: int = field(default=2, metadata={"help": "held-out base prompts (eval KL; the first is shown)"})
@@ -59,7 +59,7 @@ class HyperSteerDemoSettings:
                                                                  "reads the model's own layer-n_blocks features)"})
     pooling: str = field(default="mean", metadata={"help": "what H's head reads", "choices": ["mean", "last"]})
     layer: int | None = field(default=None, metadata={"help": "injection layer (default ~2/3 of the depth)"})
-    epochs: float = field(default=4.0, metadata={"help": "training epochs (ignored when steps is set)"})
+    epochs: float = field(default=3.0, metadata={"help": "training epochs (ignored when steps is set)"})
     steps: int | None = field(default=None, metadata={"help": "training steps"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate of H's blocks"})
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of the head's weight (none: lr)"})
