@@ -38,11 +38,27 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def apply_tiny_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser, tiny: Mapping[str, Any]) -> None:
-    """Set each ``tiny`` setting the user left at its parser default (explicit flags win)."""
-    for key, value in tiny.items():
-        if getattr(args, key) == parser.get_default(key):
-            setattr(args, key, value)
+def finish_settings(settings: Any, parser: argparse.ArgumentParser, *, tiny: bool, tiny_values: Mapping[str, Any],
+                    validate: Callable[[Any], list[str]], default_out: Path) -> Any:
+    """Finish a benchmark's settings dataclass after parsing: with ``tiny``, set each ``tiny_values`` entry the
+    user left at its dataclass default (explicit flags win); stop with ``parser.error`` naming every problem
+    ``validate`` finds; default ``out`` to ``default_out`` (``default_out/tiny`` with ``tiny``)."""
+    if tiny:
+        defaults = type(settings)()
+        for key, value in tiny_values.items():
+            if getattr(settings, key) == getattr(defaults, key):
+                setattr(settings, key, value)
+    problems = validate(settings)
+    if problems:
+        parser.error("; ".join(problems))
+    if settings.out is None:
+        settings.out = str(default_out / "tiny" if tiny else default_out)
+    return settings
+
+
+def counts_below_one(settings: Any, names: Sequence[str]) -> list[str]:
+    """``"--NAME must be >= 1"`` for each of the ``names`` settings that is below 1."""
+    return [f"--{name.replace('_', '-')} must be >= 1" for name in names if getattr(settings, name) < 1]
 
 
 # ============================================================================ tiny stand-ins

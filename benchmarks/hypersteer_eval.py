@@ -148,27 +148,16 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[HyperSteerEvalSet
     parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
     add_arguments(parser, HyperSteerEvalSettings)
     args = parser.parse_args(argv)
-    settings = from_arguments(HyperSteerEvalSettings, args)
-    if args.tiny:
-        defaults = HyperSteerEvalSettings()
-        for key, value in TINY.items():
-            if getattr(settings, key) == getattr(defaults, key):
-                setattr(settings, key, value)
-    problems = validate(settings)
-    if problems:
-        parser.error("; ".join(problems))
-    if settings.out is None:
-        settings.out = str(DEFAULT_OUT / "tiny" if args.tiny else DEFAULT_OUT)
+    settings = common.finish_settings(from_arguments(HyperSteerEvalSettings, args), parser, tiny=args.tiny, tiny_values=TINY,
+                                      validate=validate, default_out=DEFAULT_OUT)
     return settings, args
 
 
 def validate(s: HyperSteerEvalSettings) -> list[str]:
     """Every problem with the settings (empty when they are fine), checked before anything runs."""
-    problems = []
-    for name in ("train_concepts", "held_out", "train_prompts", "teacher_tokens", "top_k", "teacher_batch",
-                 "n_blocks", "batch_size", "max_new_tokens", "eval_batch_size", "threads"):
-        if getattr(s, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be >= 1")
+    problems = common.counts_below_one(s, ("train_concepts", "held_out", "train_prompts", "teacher_tokens", "top_k",
+                                           "teacher_batch", "n_blocks", "batch_size", "max_new_tokens",
+                                           "eval_batch_size", "threads"))
     if s.held_in < 0 or s.held_in > s.train_concepts:
         problems.append("--held-in must be between 0 and --train-concepts")
     if s.eval_prompts < 2:
@@ -293,29 +282,26 @@ def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out:
     (a benchmark stopped during evaluation resumes without retraining)."""
     from hooksteer.hypersteer import HyperSteerTrainer
     from hooksteer.hypersteer.trainer import encoded_lengths
-
-    reused = saved_training(module, out)
-    if reused is not None:
-        module.eval()
-        module.base_model.requires_grad_(False)
-        return reused
-    trainer = HyperSteerTrainer(module, records, eval_records or None, output_dir=None, progress=not tiny)
-    result = trainer.train()
-    module = trainer.hyper
-    module.eval()
-    module.base_model.requires_grad_(False)
-    module.save(out)
-    history = result.to_dict()
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    lengths = encoded_lengths(trainer.train_data)
-    tokens = result.steps * module.config.batch_size * (lengths.get("prompt_tokens", 0) + lengths.get("target_tokens", 0))
-    info = {**history, "n_train_examples": len(records), "trainable_parameters": sum(
-        p.numel() for p in module.parameters() if p.requires_grad), "tokens_per_second": tokens / max(result.seconds, 1e-9),
-        "eval_loss_start": history["eval_loss"][0]["eval_loss"] if history["eval_loss"] else None,
-        "eval_loss_end": history["eval_loss"][-1]["eval_loss"] if history["eval_loss"] else None}
     from hooksteer.io import atomic_write_text
 
-    atomic_write_text(out / "training.json", json.dumps(info, indent=2))
+    info = saved_training(module, out)
+    if info is None:
+        trainer = HyperSteerTrainer(module, records, eval_records or None, output_dir=None, progress=not tiny)
+        result = trainer.train()
+        module = trainer.hyper
+        history = result.to_dict()
+        lengths = encoded_lengths(trainer.train_data)
+        tokens = result.steps * module.config.batch_size * (lengths.get("prompt_tokens", 0)
+                                                            + lengths.get("target_tokens", 0))
+        info = {**history, "n_train_examples": len(records), "trainable_parameters": sum(
+            p.numel() for p in module.parameters() if p.requires_grad),
+            "tokens_per_second": tokens / max(result.seconds, 1e-9),
+            "eval_loss_start": history["eval_loss"][0]["eval_loss"] if history["eval_loss"] else None,
+            "eval_loss_end": history["eval_loss"][-1]["eval_loss"] if history["eval_loss"] else None}
+        module.save(out)
+        atomic_write_text(out / "training.json", json.dumps(info, indent=2))  # the trainer's history and more
+    module.eval()
+    module.base_model.requires_grad_(False)
     return info
 
 

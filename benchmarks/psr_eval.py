@@ -152,17 +152,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[PSREvalSettings, 
     p.add_argument("--apsr-layers", type=parse_layers, default=None,  # one LAYERS string, not a list of ints
                    help=PSREvalSettings.__dataclass_fields__["apsr_layers"].metadata["help"])
     args = p.parse_args(argv)
-    settings = from_arguments(PSREvalSettings, args)
-    if args.tiny:
-        defaults = PSREvalSettings()
-        for key, value in TINY.items():
-            if getattr(settings, key) == getattr(defaults, key):
-                setattr(settings, key, value)
-    problems = validate(settings)
-    if problems:
-        p.error("; ".join(problems))
-    if settings.out is None:
-        settings.out = str(DEFAULT_OUT / "tiny" if args.tiny else DEFAULT_OUT)
+    settings = common.finish_settings(from_arguments(PSREvalSettings, args), p, tiny=args.tiny, tiny_values=TINY,
+                                      validate=validate, default_out=DEFAULT_OUT)
     return settings, args
 
 
@@ -170,12 +161,9 @@ def validate(s: PSREvalSettings) -> list[str]:
     """Every problem with the settings (empty when they are fine), checked before anything runs."""
     from hooksteer.psr.model import POSITION_MODES
 
-    problems = []
-    for name in ("threads", "concepts", "eval_concepts", "train_prompts", "distill_prompts", "teacher_candidates",
-                 "teacher_tokens", "teacher_batch", "top_k", "batch_size", "eval_every", "max_new_tokens",
-                 "eval_batch_size"):
-        if getattr(s, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be >= 1")
+    problems = common.counts_below_one(s, ("threads", "concepts", "eval_concepts", "train_prompts", "distill_prompts",
+                                           "teacher_candidates", "teacher_tokens", "teacher_batch", "top_k",
+                                           "batch_size", "eval_every", "max_new_tokens", "eval_batch_size"))
     if s.eval_prompts < 2:
         problems.append("--eval-prompts must be >= 2")
     for name in ("prompt_sources", "psr_grid", "diffmean_grid"):
