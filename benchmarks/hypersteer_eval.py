@@ -49,7 +49,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -91,11 +91,16 @@ class HyperSteerEvalSettings:
     teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
     teacher_cache: str | None = field(default=None, metadata={"help": "distillation cache folder (default OUT/teacher)"})
     variants: list[str] = field(default_factory=lambda: ["no_context", "cross_attention"], metadata={
-        "help": f"HyperSteer variants ({', '.join(VARIANT_CHOICES)}), each optionally VARIANT:BLOCKS[:frozen], "
-                "e.g. no_context:12:frozen (H reads the base model's own frozen layer-12 features)"})
+        "help": f"HyperSteer variants ({', '.join(VARIANT_CHOICES)}), each optionally VARIANT:BLOCKS[:FLAG...], "
+                "e.g. no_context:12:frozen (H reads the base model's own frozen layer-12 features); flags: frozen, "
+                "ridge (the head fitted in closed form to the training concepts' oracle vectors instead of trained "
+                "end to end), prior (the direction prior, Δ += g·(x − μ)/‖x − μ‖, g from --prior-gain), noweight "
+                "(with prior: no head weight, Δ = b + g·(x − μ)/‖x − μ‖)"})
     curve_variants: list[str] | None = field(default=None, metadata={
         "help": "variants retrained for the scale curve (none: all of --variants)"})
     n_blocks: int = field(default=2, metadata={"help": "H blocks"})
+    prior_gain: float = field(default=20.0, metadata={"help": "starting gain of the direction prior (variants with "
+                                                               "the prior flag)"})
     pooling: str = field(default="mean", metadata={"help": "what H's head reads", "choices": ["mean", "last"]})
     center: bool = field(default=True, metadata={"help": "centred head input, Δ = b + W(x − μ)"})
     layer: int | None = field(default=None, metadata={"help": "injection layer (default ~2/3 of the depth)"})
@@ -169,7 +174,7 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
     except ValueError as error:
         problems.append(str(error))
     else:
-        names = [name for name, _, _ in specs[: len(s.variants)]]
+        names = [spec.name for spec in specs[: len(s.variants)]]
         if not s.variants or len(set(names)) != len(names):
             problems.append(f"--variants must name each variant once, got {s.variants}")
         if s.curve_variants and not set(s.curve_variants) <= set(s.variants):
@@ -187,18 +192,52 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
     return problems
 
 
-def parse_variant(spec: str, default_blocks: int) -> tuple[str, int, bool]:
-    """``"no_context:12:frozen"`` → ``("no_context", 12, True)``; a bare variant uses ``--n-blocks``, trainable."""
+class VariantSpec(NamedTuple):
+    """One ``--variants`` entry: ``VARIANT[:BLOCKS[:FLAG...]]`` with flags ``frozen``, ``ridge``, ``prior``."""
+
+    variant: str
+    n_blocks: int
+    frozen: bool
+    ridge: bool = False
+    prior: bool = False
+    noweight: bool = False
+
+    @property
+    def name(self) -> str:
+        """Module name suffix: the variant, or e.g. ``no_context-ridge12`` / ``no_context-prior0`` with flags."""
+        flags = [flag for flag, on in (("ridge", self.ridge), ("prior", self.prior), ("noweight", self.noweight))
+                 if on]
+        return "-".join([self.variant, *flags]) + str(self.n_blocks) if flags else self.variant
+
+
+FLAGS = ("frozen", "ridge", "prior", "noweight")
+
+
+def parse_variant(spec: str, default_blocks: int) -> VariantSpec:
+    """``"no_context:12:frozen"`` → ``VariantSpec("no_context", 12, True)``; a bare variant uses ``--n-blocks``,
+    trainable. Flags: ``frozen`` (H's blocks and embeddings stay the base model's), ``ridge`` (H's head fitted in
+    closed form to the training concepts' oracle vectors, :func:`hooksteer.hypersteer.ridge.fit_head_ridge`, instead
+    of training end to end; implies frozen), ``prior`` (the direction prior, ``prior_gain=--prior-gain``),
+    ``noweight`` (with ``prior``: the head's weight stays zero, Δ = b + g·(x − μ)/‖x − μ‖; b and g train at
+    ``--bound-lr``, like the floor's vector)."""
     parts = spec.split(":")
-    if parts[0] not in VARIANT_CHOICES or len(parts) > 3 or (len(parts) == 3 and parts[2] != "frozen"):
-        raise ValueError(f"--variants: {spec!r} is not VARIANT[:BLOCKS[:frozen]] with VARIANT in {VARIANT_CHOICES}")
+    flags = parts[2:]
+    if parts[0] not in VARIANT_CHOICES or any(f not in FLAGS for f in flags) or len(set(flags)) != len(flags):
+        raise ValueError(f"--variants: {spec!r} is not VARIANT[:BLOCKS[:FLAG...]] with VARIANT in {VARIANT_CHOICES} "
+                         f"and each FLAG once, among {FLAGS}")
     try:
         blocks = int(parts[1]) if len(parts) > 1 else default_blocks
     except ValueError:
         raise ValueError(f"--variants: {spec!r}: BLOCKS must be an integer") from None
     if blocks < 0:
         raise ValueError(f"--variants: {spec!r}: BLOCKS must be >= 0")
-    return parts[0], blocks, len(parts) == 3
+    ridge = "ridge" in flags
+    if ridge and parts[0] != "no_context":
+        raise ValueError(f"--variants: {spec!r}: a ridge head is fitted for no_context only (one vector per "
+                         "steering prompt)")
+    if "noweight" in flags and ("prior" not in flags or ridge):
+        raise ValueError(f"--variants: {spec!r}: noweight needs prior (and no ridge head)")
+    return VariantSpec(parts[0], blocks, "frozen" in flags or ridge, ridge, "prior" in flags, "noweight" in flags)
 
 
 def steps_for(n_examples: int, epochs: float, batch_size: int) -> int:
@@ -219,10 +258,15 @@ def estimate_seconds(s: HyperSteerEvalSettings, device: str) -> dict[str, float]
     generations = evaluated * s.eval_prompts * (n_factor_methods * max(len(s.factors), len(s.trained_factors)) + 2)
     curve_generations = len(s.curve) * n_curve * s.held_out * s.eval_prompts * (
         len(s.factors) + len(s.trained_factors)) * (s.curve_metric == "score")
-    curve_steps = sum(s.steps or steps_for(n * s.train_prompts, s.epochs, s.batch_size) for n in s.curve) * n_curve
+    n_curve_trained = sum(not parse_variant(v, s.n_blocks).ridge for v in (s.curve_variants or s.variants))
+    curve_steps = sum(s.steps or steps_for(n * s.train_prompts, s.epochs, s.batch_size) for n in s.curve) * n_curve_trained
     step_seconds = rate["train_token"] * s.batch_size * tokens_per_example * 3  # forward + backward above the site
+    specs = [parse_variant(v, s.n_blocks) for v in s.variants]
+    trained = sum(not spec.ridge for spec in specs)
+    if any(spec.ridge for spec in specs):  # the training concepts' oracle, the ridge heads' targets
+        bound_steps += steps_for(n_train, s.bound_epochs, s.batch_size)
     return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"],
-            "train": (h_steps * len(s.variants) + bound_steps) * step_seconds,
+            "train": (h_steps * trained + bound_steps) * step_seconds,
             "evaluate": generations * rate["generation"],
             "curve": curve_steps * step_seconds + curve_generations * rate["generation"]}
 
@@ -241,13 +285,18 @@ def teacher_data(s: HyperSteerEvalSettings, model: Any, generator: Any, concepts
 def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int) -> Any:
     from hooksteer.hypersteer import HyperSteerConfig
 
-    variant, n_blocks, frozen = parse_variant(spec, s.n_blocks)
-    steps = s.steps or steps_for(n_examples, s.epochs, s.batch_size)
-    return HyperSteerConfig(variant=variant, n_blocks=n_blocks, freeze_blocks=frozen, layer=s.layer, lr=s.lr, head_lr=s.head_lr,
-                            head_bias_lr=s.head_bias_lr, pooling=s.pooling,
-                            center=s.center, loss=s.loss, batch_size=s.batch_size, max_steps=steps,
+    variant, n_blocks, frozen, ridge, prior, noweight = parse_variant(spec, s.n_blocks)
+    steps = 0 if ridge else s.steps or steps_for(n_examples, s.epochs, s.batch_size)
+    extra: dict[str, Any] = {"trained_steps": steps, **({"head_fit": "ridge", "ridge_targets": n_examples} if ridge
+                                                          else {})}
+    # without a head weight H is the floor's shared vector plus the prior's gain: both train at the bounds' rate
+    bias_lr = s.bound_lr if noweight else s.head_bias_lr
+    return HyperSteerConfig(variant=variant, n_blocks=n_blocks, freeze_blocks=frozen,
+                            prior_gain=s.prior_gain if prior else None, head_weight=not noweight, layer=s.layer, lr=s.lr, head_lr=s.head_lr,
+                            head_bias_lr=bias_lr, pooling=s.pooling,
+                            center=s.center, loss=s.loss, batch_size=s.batch_size, max_steps=max(steps, 1),
                             warmup_steps=min(s.warmup_steps, steps // 4), seed=s.seed, eval_every=s.eval_every,
-                            log_every=max(1, min(10, steps)), save_every=0, extra={"trained_steps": steps})
+                            log_every=max(1, min(10, steps)), save_every=0, extra=extra)
 
 
 def bound_config(s: HyperSteerEvalSettings, n_examples: int, epochs: float) -> Any:
@@ -268,7 +317,11 @@ def saved_training(module: Any, out: Path) -> dict[str, Any] | None:
     if not record.is_file() or not (out / "config.json").is_file():
         return None
     saved = json.loads((out / "config.json").read_text())
-    if saved.get("config") != module.config.to_dict() or (
+    try:  # a config saved before a field existed holds that field's default
+        saved_config = type(module.config).from_dict(saved.get("config") or {}).to_dict()
+    except (TypeError, ValueError):
+        return None
+    if saved_config != module.config.to_dict() or (
             "keys" in saved and saved["keys"] != getattr(module, "keys", None)):
         return None
     module.load_weights(out)
@@ -302,6 +355,24 @@ def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out:
         atomic_write_text(out / "training.json", json.dumps(info, indent=2))  # the trainer's history and more
     module.eval()
     module.base_model.requires_grad_(False)
+    return info
+
+
+def fit_ridge_head(hyper: Any, oracle_train: Any, keys: Sequence[str], out: Path, seed: int) -> dict[str, Any]:
+    """Fit ``hyper``'s head in closed form to the oracle vectors of the steering prompts ``keys`` (cross-validated
+    ridge strength), save it to ``out`` and return its record; reloaded instead when ``out`` holds the same fit."""
+    from hooksteer.hypersteer.ridge import fit_head_ridge
+    from hooksteer.io import atomic_write_text
+
+    info = saved_training(hyper, out)
+    if info is None:
+        started = time.perf_counter()
+        fit = fit_head_ridge(hyper, keys, oracle_train.vectors(list(keys)).cpu(), seed=seed)
+        info = {"steps": 0, "seconds": time.perf_counter() - started, "head_fit": fit.to_dict(),
+                "n_train_examples": len(keys), "trainable_parameters": 0, "tokens_per_second": None}
+        hyper.save(out)
+        atomic_write_text(out / "training.json", json.dumps(info, indent=2))
+    hyper.eval()
     return info
 
 
@@ -355,8 +426,10 @@ def methods_for(s: HyperSteerEvalSettings, modules: dict[str, Any], texts_for: A
 
 def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: Any, train_data: Any,
                  train_concepts: Sequence[Any], held_out: Sequence[Any], eval_prompts: Sequence[Any],
-                 eval_records: list[Any], texts_for: Any, out: Path, tiny: bool) -> list[dict[str, Any]]:
-    """H retrained on nested subsets of the training concepts: held-out eval KL and steering score per size."""
+                 eval_records: list[Any], texts_for: Any, out: Path, tiny: bool, oracle_train: Any = None
+                 ) -> list[dict[str, Any]]:
+    """H retrained on nested subsets of the training concepts (a ridge head refitted to their oracle vectors):
+    held-out eval KL and steering score per size."""
     from hooksteer.evaluate.protocol import evaluate
     from hooksteer.evaluate.stats import bootstrap_ci, per_concept_scores
     from hooksteer.hypersteer import HyperSteer
@@ -368,11 +441,17 @@ def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: A
         subset = {c.id for c in train_concepts[:size]}
         records = [r for r in train_data.records if r.concept_id in subset]
         for spec in s.curve_variants or s.variants:
-            variant = parse_variant(spec, s.n_blocks)[0]
+            parsed = parse_variant(spec, s.n_blocks)
+            variant = parsed.name
             log(f"curve: {spec} on {size} concepts ({len(records)} examples) ...")
             torch.manual_seed(s.seed)
-            hyper = HyperSteer(model, hyper_config(s, spec, len(records)))
-            info = train(hyper, records, [], out / f"{variant}-{size}", tiny)
+            if parsed.ridge:
+                keys = [c.steering_prompt for c in train_concepts[:size]]
+                hyper = HyperSteer(model, hyper_config(s, spec, len(keys)))
+                info = fit_ridge_head(hyper, oracle_train, keys, out / f"{variant}-{size}", s.seed)
+            else:
+                hyper = HyperSteer(model, hyper_config(s, spec, len(records)))
+                info = train(hyper, records, [], out / f"{variant}-{size}", tiny)
             point = {"concepts": size, "variant": variant, "n_examples": len(records), "steps": info["steps"],
                      "train_seconds": info["seconds"], "eval_kl": mean_loss(hyper, eval_records)}
             points.append(point)
@@ -455,14 +534,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # ---- train
     modules: dict[str, Any] = {}
     training: dict[str, Any] = {}
+    oracle_train = None
+    train_keys = [c.steering_prompt for c in train_concepts]
+    if any(parse_variant(spec, s.n_blocks).ridge for spec in s.variants):
+        log("training the oracle on the training concepts (targets of the ridge heads) ...")
+        oracle_train = ConceptVectors.oracle(model, train_keys, bound_config(s, len(train_data), s.bound_epochs))
+        training["oracle-train"] = train(oracle_train, train_data.records, [], out / "oracle-train", tiny)
     for spec in s.variants:
-        variant = parse_variant(spec, s.n_blocks)[0]
-        log(f"training HyperSteer {spec} ...")
+        parsed = parse_variant(spec, s.n_blocks)
+        name = f"hypersteer-{parsed.name}"
         torch.manual_seed(s.seed)
-        hyper = HyperSteer(model, hyper_config(s, spec, len(train_data)))
-        training[f"hypersteer-{variant}"] = train(hyper, train_data.records, eval_by_role["held_out"],
-                                                  out / f"hyper-{variant}", tiny)
-        modules[f"hypersteer-{variant}"] = hyper
+        if parsed.ridge:
+            log(f"fitting the head of HyperSteer {spec} to the oracle vectors of {len(train_keys)} training concepts ...")
+            hyper = HyperSteer(model, hyper_config(s, spec, len(train_keys)))
+            training[name] = fit_ridge_head(hyper, oracle_train, train_keys, out / f"hyper-{parsed.name}", s.seed)
+        else:
+            log(f"training HyperSteer {spec} ...")
+            hyper = HyperSteer(model, hyper_config(s, spec, len(train_data)))
+            training[name] = train(hyper, train_data.records, eval_by_role["held_out"], out / f"hyper-{parsed.name}",
+                                   tiny)
+        modules[name] = hyper
     log("training the floor (one shared vector) ...")
     floor = ConceptVectors.floor(model, bound_config(s, len(train_data), s.epochs))
     training["floor"] = train(floor, train_data.records, eval_by_role["held_out"], out / "floor", tiny)
@@ -480,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # ---- steering score
     pool = list(concepts)
     texts_for = pool_texts_for(pool)
-    first, last = (parse_variant(v, s.n_blocks)[0] for v in (s.variants[0], s.variants[-1]))
+    first, last = (parse_variant(v, s.n_blocks).name for v in (s.variants[0], s.variants[-1]))
     layer = modules[f"hypersteer-{first}"].layer
     methods = methods_for(s, modules, texts_for, layer)
     eval_concepts = [*held_out, *held_in]
@@ -488,10 +579,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"evaluating {len(methods)} methods on {len(held_out)} held-out + {len(held_in)} held-in concepts × "
         f"{len(eval_prompts)} prompts ...")
     started = time.perf_counter()
-    reused = all("reused_from" in t for t in training.values())  # same weights as the saved evaluation's
+    # a saved evaluation's results are reused per method: the untrained baselines, and each module reloaded with the
+    # weights it was evaluated with (a module trained anew is evaluated anew)
+    reusable = {"prompt", "none", "diffmean", *(f"{name}@{magnitude}" for name, info in training.items()
+                                               if "reused_from" in info for magnitude in ("resid", "trained"))}
     result = evaluate(generator, methods, eval_concepts, eval_prompts, judge=judge, factors=s.factors,
                       max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
-                      out_dir=out / "evaluation", progress=not tiny, reuse=reused)
+                      out_dir=out / "evaluation", progress=not tiny, reuse=reusable)
     eval_seconds = time.perf_counter() - started
     per_concept = [{"method": c.method, "concept_id": c.concept_id, "role": roles.get(c.concept_id),
                     "chosen_factor": c.chosen_factor, **c.report, **{k: c.info[k] for k in (
@@ -506,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     curve: list[dict[str, Any]] = []
     if s.curve:
         curve = curve_points(s, model, generator, judge, train_data, train_concepts, held_out, eval_prompts,
-                             eval_by_role["held_out"], texts_for, out / "curve", tiny)
+                             eval_by_role["held_out"], texts_for, out / "curve", tiny, oracle_train)
 
     # ---- timing
     pairs = [(c.steering_prompts[0], p.text) for c in held_out for p in eval_prompts][: s.timing_vectors]

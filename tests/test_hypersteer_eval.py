@@ -97,10 +97,66 @@ def test_tiny_pipeline_runs_and_saves(tmp_path):
         assert resumed["eval_kl"][name] == pytest.approx(by_role, rel=1e-5)
 
 
+def test_ridge_variant_added_to_a_finished_run_evaluates_only_its_own_methods(tmp_path, monkeypatch):
+    from hooksteer.evaluate import protocol
+
+    first = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "--curve"])
+    evaluated: list[str] = []
+    original = protocol.evaluate_concept
+
+    def counting(model, method, *args, **kwargs):
+        evaluated.append(method.name)
+        return original(model, method, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "evaluate_concept", counting)
+    added = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "no_context:1:ridge",
+                               "--curve", "4", "--curve-variants", "no_context:1:ridge", "--curve-metric", "kl"])
+    ridge = "hypersteer-no_context-ridge1"
+    assert set(evaluated) == {f"{ridge}@resid", f"{ridge}@trained"}  # the rest came back from the saved evaluation
+    old_rows = [r for r in added["per_concept"] if not r["method"].startswith(ridge)]
+    assert old_rows == first["per_concept"]
+    assert {r["method"] for r in added["per_concept"]} >= {f"{ridge}@resid", f"{ridge}@trained"}
+    fit = added["training"][ridge]["head_fit"]
+    assert fit["n_targets"] == 8 and fit["alpha"] > 0 and added["training"][ridge]["steps"] == 0
+    assert "oracle-train" in added["training"] and (tmp_path / "oracle-train" / "model.safetensors").is_file()
+    assert ridge in added["eval_kl"] and ridge in added["diagnostics"]
+    assert [p["variant"] for p in added["curve"]] == ["no_context-ridge1"] and added["curve"][0]["concepts"] == 4
+    with pytest.raises(SystemExit):
+        _benchmark().main(["--tiny", "--out", str(tmp_path / "bad"), "--variants", "cross_attention:1:ridge"])
+
+
 def test_estimate_only_prints_a_time_estimate_and_runs_nothing(tmp_path, capsys):
     report = _benchmark().main(["--estimate-only", "--out", str(tmp_path / "never")])
     assert set(report["estimate_seconds"]) == {"setup", "teacher", "train", "evaluate", "curve"}
     assert "estimated time" in capsys.readouterr().out and not (tmp_path / "never").exists()
+
+
+def test_variant_specs_parse_their_flags():
+    parse = _benchmark().parse_variant
+    assert parse("no_context", 2) == ("no_context", 2, False, False, False, False)
+    assert parse("no_context:0:frozen:prior", 2) == ("no_context", 0, True, False, True, False)
+    assert parse("no_context:0:frozen:prior:noweight", 2).name == "no_context-prior-noweight0"
+    assert parse("no_context:0:frozen:prior", 2).name == "no_context-prior0"
+    assert parse("no_context:12:ridge", 2) == ("no_context", 12, True, True, False, False)  # ridge implies frozen
+    assert parse("no_context:12:ridge", 2).name == "no_context-ridge12"
+    for bad in ("no_context:2:frozen:frozen", "no_context:2:warm", "no_context:x", "cross_attention:1:ridge",
+                "no_context:0:noweight"):
+        with pytest.raises(ValueError, match="--variants"):
+            parse(bad, 2)
+
+
+def test_a_module_saved_before_a_config_field_existed_is_still_reused(tiny_llama, tmp_path):
+    from hooksteer.hypersteer.bounds import ConceptVectors
+
+    module = ConceptVectors.oracle(tiny_llama, ["a", "b"], HyperSteerConfig(max_steps=1))
+    module.save(tmp_path)
+    (tmp_path / "training.json").write_text(json.dumps({"steps": 1}))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["config"]["prior_gain"]  # written by an older hooksteer
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert _benchmark().saved_training(module, tmp_path)["reused_from"] == str(tmp_path)
+    other = ConceptVectors.oracle(tiny_llama, ["a", "b"], HyperSteerConfig(max_steps=2))
+    assert _benchmark().saved_training(other, tmp_path) is None  # a real difference: retrained
 
 
 @pytest.mark.parametrize("flags", [["--held-out", "1"], ["--variants", "sideways"], ["--curve", "500"],

@@ -255,6 +255,45 @@ def test_reuse_loads_a_saved_run_with_the_same_settings_only(tmp_path):
     assert len(calls) == 3 * n and other.config["factors"] == [1.0, 3.0]
 
 
+def test_reuse_by_name_generates_only_the_added_or_changed_methods(tmp_path):
+    calls: dict[str, int] = {}
+
+    def writer(name, target_factor):
+        def answer(prompt, factor):
+            calls[name] = calls.get(name, 0) + 1
+            return f"TARGET {factor}" if factor == target_factor else "x"
+        return answer
+
+    class Configured(TableMethod):
+        def __init__(self, write, name, version):
+            super().__init__(write, name)
+            self.version = version
+
+        def config(self):
+            return {"name": self.name, "version": self.version}
+
+    def run(methods, reuse):
+        return evaluate(None, methods, CONCEPTS, PROMPTS, judge=KeywordJudge(), factors=[1.0, 2.0], seed=3,
+                        out_dir=tmp_path, progress=False, reuse=reuse)
+
+    first = run([Configured(writer("a", 2.0), "a", 1)], reuse=False)
+    n = calls["a"]
+    added = run([Configured(writer("a", 2.0), "a", 1), Configured(writer("b", 1.0), "b", 1)], reuse={"a", "b"})
+    assert calls == {"a": n, "b": n}  # a's results came from disk, only b was generated
+    assert [c for c in added.concepts if c.method == "a"] == first.concepts
+    assert [g for g in added.generations if g.method == "a"] == first.generations
+    assert added.methods == ["a", "b"] and {c.method for c in load_results(tmp_path).concepts} == {"a", "b"}
+    run([Configured(writer("a", 2.0), "a", 2), Configured(writer("b", 1.0), "b", 1)], reuse={"a", "b"})
+    assert calls == {"a": 2 * n, "b": n}  # a's config changed: generated again; b reused
+    run([Configured(writer("a", 2.0), "a", 2), Configured(writer("b", 1.0), "b", 1)], reuse={"a"})
+    assert calls == {"a": 2 * n, "b": 2 * n}  # b not named: generated again
+    evaluate(None, [Configured(writer("a", 2.0), "a", 2)], CONCEPTS[:1], PROMPTS, judge=KeywordJudge(),
+             factors=[1.0, 2.0], seed=3, out_dir=tmp_path, progress=False, reuse={"a"})
+    assert calls["a"] == 2 * n + n // 2  # other concepts: other settings, nothing reused
+    with pytest.raises(TypeError, match="single string"):
+        run([Configured(writer("a", 2.0), "a", 2)], reuse="a")
+
+
 # ============================================================================ adapters on tiny models
 def test_prompt_baseline_rewrites_message_and_adds_no_hooks(tiny_llama, monkeypatch):
     seen: list[list[str]] = []

@@ -28,7 +28,7 @@ import json
 import math
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -260,7 +260,7 @@ def evaluate(
     seed: int = 0,
     out_dir: str | Path | None = None,
     progress: bool = True,
-    reuse: bool = False,
+    reuse: bool | Collection[str] = False,
 ) -> EvaluationResult:
     """Compare steering methods on concepts with held-out factor selection (AxBench protocol).
 
@@ -283,6 +283,9 @@ def evaluate(
             configs, concepts, prompts, judge, factors, generation settings, seed), load and return them instead
             of generating again (e.g. a benchmark resuming after an interruption). The caller vouches that the
             methods' weights are the ones evaluated then: a method's config does not include its weights.
+            A collection of method names reuses per method: a saved run with the same settings except for its
+            list of methods gives back the results of the named methods it evaluated with the same config, and
+            only the other methods are generated (e.g. a benchmark that adds a method to an earlier run).
 
     Example:
         >>> result = evaluate(model, [PromptSteering()], concepts, prompts, judge=judge)   # doctest: +SKIP
@@ -292,21 +295,36 @@ def evaluate(
     factors = check_factors(factors)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                   batch_size=batch_size)
-    if reuse and out_dir is not None:
-        previous = _previous_run(out_dir, _run_config(model, methods, concepts, base_prompts, judge, factors,
-                                                      settings, seed))
+    config = _run_config(model, methods, concepts, base_prompts, judge, factors, settings, seed)
+    reused: dict[str, tuple[list[ConceptResult], list[Generation]]] = {}
+    if reuse is True and out_dir is not None:
+        previous = _previous_run(out_dir, config)
         if previous is not None:
             return previous
-    jobs = [(method, concept) for method in methods for concept in concepts]
-    results: list[ConceptResult] = []
-    generations: list[Generation] = []
+    elif reuse and out_dir is not None:
+        if isinstance(reuse, str):
+            raise TypeError("reuse takes True/False or a collection of method names, not a single string")
+        named = [m for m in methods if m.name in set(reuse)]
+        if len(named) == len(methods):  # every method may be reused: the very same run is returned as saved
+            previous = _previous_run(out_dir, config)
+            if previous is not None:
+                return previous
+        reused = _reusable_methods(out_dir, config, named)
+    jobs = [(method, concept) for method in methods if method.name not in reused for concept in concepts]
+    fresh: dict[str, tuple[list[ConceptResult], list[Generation]]] = {}
     for method, concept in tqdm(jobs, desc="evaluate", disable=not progress):
         others = [c for c in concepts if c.id != concept.id]
         result, rated = evaluate_concept(model, method, concept, others, _prompts_for(base_prompts, concept),
                                          factors, judge, settings, seed)
-        results.append(result)
-        generations.extend(rated)
-    config = _run_config(model, methods, concepts, base_prompts, judge, factors, settings, seed)
+        method_results, method_generations = fresh.setdefault(method.name, ([], []))
+        method_results.append(result)
+        method_generations.extend(rated)
+    results: list[ConceptResult] = []
+    generations: list[Generation] = []
+    for method in methods:
+        method_results, method_generations = reused.get(method.name) or fresh[method.name]
+        results.extend(method_results)
+        generations.extend(method_generations)
     evaluation = EvaluationResult(config=config, concepts=results, generations=generations)
     if out_dir is not None:
         evaluation.save(out_dir)
@@ -327,6 +345,38 @@ def _previous_run(out_dir: str | Path, config: dict[str, Any]) -> EvaluationResu
         return json.dumps({k: v for k, v in c.items() if k != "hooksteer_version"}, sort_keys=True, default=str)
 
     return previous if comparable(previous.config) == comparable(config) else None
+
+
+def _reusable_methods(out_dir: str | Path, config: dict[str, Any], methods: Sequence[SteeringMethod]
+                      ) -> dict[str, tuple[list[ConceptResult], list[Generation]]]:
+    """Saved results and generations of those ``methods`` that a run in ``out_dir`` with the same settings (its list
+    of methods and the hooksteer version aside) evaluated with the same method config, on every concept."""
+    out = Path(out_dir)
+    if not methods or not (out / "results.json").is_file() or not (out / "generations.json").is_file():
+        return {}
+    try:
+        previous = load_results(out)
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+
+    def settings_of(c: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in c.items() if k not in ("hooksteer_version", "methods")}, sort_keys=True,
+                          default=str)
+
+    if settings_of(previous.config) != settings_of(config):
+        return {}
+    saved_configs = {json.dumps(c, sort_keys=True, default=str) for c in previous.config.get("methods", [])}
+    concept_ids = list(config["concepts"])
+    reused: dict[str, tuple[list[ConceptResult], list[Generation]]] = {}
+    for method in methods:
+        if json.dumps(method.config(), sort_keys=True, default=str) not in saved_configs:
+            continue
+        by_concept = {c.concept_id: c for c in previous.concepts if c.method == method.name}
+        if set(by_concept) != set(concept_ids):
+            continue
+        reused[method.name] = ([by_concept[cid] for cid in concept_ids],
+                               [g for g in previous.generations if g.method == method.name])
+    return reused
 
 
 def _run_config(model: nn.Module, methods: Sequence[SteeringMethod], concepts: Sequence[Concept],

@@ -9,7 +9,8 @@ Modules: :mod:`.config` (settings), :mod:`.blocks` (H's blocks, cross-attention)
 (:class:`HyperSteer`: forward, ``vector()``, save/load), :mod:`.bounds` (:class:`ConceptVectors`: the
 oracle and floor that H is measured against), :mod:`.data` (tokenisation, batches, frozen activation
 cache), :mod:`.dataset` (a distillation dataset from the packaged concepts), :mod:`.loss` (steered logits,
-losses), :mod:`.trainer` (Accelerate trainer, :func:`mean_loss`), :mod:`.diagnostics` (collapse checks).
+losses), :mod:`.trainer` (Accelerate trainer, :func:`mean_loss`), :mod:`.ridge` (the head fitted in closed form to
+oracle vectors, :func:`fit_head_ridge`), :mod:`.diagnostics` (collapse checks).
 
 Example:
     >>> import hooksteer as hs                                              # doctest: +SKIP
@@ -27,6 +28,7 @@ from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.config import VARIANTS, HyperSteerConfig, HyperSteerConfigError, default_layer
 from hooksteer.hypersteer.dataset import DistillDataset, DistillDataSettings, build_distill_dataset
 from hooksteer.hypersteer.model import HyperSteer, HyperSteerFileError
+from hooksteer.hypersteer.ridge import RidgeFit, fit_head_ridge
 from hooksteer.hypersteer.trainer import (
     HyperSteerTrainer,
     TrainResult,
@@ -45,10 +47,12 @@ __all__ = [
     "HyperSteerConfigError",
     "HyperSteerFileError",
     "HyperSteerTrainer",
+    "RidgeFit",
     "TrainResult",
     "build_distill_dataset",
     "checkpoint_dirs",
     "default_layer",
+    "fit_head_ridge",
     "latest_checkpoint",
     "mean_loss",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,6 +68,13 @@ class HyperSteerConfig:
             bias b, and W only sees what differs between steering prompts, so one shared direction cannot
             absorb the concept-specific signal.
         center_momentum: weight of each training batch in the running mean μ (the first batch sets μ).
+        prior_gain: add a *direction prior* to the head, Δ = b + W·(x − μ) + g·(x − μ)/‖x − μ‖, with g a trained
+            scalar starting at ``prior_gain`` (``None``: no prior term; needs ``center``). With ``n_blocks=0`` the
+            head reads the mean token embedding of the steering prompt, so a new concept's vector starts along
+            its own words' embedding direction — which lines up with the concept-specific part of the distilled
+            per-concept vectors (``benchmarks/hypersteer_probe.py``), and needs no training concepts to learn.
+        head_weight: train the head's weight W. ``False`` keeps W at zero, so Δ = b + g·(x − μ)/‖x − μ‖: a
+            hypernetwork of d_model + 1 parameters (needs ``prior_gain``) that cannot memorise training concepts.
         h_layout: ``in_context`` only: ``"steering_last"`` (default; H reads base prompt ⊕ steering prompt,
             so the steering prompt is what H's last tokens read) or ``"steering_first"`` (format version 1).
 
@@ -108,6 +116,8 @@ class HyperSteerConfig:
     pooling: str = "mean"
     center: bool = True
     center_momentum: float = 0.05
+    prior_gain: float | None = None
+    head_weight: bool = True
     h_layout: str = "steering_last"
     loss: str = "distill"
 
@@ -192,6 +202,14 @@ class HyperSteerConfig:
                 raise HyperSteerConfigError(f"{name} must be > 0, got {value!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise HyperSteerConfigError(f"grad_clip must be > 0 (or None for no clipping), got {self.grad_clip!r}")
+        if self.prior_gain is not None:
+            if not (isinstance(self.prior_gain, int | float) and math.isfinite(self.prior_gain)):
+                raise HyperSteerConfigError(f"prior_gain must be a finite number or None, got {self.prior_gain!r}")
+            if not self.center:
+                raise HyperSteerConfigError("prior_gain needs center=True (the prior is the centred feature direction)")
+        if not self.head_weight and self.prior_gain is None:
+            raise HyperSteerConfigError("head_weight=False needs prior_gain: without W and the prior every steering "
+                                        "prompt would get the same vector")
         if self.head_init_std < 0:
             raise HyperSteerConfigError(f"head_init_std must be >= 0, got {self.head_init_std!r}")
         if n_layers is None:

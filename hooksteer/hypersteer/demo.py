@@ -58,6 +58,8 @@ class HyperSteerDemoSettings:
     freeze_blocks: bool = field(default=False, metadata={"help": "keep H's blocks at the base model's weights (H "
                                                                  "reads the model's own layer-n_blocks features)"})
     pooling: str = field(default="mean", metadata={"help": "what H's head reads", "choices": ["mean", "last"]})
+    prior_gain: float | None = field(default=None, metadata={
+        "help": "starting gain of the direction prior Δ += g·(x − μ)/‖x − μ‖ (none: no prior)"})
     layer: int | None = field(default=None, metadata={"help": "injection layer (default ~2/3 of the depth)"})
     epochs: float = field(default=3.0, metadata={"help": "training epochs (ignored when steps is set)"})
     steps: int | None = field(default=None, metadata={"help": "training steps"})
@@ -122,6 +124,7 @@ def _build_and_train(model: Any, hyper_dir: Path, s: HyperSteerDemoSettings, gen
     train, held = data.train.records, data.held_out.records
     steps = s.steps or max(1, math.ceil(s.epochs * len(train) / s.batch_size))
     config = HyperSteerConfig(variant=s.variant, n_blocks=s.n_blocks, freeze_blocks=s.freeze_blocks, layer=s.layer,
+                              prior_gain=s.prior_gain,
                               lr=s.lr, head_lr=s.head_lr, head_bias_lr=s.head_bias_lr, pooling=s.pooling,
                               loss="distill", batch_size=s.batch_size, max_steps=steps,
                               warmup_steps=min(10, steps // 5), seed=s.seed, eval_every=0,

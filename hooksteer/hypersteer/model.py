@@ -56,6 +56,7 @@ from hooksteer.vectors import SteeringVector
 
 FORMAT = "hooksteer.hypersteer"
 FORMAT_VERSION = "2"  # 2: centred head (center_mean buffer saved), mean pooling, steering prompt last in-context
+# (a config with prior_gain adds the trained scalar ``prior_gain`` to the weights; older files have neither)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -69,6 +70,11 @@ def base_signature(model: Any) -> dict[str, Any]:
     cfg = model.cfg
     return {"model_name": str(getattr(cfg, "model_name", "")), "d_model": int(cfg.d_model),
             "n_layers": int(cfg.n_layers), "d_vocab": int(cfg.d_vocab), "n_heads": int(cfg.n_heads)}
+
+
+def prior_direction(centred: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
+    """Unit rows of the centred head input (a row equal to the mean gives 0): the direction prior's Δ per unit gain."""
+    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
 class HyperSteer(nn.Module):
@@ -107,6 +113,8 @@ class HyperSteer(nn.Module):
         )
         self.ln_final = copy.deepcopy(model.ln_final) if cfg.normalization_type is not None else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.d_model)
+        if self.config.prior_gain is not None:
+            self.prior_gain = nn.Parameter(torch.tensor(float(self.config.prior_gain)))
         if self.config.center:
             self.register_buffer("center_mean", torch.zeros(cfg.d_model))
             self.register_buffer("center_batches", torch.zeros((), dtype=torch.long))
@@ -117,6 +125,8 @@ class HyperSteer(nn.Module):
             for name, param in self.named_parameters():
                 if name in self._frozen_copy_names():
                     param.requires_grad_(False)
+        if not self.config.head_weight:
+            self.head.weight.requires_grad_(False)  # stays zero: Δ = b + prior
         if self.config.freeze_embeddings:
             self.embed.requires_grad_(False)
             if self.pos_embed is not None:
@@ -135,7 +145,7 @@ class HyperSteer(nn.Module):
                 init = torch.empty(linear.weight.shape).uniform_(-bound, bound, generator=generator)
                 linear.weight.copy_(init)
                 linear.bias.zero_()
-        std = self.config.head_init_std
+        std = self.config.head_init_std if self.config.head_weight else 0.0
         self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * std)
         self.head.bias.zero_()
 
@@ -182,6 +192,25 @@ class HyperSteer(nn.Module):
                 prompt alone: :func:`~hooksteer.hypersteer.data.pool_span` of each row; required for
                 ``in_context``).
         """
+        features = self.pooled_features(h_ids, h_lengths, context, context_mask, pool_mask)
+        if self.config.center:
+            if self.training:
+                self._update_center(features.detach())
+            features = features - self.center_mean.to(features.dtype)
+        delta = self.head(features)
+        if self.config.prior_gain is not None:
+            delta = delta + self.prior_gain.to(features.dtype) * prior_direction(features)
+        return delta
+
+    def pooled_features(
+        self,
+        h_ids: Int[Tensor, "batch pos"],
+        h_lengths: Int[Tensor, " batch"],
+        context: Float[Tensor, "batch ctx d_model"] | None = None,
+        context_mask: Bool[Tensor, "batch ctx"] | None = None,
+        pool_mask: Bool[Tensor, "batch pos"] | None = None,
+    ) -> Float[Tensor, "batch d_model"]:
+        """What the head reads, before centring: H's blocks, pooling and final norm (arguments as :meth:`forward`)."""
         if self.config.variant == "cross_attention" and context is None:
             raise ValueError("the cross_attention variant needs the base prompt's activations as context")
         if context is not None and context.shape[-1] != self.signature["d_model"]:
@@ -204,12 +233,7 @@ class HyperSteer(nn.Module):
             pooled = (x * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
         else:
             pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]
-        features = self.ln_final(pooled)
-        if self.config.center:
-            if self.training:
-                self._update_center(features.detach())
-            features = features - self.center_mean.to(features.dtype)
-        return self.head(features)
+        return self.ln_final(pooled)
 
     def _default_pool_mask(self, lengths: Tensor, width: int) -> Tensor:
         """Pooled tokens when H reads the steering prompt alone (see :func:`~hooksteer.hypersteer.data.pool_span`)."""
@@ -259,6 +283,25 @@ class HyperSteer(nn.Module):
             >>> deltas = hyper.vectors("Talk about cats.", ["Hi!", "Describe Paris."])   # doctest: +SKIP
             >>> hook = hs.add_vector(deltas, 4.0)   # each row of a 2-prompt batch gets its own vector  # doctest: +SKIP
         """
+        return self._run_on_texts(steering_prompt, base_prompt, self.forward)
+
+    @torch.no_grad()
+    def head_inputs(
+        self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
+    ) -> Float[Tensor, "batch d_model"]:
+        """The head's input for each row before centring (:meth:`pooled_features` on the texts), e.g. to fit the
+        head in closed form (:func:`hooksteer.hypersteer.ridge.fit_head_ridge`).
+
+        Example:
+            >>> hyper.head_inputs(["Talk about cats.", "Talk about dogs."]).shape   # doctest: +SKIP
+            torch.Size([2, 576])
+        """
+        return self._run_on_texts(steering_prompt, base_prompt, self.pooled_features)
+
+    def _run_on_texts(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None,
+                      function: Any) -> Tensor:
+        """Encode the texts as :meth:`forward` expects and apply ``function`` (forward or pooled_features) in
+        eval mode."""
         steer, base, _ = self._prepare(steering_prompt, base_prompt)
         model, cfg = self.base_model, self.config
         pad = pad_token_id(model)
@@ -278,7 +321,7 @@ class HyperSteer(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return self(h_ids, h_lengths, context, context_mask, pool_mask).float()
+            return function(h_ids, h_lengths, context, context_mask, pool_mask).float()
         finally:
             self.train(was_training)
 

@@ -93,7 +93,8 @@ def linear_schedule(warmup_steps: int, total_steps: int):
 
 def parameter_groups(hyper: HyperSteer | ConceptVectors) -> list[dict[str, Any]]:
     """AdamW parameter groups: H's blocks and embeddings at ``config.lr``, the head's weight at ``head_lr`` and
-    its bias (the part of Δ shared by every steering prompt) at ``head_bias_lr``; a vector table at ``lr``.
+    its bias (the part of Δ shared by every steering prompt) and the direction prior's gain at ``head_bias_lr``;
+    a vector table at ``lr``.
 
     The shared part of a useful vector is large (tens of units of norm at a 243-norm residual), far more than
     a bias can travel at a block-sized learning rate, hence its own rate.
@@ -105,7 +106,7 @@ def parameter_groups(hyper: HyperSteer | ConceptVectors) -> list[dict[str, Any]]
     for name, param in hyper.named_parameters():
         if not param.requires_grad:
             continue
-        key = {"head.weight": "head_weight", "head.bias": "head_bias"}.get(name, "body")
+        key = {"head.weight": "head_weight", "head.bias": "head_bias", "prior_gain": "head_bias"}.get(name, "body")
         groups[key].append(param)
     rates = {"body": cfg.lr, "head_weight": cfg.head_lr if cfg.head_lr is not None else cfg.lr,
              "head_bias": cfg.head_bias_lr if cfg.head_bias_lr is not None else cfg.lr}
