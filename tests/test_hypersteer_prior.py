@@ -75,8 +75,8 @@ def test_bad_prior_settings_are_rejected(tiny_llama, overrides, message):
 
 
 def test_without_head_weight_only_bias_and_gain_train(tiny_llama):
-    from hooksteer.hypersteer import HyperSteerTrainer
     from hooksteer.data.schema import SteeringExample
+    from hooksteer.hypersteer import HyperSteerTrainer
 
     hyper = HyperSteer(tiny_llama, loss="ce", variant="no_context", n_blocks=0, prior_gain=2.0, head_weight=False,
                        freeze_blocks=True, batch_size=3, max_steps=2, eval_every=0, head_bias_lr=0.1)
