@@ -88,6 +88,12 @@ def test_without_head_weight_only_bias_and_gain_train(tiny_llama):
     assert float(hyper.head.bias.detach().abs().max()) > 0.0 and float(hyper.prior_gain.detach()) != 2.0
 
 
+def test_ridge_refuses_a_hypersteer_without_head_weight(tiny_llama):
+    hyper = HyperSteer(tiny_llama, loss="ce", variant="no_context", n_blocks=0, prior_gain=2.0, head_weight=False)
+    with pytest.raises(ValueError, match="no head weight"):
+        fit_head_ridge(hyper, PROMPTS, torch.zeros(len(PROMPTS), tiny_llama.cfg.d_model))
+
+
 def test_no_head_weight_without_prior_is_rejected(tiny_llama):
     with pytest.raises(HyperSteerConfigError, match="needs prior_gain"):
         HyperSteer(tiny_llama, loss="ce", variant="no_context", n_blocks=0, head_weight=False)

@@ -283,7 +283,7 @@ class HyperSteer(nn.Module):
             >>> deltas = hyper.vectors("Talk about cats.", ["Hi!", "Describe Paris."])   # doctest: +SKIP
             >>> hook = hs.add_vector(deltas, 4.0)   # each row of a 2-prompt batch gets its own vector  # doctest: +SKIP
         """
-        return self._run_on_texts(steering_prompt, base_prompt, self.forward)
+        return self._run_on_texts(steering_prompt, base_prompt, self)
 
     @torch.no_grad()
     def head_inputs(

@@ -140,6 +140,8 @@ def fit_head_ridge(hyper: Any, steering_prompts: Sequence[str], targets: Float[T
     Returns:
         :class:`RidgeFit` with the strength and its cross-validated R² (``nan`` when ``alpha`` was given).
     """
+    if not getattr(hyper.config, "head_weight", True):
+        raise ValueError("this HyperSteer has no head weight (head_weight=False): there is no W to fit")
     prompts = list(steering_prompts)
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} steering prompts but {len(targets)} target vectors")
