@@ -328,29 +328,14 @@ def saved_training(module: Any, out: Path) -> dict[str, Any] | None:
     return {**json.loads(record.read_text()), "reused_from": str(out)}
 
 
-def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out: Path, tiny: bool) -> dict[str, Any]:
-    """Train ``module`` with the HyperSteer trainer, save it to ``out``, and return its training record.
-
-    A module that an earlier run with the same ``--out`` and settings already trained and saved is reloaded instead
-    (a benchmark stopped during evaluation resumes without retraining)."""
-    from hooksteer.hypersteer import HyperSteerTrainer
-    from hooksteer.hypersteer.trainer import encoded_lengths
+def reloaded_or_made(module: Any, out: Path, make: Any) -> dict[str, Any]:
+    """``module``'s record from ``out`` when an earlier run with the same settings saved it there (weights loaded),
+    else ``make()``'s record after saving the module and that record to ``out``; the module is left in eval mode."""
     from hooksteer.io import atomic_write_text
 
     info = saved_training(module, out)
     if info is None:
-        trainer = HyperSteerTrainer(module, records, eval_records or None, output_dir=None, progress=not tiny)
-        result = trainer.train()
-        module = trainer.hyper
-        history = result.to_dict()
-        lengths = encoded_lengths(trainer.train_data)
-        tokens = result.steps * module.config.batch_size * (lengths.get("prompt_tokens", 0)
-                                                            + lengths.get("target_tokens", 0))
-        info = {**history, "n_train_examples": len(records), "trainable_parameters": sum(
-            p.numel() for p in module.parameters() if p.requires_grad),
-            "tokens_per_second": tokens / max(result.seconds, 1e-9),
-            "eval_loss_start": history["eval_loss"][0]["eval_loss"] if history["eval_loss"] else None,
-            "eval_loss_end": history["eval_loss"][-1]["eval_loss"] if history["eval_loss"] else None}
+        info = make()
         module.save(out)
         atomic_write_text(out / "training.json", json.dumps(info, indent=2))  # the trainer's history and more
     module.eval()
@@ -358,22 +343,42 @@ def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out:
     return info
 
 
+def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out: Path, tiny: bool) -> dict[str, Any]:
+    """Train ``module`` with the HyperSteer trainer, save it to ``out``, and return its training record.
+
+    A module that an earlier run with the same ``--out`` and settings already trained and saved is reloaded instead
+    (a benchmark stopped during evaluation resumes without retraining)."""
+    from hooksteer.hypersteer import HyperSteerTrainer
+    from hooksteer.hypersteer.trainer import encoded_lengths
+
+    def make() -> dict[str, Any]:
+        trainer = HyperSteerTrainer(module, records, eval_records or None, output_dir=None, progress=not tiny)
+        result = trainer.train()
+        history = result.to_dict()
+        lengths = encoded_lengths(trainer.train_data)
+        tokens = result.steps * module.config.batch_size * (lengths.get("prompt_tokens", 0)
+                                                            + lengths.get("target_tokens", 0))
+        return {**history, "n_train_examples": len(records), "trainable_parameters": sum(
+            p.numel() for p in module.parameters() if p.requires_grad),
+            "tokens_per_second": tokens / max(result.seconds, 1e-9),
+            "eval_loss_start": history["eval_loss"][0]["eval_loss"] if history["eval_loss"] else None,
+            "eval_loss_end": history["eval_loss"][-1]["eval_loss"] if history["eval_loss"] else None}
+
+    return reloaded_or_made(module, out, make)
+
+
 def fit_ridge_head(hyper: Any, oracle_train: Any, keys: Sequence[str], out: Path, seed: int) -> dict[str, Any]:
     """Fit ``hyper``'s head in closed form to the oracle vectors of the steering prompts ``keys`` (cross-validated
     ridge strength), save it to ``out`` and return its record; reloaded instead when ``out`` holds the same fit."""
     from hooksteer.hypersteer.ridge import fit_head_ridge
-    from hooksteer.io import atomic_write_text
 
-    info = saved_training(hyper, out)
-    if info is None:
+    def make() -> dict[str, Any]:
         started = time.perf_counter()
         fit = fit_head_ridge(hyper, keys, oracle_train.vectors(list(keys)).cpu(), seed=seed)
-        info = {"steps": 0, "seconds": time.perf_counter() - started, "head_fit": fit.to_dict(),
+        return {"steps": 0, "seconds": time.perf_counter() - started, "head_fit": fit.to_dict(),
                 "n_train_examples": len(keys), "trainable_parameters": 0, "tokens_per_second": None}
-        hyper.save(out)
-        atomic_write_text(out / "training.json", json.dumps(info, indent=2))
-    hyper.eval()
-    return info
+
+    return reloaded_or_made(hyper, out, make)
 
 
 def eval_kl(modules: dict[str, Any], records_by_role: dict[str, list[Any]]) -> dict[str, dict[str, float]]:

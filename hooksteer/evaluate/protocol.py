@@ -331,39 +331,35 @@ def evaluate(
     return evaluation
 
 
-def _previous_run(out_dir: str | Path, config: dict[str, Any]) -> EvaluationResult | None:
-    """The results saved in ``out_dir`` if they come from a run with ``config`` (the hooksteer version aside)."""
+def _saved_run(out_dir: str | Path) -> EvaluationResult | None:
+    """The evaluation saved in ``out_dir``, or None when there is none (or it cannot be read)."""
     out = Path(out_dir)
     if not (out / "results.json").is_file() or not (out / "generations.json").is_file():
         return None
     try:
-        previous = load_results(out)
+        return load_results(out)
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
-    def comparable(c: dict[str, Any]) -> str:
-        return json.dumps({k: v for k, v in c.items() if k != "hooksteer_version"}, sort_keys=True, default=str)
 
-    return previous if comparable(previous.config) == comparable(config) else None
+def _settings_key(config: dict[str, Any], *ignored: str) -> str:
+    """A run config as comparable text, without the hooksteer version and the ``ignored`` keys."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("hooksteer_version", *ignored)}, sort_keys=True,
+                      default=str)
+
+
+def _previous_run(out_dir: str | Path, config: dict[str, Any]) -> EvaluationResult | None:
+    """The results saved in ``out_dir`` if they come from a run with ``config`` (the hooksteer version aside)."""
+    previous = _saved_run(out_dir)
+    return previous if previous is not None and _settings_key(previous.config) == _settings_key(config) else None
 
 
 def _reusable_methods(out_dir: str | Path, config: dict[str, Any], methods: Sequence[SteeringMethod]
                       ) -> dict[str, tuple[list[ConceptResult], list[Generation]]]:
     """Saved results and generations of those ``methods`` that a run in ``out_dir`` with the same settings (its list
     of methods and the hooksteer version aside) evaluated with the same method config, on every concept."""
-    out = Path(out_dir)
-    if not methods or not (out / "results.json").is_file() or not (out / "generations.json").is_file():
-        return {}
-    try:
-        previous = load_results(out)
-    except (OSError, ValueError, TypeError, KeyError):
-        return {}
-
-    def settings_of(c: dict[str, Any]) -> str:
-        return json.dumps({k: v for k, v in c.items() if k not in ("hooksteer_version", "methods")}, sort_keys=True,
-                          default=str)
-
-    if settings_of(previous.config) != settings_of(config):
+    previous = _saved_run(out_dir) if methods else None
+    if previous is None or _settings_key(previous.config, "methods") != _settings_key(config, "methods"):
         return {}
     saved_configs = {json.dumps(c, sort_keys=True, default=str) for c in previous.config.get("methods", [])}
     concept_ids = list(config["concepts"])
