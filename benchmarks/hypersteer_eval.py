@@ -104,6 +104,9 @@ class HyperSteerEvalSettings:
     pooling: str = field(default="mean", metadata={"help": "what H's head reads", "choices": ["mean", "last"]})
     center: bool = field(default=True, metadata={"help": "centred head input, Δ = b + W(x − μ)"})
     layer: int | None = field(default=None, metadata={"help": "injection layer (default ~2/3 of the depth)"})
+    positions: str = field(default="all", metadata={
+        "help": "where H's, the oracle's and the floor's vectors are added, in training and evaluation: every token, "
+                "or the base prompt's tokens only", "choices": ["all", "prompt"]})
     epochs: float = field(default=3.0, metadata={"help": "H training epochs (ignored when --steps is given)"})
     steps: int | None = field(default=None, metadata={"help": "H optimizer steps"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
@@ -292,7 +295,8 @@ def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int) -> Any:
     # without a head weight H is the floor's shared vector plus the prior's gain: both train at the bounds' rate
     bias_lr = s.bound_lr if noweight else s.head_bias_lr
     return HyperSteerConfig(variant=variant, n_blocks=n_blocks, freeze_blocks=frozen,
-                            prior_gain=s.prior_gain if prior else None, head_weight=not noweight, layer=s.layer, lr=s.lr, head_lr=s.head_lr,
+                            prior_gain=s.prior_gain if prior else None, head_weight=not noweight, layer=s.layer,
+                            positions=s.positions, lr=s.lr, head_lr=s.head_lr,
                             head_bias_lr=bias_lr, pooling=s.pooling,
                             center=s.center, loss=s.loss, batch_size=s.batch_size, max_steps=max(steps, 1),
                             warmup_steps=min(s.warmup_steps, steps // 4), seed=s.seed, eval_every=s.eval_every,
@@ -303,7 +307,8 @@ def bound_config(s: HyperSteerEvalSettings, n_examples: int, epochs: float) -> A
     from hooksteer.hypersteer import HyperSteerConfig
 
     steps = s.steps if s.steps and epochs == s.epochs else steps_for(n_examples, epochs, s.batch_size)
-    return HyperSteerConfig(variant="no_context", n_blocks=0, layer=s.layer, lr=s.bound_lr, loss=s.loss,
+    return HyperSteerConfig(variant="no_context", n_blocks=0, layer=s.layer, positions=s.positions, lr=s.bound_lr,
+                            loss=s.loss,
                             batch_size=s.batch_size, max_steps=steps, warmup_steps=0, seed=s.seed,
                             eval_every=s.eval_every, log_every=max(1, min(10, steps)), save_every=0,
                             extra={"trained_steps": steps})

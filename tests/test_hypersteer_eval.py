@@ -211,3 +211,14 @@ def test_zero_vector_cannot_be_normalised(tiny_llama):
     hyper = HyperSteer(tiny_llama, HyperSteerConfig(variant="no_context", n_blocks=1, head_init_std=0.0))
     with pytest.raises(ValueError, match="all-zero"):
         HyperSteerDirections(hyper, "Write about rivers.")(["Hi."])
+
+
+def test_prompt_positions_reach_training_and_evaluation(tmp_path):
+    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "--curve",
+                                "--positions", "prompt", "--no-held-in"])
+    for folder in ("hyper-no_context", "oracle", "floor"):
+        assert json.loads((tmp_path / folder / "config.json").read_text())["config"]["positions"] == "prompt"
+    methods = json.loads((tmp_path / "evaluation" / "results.json").read_text())["config"]["methods"]
+    steered = [m for m in methods if m["class"] == "HyperSteerMethod"]
+    assert steered and all(m["positions"] == "prompt" for m in steered)
+    assert report["settings"]["positions"] == "prompt"

@@ -134,7 +134,7 @@ class ConceptVectors(nn.Module):
         steer = [steering_prompt] if single else list(steering_prompt)
         deltas = self.vectors(steer).cpu()
         out = [SteeringVector(self.hook_name, delta, method=f"hypersteer-{self.kind}",
-                              source={"steering_prompt": s, "kind": self.kind,
+                              source={"steering_prompt": s, "kind": self.kind, "positions": self.config.positions,
                                       "base_model": self.signature["model_name"]})
                for s, delta in zip(steer, deltas, strict=True)]
         return out[0] if single else out

@@ -23,6 +23,7 @@ ACTIVATION_CACHE_MODES: tuple[str, ...] = ("cpu", "device", "off")
 POOLING_MODES: tuple[str, ...] = ("last", "mean")
 LOSSES: tuple[str, ...] = ("distill", "ce")
 H_LAYOUTS: tuple[str, ...] = ("steering_last", "steering_first")
+STEERED_POSITIONS: tuple[str, ...] = ("all", "prompt")
 
 Variant = Literal["no_context", "in_context", "cross_attention"]
 
@@ -78,6 +79,10 @@ class HyperSteerConfig:
         h_layout: ``in_context`` only: ``"steering_last"`` (default; H reads base prompt ⊕ steering prompt,
             so the steering prompt is what H's last tokens read) or ``"steering_first"`` (format version 1).
 
+        positions: where Δ is added, in training and by default at inference: ``"all"`` (every token, prompt and
+            answer) or ``"prompt"`` (the base prompt's tokens only; the answer reads the vector through
+            attention, as it reads a steering prompt placed in its context).
+
     Objective:
         loss: ``"distill"`` (default) — KL from the prompt-steered model's next-token distributions to the
             steered student's, on the prompted model's own answer (train on
@@ -119,6 +124,7 @@ class HyperSteerConfig:
     prior_gain: float | None = None
     head_weight: bool = True
     h_layout: str = "steering_last"
+    positions: str = "all"
     loss: str = "distill"
 
     chat_template: bool = True
@@ -173,6 +179,8 @@ class HyperSteerConfig:
             raise HyperSteerConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.pooling not in POOLING_MODES:
             raise HyperSteerConfigError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.positions not in STEERED_POSITIONS:
+            raise HyperSteerConfigError(f"positions must be one of {STEERED_POSITIONS}, got {self.positions!r}")
         if self.loss not in LOSSES:
             raise HyperSteerConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.h_layout not in H_LAYOUTS:

@@ -126,7 +126,7 @@ class HyperSteerMethod:
         factors: this method's own factor sweep (``None``: the evaluation's); e.g. multiples of the trained
             norm for ``magnitude="trained"``.
         prompt_index: which of the concept's steering-prompt phrasings H receives.
-        positions: where the vector is added (HyperSteer: ``"all"``).
+        positions: where the vector is added (``None``: where it was trained to act, ``hyper.config.positions``).
         texts_for: texts whose residual norm sets the ``resid_norm`` scale (default: the concept's
             sentences and other concepts' sentences, as DiffMean uses).
         name: method name in the results (default ``"hypersteer-<variant>"``).
@@ -137,7 +137,7 @@ class HyperSteerMethod:
     magnitude: Magnitude | str = "resid_norm"
     factors: Sequence[float] | None = None
     prompt_index: int = 0
-    positions: PositionSpec = "all"
+    positions: PositionSpec | None = None
     texts_for: TextsFor | None = field(default=None, repr=False)
     name: str = ""
     batch_size: int = 32
@@ -151,6 +151,8 @@ class HyperSteerMethod:
             self.name = f"hypersteer-{kind}"
         if self.factors is not None:
             self.factors = [float(f) for f in self.factors]
+        if self.positions is None:
+            self.positions = self.hyper.config.positions
         if isinstance(self.magnitude, str) and self.magnitude not in ("resid_norm", "trained"):
             raise ValueError(f"magnitude must be 'resid_norm', 'trained' or a number, got {self.magnitude!r}")
 
@@ -182,7 +184,8 @@ class HyperSteerMethod:
             magnitude = float(reference)  # type: ignore[arg-type]
         else:
             magnitude = float(self.magnitude)  # type: ignore[arg-type]
-        steerer = _RecordingSteerer(model, hook_name, directions, magnitude, positions=self.positions, info=info)
+        steerer = _RecordingSteerer(model, hook_name, directions, magnitude, positions=self.positions,  # type: ignore[arg-type]
+                                    info=info)
         steerer.reference_norm = reference
         return steerer
 
@@ -194,7 +197,7 @@ class HyperSteerMethod:
         return {"name": self.name, "class": type(self).__name__, "variant": self._kind(), "n_blocks": cfg.n_blocks,
                 "layer": cfg.layer, "hook_name": self.hyper.hook_name, "loss": cfg.loss,
                 "magnitude": self.magnitude, "factors": self.factors, "prompt_index": self.prompt_index,
-                "positions": self.positions if isinstance(self.positions, str) else [int(p) for p in self.positions],
+                "positions": self.positions if isinstance(self.positions, str) else [int(p) for p in self.positions],  # type: ignore[union-attr]
                 "texts_for": getattr(self.texts_for, "__name__", None) if self.texts_for else "default_texts_for",
                 "trained_steps": cfg.extra.get("trained_steps") if isinstance(cfg.extra, dict) else None}
 

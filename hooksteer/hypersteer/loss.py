@@ -10,6 +10,10 @@ Two equivalent ways to get the steered logits:
 * :func:`steered_logits_full`: a full forward with :func:`hooksteer.hooks.add_vector` at the same hook
   point - the mechanism used at inference. The two agree to float precision (tested).
 
+Δ goes to every position (``positions="all"``) or to the base prompt's tokens only (``positions="prompt"``,
+:func:`steered_positions`): then the answer reads Δ only through attention to the prompt, as it reads a steering
+prompt placed in its context.
+
 Example:
     >>> resid = resid_at_layer(model, batch.tokens, layer)                # doctest: +SKIP
     >>> loss_sum, n = steered_loss_above_site(model, resid, layer, delta, batch, "distill")  # doctest: +SKIP
@@ -20,8 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from hooksteer.distill.loss import topk_kl
@@ -29,31 +34,62 @@ from hooksteer.hooks import add_vector
 from hooksteer.hypersteer.data import HyperBatch
 
 
+def steered_positions(batch: HyperBatch, positions: str = "all") -> Bool[Tensor, "batch pos"] | None:
+    """Where Δ is added in ``batch``'s right-padded rows: ``None`` for every position (``"all"``), or True on
+    each row's base-prompt tokens (``"prompt"``; the last of them predicts the answer's first token).
+
+    Example:
+        >>> steered_positions(batch, "prompt")[0]           # doctest: +SKIP
+        tensor([ True,  True,  True, False, False])
+    """
+    if positions == "all":
+        return None
+    if positions != "prompt":
+        raise ValueError(f"positions must be 'all' or 'prompt', got {positions!r}")
+    width = batch.tokens.shape[1]
+    return torch.arange(width, device=batch.tokens.device)[None] < batch.prompt_lengths.to(batch.tokens.device)[:, None]
+
+
+def _add_delta(resid: Tensor, delta: Tensor, steered: Tensor | None) -> Tensor:
+    added = delta[:, None, :].to(resid.dtype)
+    if steered is None:
+        return resid + added
+    return resid + added * steered[:, : resid.shape[1], None].to(device=resid.device, dtype=resid.dtype)
+
+
 def steered_logits_above_site(
-    model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"]
+    model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"],
+    steered: Bool[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch pos d_vocab"]:
-    """Logits of ``model`` when ``delta`` is added at every position of ``blocks.{layer}.hook_resid_post``,
-    computed from that site's (frozen) residual by running only the blocks above it."""
-    steered = resid + delta[:, None, :].to(resid.dtype)
-    return model(steered, start_at_layer=layer + 1, padding_side="right")
+    """Logits of ``model`` when ``delta`` is added at ``blocks.{layer}.hook_resid_post`` (at every position, or
+    where ``steered`` is True: :func:`steered_positions`), computed from that site's (frozen) residual by running
+    only the blocks above it."""
+    return model(_add_delta(resid, delta, steered), start_at_layer=layer + 1, padding_side="right")
 
 
 def steered_logits_full(
-    model: Any, tokens: Tensor, layer: int, delta: Float[Tensor, "batch d_model"]
+    model: Any, tokens: Tensor, layer: int, delta: Float[Tensor, "batch d_model"],
+    steered: Bool[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch pos d_vocab"]:
-    """Logits of a full forward with a per-row steering hook at ``blocks.{layer}.hook_resid_post``."""
-    hook = add_vector(delta, 1.0)
+    """Logits of a full forward with a per-row steering hook at ``blocks.{layer}.hook_resid_post`` (every position,
+    or where ``steered`` is True)."""
     device = next(model.parameters()).device
+    if steered is None:
+        hook = add_vector(delta, 1.0)
+    else:
+        def hook(activation: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TransformerLens hook signature
+            return _add_delta(activation, delta.to(activation.device), steered)
     with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", hook)]):
         return model(tokens.to(device), padding_side="right")
 
 
 def steered_loss_above_site(
     model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"],
-    batch: HyperBatch, loss: str = "ce",
+    batch: HyperBatch, loss: str = "ce", positions: str = "all",
 ) -> tuple[Tensor, Tensor]:
     """``loss`` (``"ce"``: :func:`target_loss`, ``"distill"``: :func:`distill_loss`) of
-    :func:`steered_logits_above_site`, unembedding only the target positions.
+    :func:`steered_logits_above_site` with Δ at ``positions`` (``"all"`` or ``"prompt"``), unembedding only the
+    target positions.
 
     Blocks ``layer+1..`` still run over every position (prompt tokens are the targets' context), but
     the final norm and the (large) unembedding are applied only where the loss needs them. Equal to
@@ -61,7 +97,7 @@ def steered_loss_above_site(
     """
     from transformer_lens.utilities.activation_functions import apply_softcap
 
-    steered = resid + delta[:, None, :].to(resid.dtype)
+    steered = _add_delta(resid, delta, steered_positions(batch, positions))
     n_layers = int(model.cfg.n_layers)
     final = model(steered, start_at_layer=layer + 1, stop_at_layer=n_layers, padding_side="right")
     mask = batch.loss_mask().to(final.device)

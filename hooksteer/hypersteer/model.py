@@ -340,7 +340,7 @@ class HyperSteer(nn.Module):
         deltas = self.vectors(steer, base).cpu()
         out = []
         for i, delta in enumerate(deltas):
-            source = {"steering_prompt": steer[i], "variant": self.config.variant,
+            source = {"steering_prompt": steer[i], "variant": self.config.variant, "positions": self.config.positions,
                       "n_blocks": self.config.n_blocks, "base_model": self.signature["model_name"]}
             if base is not None and self.needs_base_prompt:
                 source["base_prompt"] = base[i]

@@ -36,7 +36,13 @@ from hooksteer.activations import pad_token_id
 from hooksteer.data.schema import SteeringExample
 from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.data import EncodedExample, HyperBatch, ResidCache, collate, encode_examples
-from hooksteer.hypersteer.loss import distill_loss, steered_logits_full, steered_loss_above_site, target_loss
+from hooksteer.hypersteer.loss import (
+    distill_loss,
+    steered_logits_full,
+    steered_loss_above_site,
+    steered_positions,
+    target_loss,
+)
 from hooksteer.hypersteer.model import HyperSteer, HyperSteerFileError
 
 STATE_FILE = "training_state.pt"
@@ -217,8 +223,10 @@ class HyperSteerTrainer:
             resid = cache.get(batch)
         delta = batch_deltas(self.model, hyper, batch, resid)
         if self.config.start_above_site:
-            return steered_loss_above_site(self.base, resid, hyper.layer, delta, batch, self.config.loss)
-        logits = steered_logits_full(self.base, batch.tokens, hyper.layer, delta)
+            return steered_loss_above_site(self.base, resid, hyper.layer, delta, batch, self.config.loss,
+                                           self.config.positions)
+        logits = steered_logits_full(self.base, batch.tokens, hyper.layer, delta,
+                                     steered_positions(batch, self.config.positions))
         return distill_loss(logits, batch) if self.config.loss == "distill" else target_loss(logits, batch)
 
     @torch.no_grad()
@@ -404,7 +412,8 @@ def mean_loss(hyper: HyperSteer | ConceptVectors, examples: Sequence[Any], *, ba
             batch = collate(data[start : start + size], pad).to(device)
             resid = cache.get(batch)
             delta = batch_deltas(hyper, hyper, batch, resid)
-            loss_sum, n = steered_loss_above_site(base, resid, hyper.layer, delta, batch, config.loss)
+            loss_sum, n = steered_loss_above_site(base, resid, hyper.layer, delta, batch, config.loss,
+                                                  config.positions)
             total, count = total + float(loss_sum), count + int(n)
     finally:
         hyper.train(was_training)

@@ -1,0 +1,363 @@
+"""Benchmark: the ceiling of a steering form — one free distilled vector per concept, per (layer, positions).
+
+A HyperSteer of a given form (injection layer, steered positions) can at best write the *oracle* of that form: a
+free vector per concept trained with the same objective and data (:class:`~hooksteer.hypersteer.ConceptVectors`).
+When that oracle stays far below prompt steering, no hypernetwork of that form can reach it, however much data it
+sees. This benchmark measures the oracle of several forms on the same held-out concepts, in one run, beside prompt
+steering, no steering and (optionally) DiffMean:
+
+1. **split** exactly as ``hypersteer_eval.py`` (same seeds and sizes give the same held-out concepts and eval
+   prompts; ``split.json``);
+2. **teacher** (:func:`hooksteer.distill.build_distill_teacher`, cached): the prompted model's greedy answers and
+   top-k log-probs for held-out concepts × train prompts (the oracles train on these) and × eval prompts (eval KL);
+3. **train** one oracle per form ``LAYER:POSITIONS`` (``--forms 20:all 20:prompt 10:all``; positions ``all`` adds
+   the vector at every token, ``prompt`` only at the base prompt's tokens, so the answer reads it through
+   attention, as it reads a steering prompt);
+4. **eval KL** on the never-trained eval pairs, and the between-concept cosine of each form's vectors;
+5. **steering score** (AxBench protocol: factor chosen on half of the eval prompts, reported on the other half),
+   each oracle at multiples of its trained norm (``--trained-factors``) at its own positions, and the
+   ``--resid-forms`` also at ``--factors`` × the residual norm at their layer (as ``<name>@resid``); bootstrap 95 %
+   intervals over concepts, paired differences to prompt steering and to 0.9 × prompt steering;
+6. **answer length** vs unsteered and ``samples.md`` to read.
+
+A time estimate is printed before anything runs (``--estimate-only`` stops there). Outputs under ``--out``:
+``settings.json``, ``split.json``, ``teacher/``, ``oracle-L<layer>-<positions>/``, ``evaluation/``,
+``results.json``, ``results.md``, ``samples.md``. A stopped run resumes: trained oracles are reloaded, and the
+saved evaluation is reused per method.
+
+Usage::
+
+    .venv/bin/python benchmarks/oracle_forms.py --tiny
+    .venv/bin/python benchmarks/oracle_forms.py --forms 20:all 20:prompt 10:all 10:prompt --estimate-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+for _path in (REPO, REPO / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+import common  # noqa: E402
+import hypersteer_eval  # noqa: E402
+from common import fmt, log  # noqa: E402
+
+DEFAULT_OUT = REPO / "runs" / "benchmarks" / "oracle_forms"
+POSITION_CHOICES = ("all", "prompt")
+
+
+@dataclass
+class OracleFormsSettings:
+    """Every setting of one run (saved as ``settings.json`` beside its outputs)."""
+
+    out: str | None = field(default=None, metadata={"help": "output folder (default runs/benchmarks/oracle_forms)"})
+    model: str | None = field(default=None, metadata={"help": "base model (default: embedded SmolLM2-135M-Instruct)"})
+    threads: int = field(default=1, metadata={"help": "torch threads"})
+    device: str | None = field(default=None, metadata={"help": "torch device, e.g. cuda (default: CUDA if available)"})
+    seed: int = field(default=0, metadata={"help": "split / training / evaluation seed"})
+    concept_seed: int = field(default=0, metadata={"help": "seed of load_concepts' shuffle"})
+    train_concepts: int = field(default=100, metadata={
+        "help": "training concepts of the split (not trained on here; the same value as hypersteer_eval.py gives "
+                "the same held-out concepts)"})
+    held_out: int = field(default=20, metadata={"help": "held-out concepts (the oracles are trained and scored on "
+                                                        "these)"})
+    held_in: int = field(default=5, metadata={"help": "held-in concepts of the split (not used here; keeps the "
+                                                      "split equal to hypersteer_eval.py's)"})
+    prompt_sources: list[str] = field(default_factory=lambda: ["hand-written"],
+                                      metadata={"help": "base-prompt sources (hand-written, mt-bench, writingbench)"})
+    train_prompts: int = field(default=4, metadata={"help": "train base prompts per concept"})
+    eval_prompts: int = field(default=6, metadata={"help": "eval base prompts (half choose the factor, half report)"})
+    response: str = field(default="prompted", metadata={"help": "whose greedy answer is distilled",
+                                                        "choices": ["prompted", "unsteered"]})
+    teacher_context: str = field(default="steering_prompt", metadata={
+        "help": "what the teacher reads", "choices": ["steering_prompt", "reference_text"]})
+    teacher_tokens: int = field(default=32, metadata={"help": "max tokens of a teacher answer"})
+    top_k: int = field(default=32, metadata={"help": "teacher log-probs kept per position"})
+    teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
+    teacher_cache: str | None = field(default=None, metadata={"help": "distillation cache folder (default OUT/teacher)"})
+    forms: list[str] = field(default_factory=lambda: ["20:all", "20:prompt"], metadata={
+        "help": "steering forms LAYER:POSITIONS, positions 'all' (every token) or 'prompt' (the base prompt's tokens "
+                "only)"})
+    batch_size: int = field(default=8, metadata={"help": "training batch size"})
+    bound_lr: float = field(default=0.05, metadata={"help": "learning rate of the oracle vectors"})
+    bound_epochs: float = field(default=12.0, metadata={"help": "oracle training epochs over its pairs"})
+    trained_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0],
+                                         metadata={"help": "multiples of a vector's trained norm"})
+    resid_forms: list[str] = field(default_factory=list, metadata={
+        "help": "forms (among --forms) also scored at --factors × the residual norm at their layer, as "
+                "'<name>@resid' (the distilled vectors' trained norms are small: 16-25 at a residual norm of "
+                "about 243 at layer 20)"})
+    diffmean_layers: list[int] = field(default_factory=list, metadata={
+        "help": "layers at which DiffMean is scored as well (none: not scored)"})
+    factors: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.45],
+                                 metadata={"help": "factors of DiffMean and of --resid-forms (× mean residual norm "
+                                                   "at the site)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per evaluated answer"})
+    eval_batch_size: int = field(default=32, metadata={"help": "generation batch"})
+    samples: int = field(default=20, metadata={"help": "generations written to samples.md"})
+
+
+TINY = {"train_concepts": 4, "held_out": 3, "held_in": 1, "train_prompts": 2, "eval_prompts": 2, "teacher_tokens": 6,
+        "top_k": 8, "batch_size": 4, "bound_epochs": 2.0, "forms": ["2:all", "1:prompt"], "factors": [0.5],
+        "trained_factors": [1.0, 2.0], "max_new_tokens": 4, "samples": 4}
+
+
+class Form(NamedTuple):
+    """A steering form: the injection layer and where the vector is added."""
+
+    layer: int
+    positions: str
+
+    @property
+    def name(self) -> str:
+        return f"oracle-L{self.layer}-{self.positions}"
+
+
+def parse_form(spec: str) -> Form:
+    """``"20:prompt"`` → ``Form(20, "prompt")``; a clear error for anything else.
+
+    Example:
+        >>> parse_form("10:all")
+        Form(layer=10, positions='all')
+    """
+    parts = spec.split(":")
+    if len(parts) != 2 or not parts[0].isdigit() or parts[1] not in POSITION_CHOICES:
+        raise ValueError(f"form {spec!r} is not LAYER:POSITIONS with POSITIONS one of {POSITION_CHOICES} "
+                         "(e.g. 20:prompt)")
+    return Form(int(parts[0]), parts[1])
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> tuple[OracleFormsSettings, argparse.Namespace]:
+    """Settings from the command line (``--tiny`` shrinks every setting left at its default)."""
+    from hooksteer.settings import add_arguments, from_arguments
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny random model + keyword judge (< 1 minute)")
+    parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
+    add_arguments(parser, OracleFormsSettings)
+    args = parser.parse_args(argv)
+    settings = common.finish_settings(from_arguments(OracleFormsSettings, args), parser, tiny=args.tiny,
+                                      tiny_values=TINY, validate=validate, default_out=DEFAULT_OUT)
+    return settings, args
+
+
+def validate(s: OracleFormsSettings) -> list[str]:
+    """Every problem with the settings (empty when they are fine), checked before anything runs (layers are
+    checked against the model once it is loaded)."""
+    problems = common.counts_below_one(s, ("train_concepts", "train_prompts", "teacher_tokens", "top_k",
+                                           "teacher_batch", "batch_size", "max_new_tokens", "eval_batch_size",
+                                           "threads"))
+    if s.held_out < 2:
+        problems.append("--held-out must be >= 2 (between-concept cosines and intervals)")
+    if s.held_in < 0 or s.held_in > s.train_concepts:
+        problems.append("--held-in must be between 0 and --train-concepts")
+    if s.eval_prompts < 2:
+        problems.append("--eval-prompts must be >= 2 (selection and report halves)")
+    try:
+        forms = [parse_form(f) for f in s.forms]
+    except ValueError as error:
+        problems.append(str(error))
+    else:
+        if not forms or len(set(forms)) != len(forms):
+            problems.append(f"--forms must name each form once, got {s.forms}")
+        try:
+            if not {parse_form(f) for f in s.resid_forms} <= set(forms):
+                problems.append(f"--resid-forms must be among --forms, got {s.resid_forms}")
+        except ValueError as error:
+            problems.append(str(error))
+    if any(layer < 0 for layer in s.diffmean_layers):
+        problems.append("--diffmean-layers must be >= 0")
+    for name in ("factors", "trained_factors"):
+        values = getattr(s, name)
+        if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+            problems.append(f"--{name.replace('_', '-')} must be positive numbers")
+    if s.bound_epochs <= 0 or s.bound_lr <= 0:
+        problems.append("--bound-epochs and --bound-lr must be > 0")
+    return problems
+
+
+def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) -> dict[str, float]:
+    """Rough seconds per stage from the sizes and ``hypersteer_eval.RATES`` (printed before the run starts); a
+    form's training cost grows with the number of blocks above its layer."""
+    rate = hypersteer_eval.RATES["cuda" if device.startswith("cuda") else "cpu"]
+    pairs = s.held_out * (s.train_prompts + s.eval_prompts)
+    steps = hypersteer_eval.steps_for(s.held_out * s.train_prompts, s.bound_epochs, s.batch_size)
+    step_seconds = rate["train_token"] * s.batch_size * (45 + s.teacher_tokens) * 3
+    train = sum(steps * step_seconds * (n_layers - 1 - f.layer) / (n_layers / 3) for f in map(parse_form, s.forms))
+    per_method = s.held_out * s.eval_prompts * rate["generation"]
+    generations = per_method * (len(s.forms) * len(s.trained_factors) + len(s.diffmean_layers) * len(s.factors)
+                                + len(s.resid_forms) * len(s.factors) + 2)
+    return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"], "train": train,
+            "evaluate": generations * 2.5}  # judge and fluency scoring about 1.5× the generation time
+
+
+def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int) -> Any:
+    from hooksteer.hypersteer import HyperSteerConfig
+
+    steps = hypersteer_eval.steps_for(n_examples, s.bound_epochs, s.batch_size)
+    return HyperSteerConfig(variant="no_context", n_blocks=0, layer=form.layer, positions=form.positions,
+                            lr=s.bound_lr, loss="distill", batch_size=s.batch_size, max_steps=steps, warmup_steps=0,
+                            seed=s.seed, eval_every=0, log_every=max(1, min(10, steps)), save_every=0,
+                            extra={"trained_steps": steps})
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    import torch
+
+    settings, args = parse_settings(argv)
+    s, tiny = settings, args.tiny
+    device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    forms = [parse_form(f) for f in s.forms]
+    estimate = estimate_seconds(s, device)
+    log(f"estimated time on {device}: {sum(estimate.values()) / 60:.0f} min ("
+        + ", ".join(f"{k} {v / 60:.0f}" for k, v in estimate.items()) + ")")
+    if args.estimate_only:
+        return {"estimate_seconds": estimate}
+    out = Path(s.out)  # type: ignore[arg-type]
+
+    log("loading model and data ...")
+    model = common.load_model(tiny, s.seed, s.model, s.device)
+    n_layers = int(model.cfg.n_layers)
+    bad = [f.layer for f in forms if f.layer >= n_layers] + [layer for layer in s.diffmean_layers if layer >= n_layers]
+    if bad:
+        raise SystemExit(f"oracle_forms: error: layer {bad[0]} is outside the model's {n_layers} layers (0..{n_layers - 1})")
+    run = argparse.Namespace(threads=s.threads, out=out)
+    began = common.start_run(run)
+    from hooksteer.settings import save_settings
+
+    save_settings(settings, out / "settings.json")
+    from hooksteer.evaluate.methods import DiffMeanMethod, NoSteering, PromptSteering, pool_texts_for
+    from hooksteer.evaluate.protocol import evaluate
+    from hooksteer.hypersteer.bounds import ConceptVectors
+    from hooksteer.hypersteer.diagnostics import vector_separation
+    from hooksteer.hypersteer.evaluation import HyperSteerMethod
+
+    generator = common.load_bridge(tiny, s.seed, s.device) if s.model is None and not tiny else model
+    data_args = argparse.Namespace(tiny=tiny, concept_seed=s.concept_seed, prompt_sources=s.prompt_sources)
+    concepts, prompts = common.load_concepts_and_prompts(data_args, s.train_concepts + s.held_out)
+    n_prompts = s.train_prompts + s.eval_prompts
+    if len(concepts) < s.train_concepts + s.held_out or len(prompts) < n_prompts:
+        raise SystemExit(f"oracle_forms: error: need {s.train_concepts + s.held_out} concepts and {n_prompts} base "
+                         f"prompts, have {len(concepts)} and {len(prompts)}")
+    prompts = common.pick_prompts(prompts, s.seed, n_prompts)
+    split = common.save_split(concepts, prompts, out / "split.json", seed=s.seed, held_out=s.held_out,
+                              held_in=s.held_in, eval_prompts=s.eval_prompts)
+    held_out = split.select(concepts, split.held_out_concepts)
+    train_prompts = split.select(prompts, split.train_prompts)
+    eval_prompts = split.select(prompts, split.eval_prompts)
+    judge = common.make_judge(tiny, model)
+
+    cache = Path(s.teacher_cache) if s.teacher_cache else out / "teacher"
+    log(f"teacher: {len(held_out)} held-out concepts × ({len(train_prompts)} train + {len(eval_prompts)} eval) "
+        "prompts ...")
+    started = time.perf_counter()
+    oracle_data = hypersteer_eval.teacher_data(s, model, generator, held_out, train_prompts, cache, tiny)
+    eval_data = hypersteer_eval.teacher_data(s, model, generator, held_out, eval_prompts, cache, tiny)
+    teacher_seconds = time.perf_counter() - started
+    keys = [r.steering_prompt for r in oracle_data.records]
+
+    oracles: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    for form in forms:
+        log(f"training {form.name} ({len(oracle_data)} pairs) ...")
+        torch.manual_seed(s.seed)
+        oracle = ConceptVectors.oracle(model, keys, oracle_config(s, form, len(oracle_data)))
+        training[form.name] = hypersteer_eval.train(oracle, oracle_data.records, [], out / form.name, tiny)
+        oracles[form.name] = oracle
+
+    log("eval KL and vector diagnostics ...")
+    kl = hypersteer_eval.eval_kl(oracles, {"held_out": list(eval_data.records)})
+    steering = [c.steering_prompts[0] for c in held_out]
+    diagnostics = {name: vector_separation(o, steering, [p.text for p in eval_prompts]) for name, o in oracles.items()}
+
+    texts_for = pool_texts_for(list(concepts))
+    methods: list[Any] = [PromptSteering(), NoSteering()]
+    methods += [DiffMeanMethod(layer=layer, texts_for=texts_for, name=f"diffmean-L{layer}")
+                for layer in s.diffmean_layers]
+    methods += [HyperSteerMethod(o, magnitude="trained", factors=s.trained_factors, texts_for=texts_for, name=name)
+                for name, o in oracles.items()]
+    resid_names = [f"{parse_form(f).name}@resid" for f in s.resid_forms]
+    methods += [HyperSteerMethod(oracles[name.removesuffix("@resid")], texts_for=texts_for, name=name)
+                for name in resid_names]
+    roles = {c.id: "held_out" for c in held_out}
+    log(f"evaluating {len(methods)} methods on {len(held_out)} held-out concepts × {len(eval_prompts)} prompts ...")
+    started = time.perf_counter()
+    reusable = {"prompt", "none", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
+                *(name + suffix for name, info in training.items() if "reused_from" in info for suffix in ("", "@resid"))}
+    result = evaluate(generator, methods, held_out, eval_prompts, judge=judge, factors=s.factors,
+                      max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
+                      out_dir=out / "evaluation", progress=not tiny, reuse=reusable)
+    eval_seconds = time.perf_counter() - started
+    per_concept = [{"method": c.method, "concept_id": c.concept_id, "role": "held_out",
+                    "chosen_factor": c.chosen_factor, **c.report,
+                    **{k: c.info[k] for k in ("mean_delta_norm", "resid_norm") if k in c.info}}
+                   for c in result.concepts]
+    names = [m.name for m in methods]
+    scores = common.interval_summary(per_concept, names, roles)
+    comparisons = common.paired_comparisons(per_concept, roles, [*oracles, *resid_names], baselines=("prompt",),
+                                            prompt_share=0.9)
+    lengths = common.answer_lengths(result, model.tokenizer, reference="none")
+    report = {
+        "benchmark": "oracle_forms", "tiny": tiny, "command": " ".join(["benchmarks/oracle_forms.py", *(
+            sys.argv[1:] if argv is None else list(argv))]),
+        "settings": dataclasses.asdict(settings), "estimate_seconds": estimate,
+        **{k: v for k, v in common.run_info("oracle_forms", run, argv, model, judge).items()
+           if k in ("environment", "model", "judge")},
+        "data": {"n_held_out": len(held_out), "n_train_prompts": len(train_prompts), "n_eval_prompts": len(eval_prompts),
+                 "n_oracle_pairs": len(oracle_data), "n_eval_pairs": len(eval_data),
+                 "held_out": [c.id for c in held_out], "eval_prompts": [p.text for p in eval_prompts],
+                 "teacher": {"oracle": oracle_data.stats, "eval": eval_data.stats}},
+        "training": training, "eval_kl": kl, "diagnostics": diagnostics, "scores": scores,
+        "comparisons": comparisons, "answer_lengths": lengths, "per_concept": per_concept,
+        "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
+    }
+    common.write_samples(result, held_out, out / "samples.md", s.samples, methods=["none", "prompt", *oracles,
+                                                                                   *resid_names])
+    common.save_report(report, out, began, markdown)
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    from hooksteer.evaluate.report import table
+
+    s, d = report["settings"], report["data"]
+    lines = ["# The ceiling of each steering form: one free distilled vector per concept", "",
+             f"`{report['command']}`", "",
+             f"Model `{report['model']}`, judge `{report['judge']}`, device {report['environment']['device']}. "
+             f"Oracles trained on {d['n_held_out']} held-out concepts × {d['n_train_prompts']} train prompts "
+             f"(KL to the prompted model, response: {s['response']}); scored on the same concepts × "
+             f"{d['n_eval_prompts']} eval prompts (factor chosen on half, reported on the other half), "
+             f"{s['max_new_tokens']} greedy tokens. Scores: mean over concepts [bootstrap 95 % interval].", ""]
+    rows = report["scores"].get("held_out")
+    if rows:
+        lines += ["## Steering score", "", common.interval_table(rows), ""]
+    if report["comparisons"]:
+        lines += ["## Paired differences", "", common.comparison_table(report["comparisons"]), ""]
+    body = []
+    for name, kl in report["eval_kl"].items():
+        diag = report["diagnostics"].get(name, {})
+        train = report["training"].get(name, {})
+        body.append([name, fmt(kl.get("held_out")), fmt(diag.get("between_concepts")),
+                     fmt(diag.get("mean_norm"), 1), str(train.get("steps", "—")), fmt(train.get("seconds"), 0)])
+    lines += ["## Eval KL (never-trained pairs) and vectors", "",
+              table(body, ("form", "eval KL", "cos between concepts", "‖Δ‖", "steps", "train s")), "",
+              "## Answer length (words, chosen factor, report half) vs unsteered", "",
+              common.length_table(report["answer_lengths"]), "", "## Seconds", "",
+              f"Teacher {fmt(report['seconds']['teacher'], 0)} s, evaluation {fmt(report['seconds']['evaluate'], 0)} s, "
+              f"total {fmt(report['seconds']['total'], 0)} s; training: "
+              + ", ".join(f"{k} {fmt(v.get('seconds'), 0)} s" for k, v in report["training"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Where a HyperSteer / oracle vector acts (``HyperSteerConfig.positions``): every token, or the base prompt's tokens
+only. Training, eval loss and the evaluation's steering hook must all add Δ at the same positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hooksteer as hs
+from hooksteer.data.schema import SteeringExample
+from hooksteer.hypersteer import HyperSteerConfig, HyperSteerConfigError, HyperSteerTrainer
+from hooksteer.hypersteer.bounds import ConceptVectors
+from hooksteer.hypersteer.data import ResidCache, collate, encode_examples
+from hooksteer.hypersteer.evaluation import HyperSteerMethod
+from hooksteer.hypersteer.loss import (
+    steered_logits_above_site,
+    steered_logits_full,
+    steered_loss_above_site,
+    steered_positions,
+    target_loss,
+)
+from hooksteer.hypersteer.trainer import mean_loss
+
+torch.set_num_threads(1)
+
+STEER = ["Talk about cats.", "Mention the sea in every answer."]
+BASE = ["Tell me about your day.", "What is the capital of France? Answer briefly please."]
+LAYER = 1
+
+
+def batch_of(model, config: HyperSteerConfig, targets=("The cat sat on the mat.", "Paris")):
+    data = [SteeringExample(f"c{i}", STEER[i], BASE[i], targets[i]) for i in range(2)]
+    encoded = encode_examples(model, data, config)
+    batch = collate(encoded, pad_id=0)
+    resid = ResidCache(model, LAYER, "off").get(batch)
+    return data, batch, resid
+
+
+def test_prompt_positions_mask_each_rows_base_prompt(tiny_llama):
+    config = HyperSteerConfig(layer=LAYER, loss="ce")
+    _, batch, _ = batch_of(tiny_llama, config)
+    assert steered_positions(batch, "all") is None
+    mask = steered_positions(batch, "prompt")
+    assert mask.shape == batch.tokens.shape
+    for row, n_prompt in enumerate(batch.prompt_lengths.tolist()):
+        assert mask[row, :n_prompt].all() and not mask[row, n_prompt:].any()
+    with pytest.raises(ValueError, match="positions"):
+        steered_positions(batch, "generated")
+
+
+def test_prompt_positions_leave_the_answers_residual_unchanged_at_the_site(tiny_llama):
+    config = HyperSteerConfig(layer=LAYER, loss="ce")
+    _, batch, resid = batch_of(tiny_llama, config)
+    delta = torch.randn(2, tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(0)) * 5
+    mask = steered_positions(batch, "prompt")
+    steered = {}
+    tiny_llama.add_hook(f"blocks.{LAYER + 1}.hook_resid_pre", lambda a, hook: steered.__setitem__("x", a.detach()))
+    try:
+        steered_logits_full(tiny_llama, batch.tokens, LAYER, delta, mask)
+    finally:
+        tiny_llama.reset_hooks()
+    added = steered["x"] - resid
+    for row, (n_prompt, length) in enumerate(zip(batch.prompt_lengths.tolist(), batch.lengths.tolist(), strict=True)):
+        assert torch.allclose(added[row, :n_prompt], delta[row].expand(n_prompt, -1), atol=1e-4)
+        assert added[row, n_prompt:length].abs().max() < 1e-4  # the answer is not steered ...
+    unsteered = tiny_llama(batch.tokens, padding_side="right")
+    logits = steered_logits_full(tiny_llama, batch.tokens, LAYER, delta, mask)
+    n_prompt = int(batch.prompt_lengths[0])
+    # ... but reads the steered prompt through attention: its predictions change
+    assert (logits[0, n_prompt:int(batch.lengths[0])] - unsteered[0, n_prompt:int(batch.lengths[0])]).abs().max() > 1e-3
+
+
+def test_fast_path_equals_full_forward_for_prompt_positions(tiny_llama):
+    config = HyperSteerConfig(layer=LAYER, loss="ce", positions="prompt")
+    _, batch, resid = batch_of(tiny_llama, config)
+    delta = torch.randn(2, tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(1)) * 5
+    mask = steered_positions(batch, "prompt")
+    fast = steered_logits_above_site(tiny_llama, resid, LAYER, delta, mask)
+    full = steered_logits_full(tiny_llama, batch.tokens, LAYER, delta, mask)
+    for row, length in enumerate(batch.lengths.tolist()):
+        assert torch.allclose(fast[row, :length], full[row, :length], atol=1e-5)
+    full_loss, n_full = target_loss(full, batch)
+    picked, n_picked = steered_loss_above_site(tiny_llama, resid, LAYER, delta, batch, "ce", "prompt")
+    assert n_picked == n_full and torch.allclose(picked, full_loss, rtol=1e-5)
+    everywhere, _ = steered_loss_above_site(tiny_llama, resid, LAYER, delta, batch, "ce", "all")
+    assert not torch.allclose(everywhere, picked)
+
+
+def test_hooksteer_steer_on_prompt_positions_matches_training(tiny_llama):
+    """What the evaluation does at inference (``hs.steer(..., positions="prompt")``) equals the training forward."""
+    config = HyperSteerConfig(layer=LAYER, loss="ce", positions="prompt")
+    data, batch, resid = batch_of(tiny_llama, config)
+    delta = torch.randn(2, tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(2)) * 5
+    fast = steered_logits_above_site(tiny_llama, resid, LAYER, delta, steered_positions(batch, "prompt"))
+    single = collate(encode_examples(tiny_llama, data[:1], config), pad_id=0)
+    n_prompt = int(single.prompt_lengths[0])
+    vector = hs.SteeringVector(f"blocks.{LAYER}.hook_resid_post", delta[0])
+    with hs.steer(tiny_llama, vector, positions=list(range(n_prompt))):
+        steered = tiny_llama(single.tokens)
+    assert torch.allclose(steered[0], fast[0, : int(single.lengths[0])], atol=1e-5)
+
+
+def test_oracle_trained_on_prompt_positions_lowers_its_loss_and_is_evaluated_there(tiny_llama):
+    config = HyperSteerConfig(layer=LAYER, loss="ce", positions="prompt", lr=0.05, batch_size=2, max_steps=40,
+                              eval_every=0, log_every=10)
+    data = [SteeringExample(f"c{i}", STEER[i], b, "river river river river") for i in range(2) for b in BASE]
+    oracle = ConceptVectors.oracle(tiny_llama, STEER, config)
+    before = mean_loss(oracle, data)
+    HyperSteerTrainer(oracle, data, progress=False).train()
+    assert mean_loss(oracle, data) < before - 0.1
+    vector = oracle.vector(STEER[0])
+    assert vector.source["positions"] == "prompt"
+    method = HyperSteerMethod(oracle, magnitude="trained")
+    assert method.positions == "prompt" and method.config()["positions"] == "prompt"
+    assert HyperSteerMethod(oracle, positions="all").positions == "all"  # an explicit choice wins
+
+
+def test_unknown_positions_is_refused(tiny_llama):
+    with pytest.raises(HyperSteerConfigError, match="positions must be one of"):
+        ConceptVectors.oracle(tiny_llama, STEER, HyperSteerConfig(layer=LAYER, positions="generated"))
+    assert HyperSteerConfig.from_dict(HyperSteerConfig(positions="prompt").to_dict()).positions == "prompt"
