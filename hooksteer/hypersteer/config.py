@@ -78,7 +78,6 @@ class HyperSteerConfig:
             hypernetwork of d_model + 1 parameters (needs ``prior_gain``) that cannot memorise training concepts.
         h_layout: ``in_context`` only: ``"steering_last"`` (default; H reads base prompt ⊕ steering prompt,
             so the steering prompt is what H's last tokens read) or ``"steering_first"`` (format version 1).
-
         positions: where Δ is added, in training and by default at inference: ``"all"`` (every token, prompt and
             answer) or ``"prompt"`` (the base prompt's tokens only; the answer reads the vector through
             attention, as it reads a steering prompt placed in its context).
