@@ -1,4 +1,4 @@
-"""Setup and reporting shared by ``hypersteer_eval.py`` and ``psr_eval.py``.
+"""Setup and reporting shared by ``hypersteer_eval.py``, ``oracle_forms.py`` and ``psr_eval.py``.
 
 Model loading (tiny random model or the embedded one), the ``--tiny`` stand-ins (hand-made concepts and a keyword
 judge), base-prompt picking, the train / eval split, teacher targets (cached JSONL) and the common parts of the
@@ -175,6 +175,24 @@ def save_split(concepts: Sequence[Any], prompts: Sequence[Any], path: Path, *, s
     return split
 
 
+def load_split(settings: Any, tiny: bool, out: Path, benchmark: str) -> tuple[list[Any], list[Any], Any]:
+    """Concepts, base prompts and their train / held-in / held-out split, saved as ``out / "split.json"``: the
+    same sizes and seeds give the same split in every benchmark. ``settings`` holds ``concept_seed``,
+    ``prompt_sources``, ``train_concepts``, ``held_out``, ``held_in``, ``train_prompts``, ``eval_prompts`` and
+    ``seed``; too few concepts or prompts stop the run with ``"<benchmark>: error: ..."``."""
+    s = settings
+    data_args = argparse.Namespace(tiny=tiny, concept_seed=s.concept_seed, prompt_sources=s.prompt_sources)
+    concepts, prompts = load_concepts_and_prompts(data_args, s.train_concepts + s.held_out)
+    n_prompts = s.train_prompts + s.eval_prompts
+    if len(concepts) < s.train_concepts + s.held_out or len(prompts) < n_prompts:
+        raise SystemExit(f"{benchmark}: error: need {s.train_concepts + s.held_out} concepts and {n_prompts} base "
+                         f"prompts, have {len(concepts)} and {len(prompts)}")
+    prompts = pick_prompts(prompts, s.seed, n_prompts)
+    split = save_split(concepts, prompts, out / "split.json", seed=s.seed, held_out=s.held_out, held_in=s.held_in,
+                       eval_prompts=s.eval_prompts)
+    return concepts, prompts, split
+
+
 def teacher_targets(args: argparse.Namespace, model: Any, judge: Any, concepts: Sequence[Any],
                     prompts: Sequence[Any], cache: Path) -> tuple[Any, dict[str, Any]]:
     """Judge-filtered teacher targets for every (concept, prompt) pair from the ``--teacher-*`` flags, cached in
@@ -223,6 +241,31 @@ def run_info(benchmark: str, args: argparse.Namespace, argv: Sequence[str] | Non
         "model": str(getattr(model.cfg, "model_name", "tiny")),
         "judge": getattr(judge, "name", type(judge).__name__),
     }
+
+
+def log_estimate(estimate: Mapping[str, float], device: str) -> None:
+    """Print a run's time estimate (seconds per stage) before anything runs."""
+    log(f"estimated time on {device}: {sum(estimate.values()) / 60:.0f} min ("
+        + ", ".join(f"{k} {v / 60:.0f}" for k, v in estimate.items()) + ")")
+
+
+def report_head(benchmark: str, settings: Any, estimate: Mapping[str, float], tiny: bool, run: argparse.Namespace,
+                argv: Sequence[str] | None, model: Any, judge: Any) -> dict[str, Any]:
+    """The head of a settings-dataclass benchmark's ``results.json``: name, command line, settings, time estimate,
+    environment, model and judge."""
+    info = run_info(benchmark, run, argv, model, judge)
+    return {"benchmark": benchmark, "tiny": tiny, "command": info["command"],
+            "settings": dataclasses.asdict(settings), "estimate_seconds": estimate,
+            **{k: info[k] for k in ("environment", "model", "judge")}}
+
+
+def per_concept_rows(result: Any, roles: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One row per (method, concept) of an evaluation: its role, chosen factor, report-half ratings and the added
+    vector's norms where the method recorded them."""
+    return [{"method": c.method, "concept_id": c.concept_id, "role": roles.get(c.concept_id),
+             "chosen_factor": c.chosen_factor, **c.report,
+             **{k: c.info[k] for k in ("mean_delta_norm", "natural_factor", "resid_norm") if k in c.info}}
+            for c in result.concepts]
 
 
 def rank_by_score(rows: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, Any]]:

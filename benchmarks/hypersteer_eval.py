@@ -487,8 +487,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     s, tiny = settings, args.tiny
     device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
     estimate = estimate_seconds(s, device)
-    log(f"estimated time on {device}: {sum(estimate.values()) / 60:.0f} min ("
-        + ", ".join(f"{k} {v / 60:.0f}" for k, v in estimate.items()) + ")")
+    common.log_estimate(estimate, device)
     if args.estimate_only:
         return {"estimate_seconds": estimate}
     out = Path(s.out)  # type: ignore[arg-type]
@@ -508,15 +507,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = common.load_model(tiny, s.seed, s.model, s.device)
     # the embedded model's TransformerBridge shares its weights and generates faster; a tiny bridge would not
     generator = common.load_bridge(tiny, s.seed, s.device) if s.model is None and not tiny else model
-    data_args = argparse.Namespace(tiny=tiny, concept_seed=s.concept_seed, prompt_sources=s.prompt_sources)
-    concepts, prompts = common.load_concepts_and_prompts(data_args, s.train_concepts + s.held_out)
-    n_prompts = s.train_prompts + s.eval_prompts
-    if len(concepts) < s.train_concepts + s.held_out or len(prompts) < n_prompts:
-        raise SystemExit(f"need {s.train_concepts + s.held_out} concepts and {n_prompts} base prompts, have "
-                         f"{len(concepts)} and {len(prompts)}")
-    prompts = common.pick_prompts(prompts, s.seed, n_prompts)
-    split = common.save_split(concepts, prompts, out / "split.json", seed=s.seed, held_out=s.held_out,
-                              held_in=s.held_in, eval_prompts=s.eval_prompts)
+    concepts, prompts, split = common.load_split(s, tiny, out, "hypersteer_eval")
     train_concepts = split.select(concepts, split.train_concepts)
     held_out = split.select(concepts, split.held_out_concepts)
     held_in = [] if s.no_held_in else split.select(concepts, split.held_in_concepts)
@@ -597,9 +588,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
                       out_dir=out / "evaluation", progress=not tiny, reuse=reusable)
     eval_seconds = time.perf_counter() - started
-    per_concept = [{"method": c.method, "concept_id": c.concept_id, "role": roles.get(c.concept_id),
-                    "chosen_factor": c.chosen_factor, **c.report, **{k: c.info[k] for k in (
-                        "mean_delta_norm", "natural_factor", "resid_norm") if k in c.info}} for c in result.concepts]
+    per_concept = common.per_concept_rows(result, roles)
     scores = common.interval_summary(per_concept, [m.name for m in methods], roles)
     comparisons = common.paired_comparisons(per_concept, roles, [m.name for m in methods if m.name.startswith(
         ("hypersteer", "oracle", "floor"))], baselines=("diffmean", "prompt", "floor@resid", "floor@trained"),
@@ -617,11 +606,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     timing = {name: time_vector_inference(m, pairs) for name, m in modules.items() if name.startswith("hypersteer")}
 
     report = {
-        "benchmark": "hypersteer_eval", "tiny": tiny, "command": " ".join(["benchmarks/hypersteer_eval.py", *(
-            sys.argv[1:] if argv is None else list(argv))]),
-        "settings": dataclasses.asdict(settings), "estimate_seconds": estimate,
-        **{k: v for k, v in common.run_info("hypersteer_eval", run, argv, model, judge).items()
-           if k in ("environment", "model", "judge")},
+        **common.report_head("hypersteer_eval", settings, estimate, tiny, run, argv, model, judge),
         "data": {"n_train_concepts": len(train_concepts), "n_train_prompts": len(train_prompts),
                  "n_held_out": len(held_out), "n_held_in": len(held_in), "n_eval_prompts": len(eval_prompts),
                  "n_train_pairs": len(train_data), "n_oracle_pairs": len(oracle_records),

@@ -34,7 +34,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -219,8 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
     forms = [parse_form(f) for f in s.forms]
     estimate = estimate_seconds(s, device)
-    log(f"estimated time on {device}: {sum(estimate.values()) / 60:.0f} min ("
-        + ", ".join(f"{k} {v / 60:.0f}" for k, v in estimate.items()) + ")")
+    common.log_estimate(estimate, device)
     if args.estimate_only:
         return {"estimate_seconds": estimate}
     out = Path(s.out)  # type: ignore[arg-type]
@@ -243,15 +241,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from hooksteer.hypersteer.evaluation import HyperSteerMethod
 
     generator = common.load_bridge(tiny, s.seed, s.device) if s.model is None and not tiny else model
-    data_args = argparse.Namespace(tiny=tiny, concept_seed=s.concept_seed, prompt_sources=s.prompt_sources)
-    concepts, prompts = common.load_concepts_and_prompts(data_args, s.train_concepts + s.held_out)
-    n_prompts = s.train_prompts + s.eval_prompts
-    if len(concepts) < s.train_concepts + s.held_out or len(prompts) < n_prompts:
-        raise SystemExit(f"oracle_forms: error: need {s.train_concepts + s.held_out} concepts and {n_prompts} base "
-                         f"prompts, have {len(concepts)} and {len(prompts)}")
-    prompts = common.pick_prompts(prompts, s.seed, n_prompts)
-    split = common.save_split(concepts, prompts, out / "split.json", seed=s.seed, held_out=s.held_out,
-                              held_in=s.held_in, eval_prompts=s.eval_prompts)
+    concepts, prompts, split = common.load_split(s, tiny, out, "oracle_forms")
     held_out = split.select(concepts, split.held_out_concepts)
     train_prompts = split.select(prompts, split.train_prompts)
     eval_prompts = split.select(prompts, split.eval_prompts)
@@ -298,21 +288,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
                       out_dir=out / "evaluation", progress=not tiny, reuse=reusable)
     eval_seconds = time.perf_counter() - started
-    per_concept = [{"method": c.method, "concept_id": c.concept_id, "role": "held_out",
-                    "chosen_factor": c.chosen_factor, **c.report,
-                    **{k: c.info[k] for k in ("mean_delta_norm", "resid_norm") if k in c.info}}
-                   for c in result.concepts]
+    per_concept = common.per_concept_rows(result, roles)
     names = [m.name for m in methods]
     scores = common.interval_summary(per_concept, names, roles)
     comparisons = common.paired_comparisons(per_concept, roles, [*oracles, *resid_names], baselines=("prompt",),
                                             prompt_share=0.9)
     lengths = common.answer_lengths(result, model.tokenizer, reference="none")
     report = {
-        "benchmark": "oracle_forms", "tiny": tiny, "command": " ".join(["benchmarks/oracle_forms.py", *(
-            sys.argv[1:] if argv is None else list(argv))]),
-        "settings": dataclasses.asdict(settings), "estimate_seconds": estimate,
-        **{k: v for k, v in common.run_info("oracle_forms", run, argv, model, judge).items()
-           if k in ("environment", "model", "judge")},
+        **common.report_head("oracle_forms", settings, estimate, tiny, run, argv, model, judge),
         "data": {"n_held_out": len(held_out), "n_train_prompts": len(train_prompts), "n_eval_prompts": len(eval_prompts),
                  "n_oracle_pairs": len(oracle_data), "n_eval_pairs": len(eval_data),
                  "held_out": [c.id for c in held_out], "eval_prompts": [p.text for p in eval_prompts],

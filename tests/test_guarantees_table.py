@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from benchmark_scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("guarantees_table", REPO / "benchmarks" / "guarantees_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("guarantees_table")
 
 
 def test_readme_table_is_generated_from_the_tests():

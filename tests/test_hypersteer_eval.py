@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark, record_evaluated_methods
 
 from hooksteer.data.schema import Concept
 from hooksteer.evaluate.methods import GenerationSettings, SteeringMethod
 from hooksteer.hypersteer import HyperSteer, HyperSteerConfig
 from hooksteer.hypersteer.evaluation import HyperSteerDirections, HyperSteerMethod
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses in the script resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
 
 def _benchmark():
-    return _script("hypersteer_eval")
+    return load_benchmark("hypersteer_eval")
 
 
 CONCEPTS = [Concept(id=w, title=w, steering_prompts=[f"Write about {w}. Every sentence must be about {w}."],
@@ -75,7 +63,7 @@ def test_tiny_pipeline_runs_and_saves(tmp_path):
     split = json.loads((tmp_path / "split.json").read_text())
     assert not set(split["held_out_concepts"]) & set(split["train_concepts"])
     # the stand-alone separation script reads the run back
-    recomputed = _script("hypersteer_separation").main([str(tmp_path), "--compare", str(tmp_path)])["variants"]
+    recomputed = load_benchmark("hypersteer_separation").main([str(tmp_path), "--compare", str(tmp_path)])["variants"]
     assert all(row["agreement_with_compare"] == pytest.approx(1.0, abs=1e-5) for row in recomputed.values())
     assert recomputed["no_context"]["between_concepts"] == pytest.approx(
         saved["diagnostics"]["hypersteer-no_context"]["between_concepts"], abs=1e-5)
@@ -98,17 +86,8 @@ def test_tiny_pipeline_runs_and_saves(tmp_path):
 
 
 def test_ridge_variant_added_to_a_finished_run_evaluates_only_its_own_methods(tmp_path, monkeypatch):
-    from hooksteer.evaluate import protocol
-
     first = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "--curve"])
-    evaluated: list[str] = []
-    original = protocol.evaluate_concept
-
-    def counting(model, method, *args, **kwargs):
-        evaluated.append(method.name)
-        return original(model, method, *args, **kwargs)
-
-    monkeypatch.setattr(protocol, "evaluate_concept", counting)
+    evaluated = record_evaluated_methods(monkeypatch)
     added = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "no_context:1:ridge",
                                "--curve", "4", "--curve-variants", "no_context:1:ridge", "--curve-metric", "kl"])
     ridge = "hypersteer-no_context-ridge1"

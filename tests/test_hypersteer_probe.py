@@ -3,22 +3,14 @@ end to end on a tiny model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 def _probe():
-    spec = importlib.util.spec_from_file_location("hypersteer_probe", REPO / "benchmarks" / "hypersteer_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hypersteer_probe"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("hypersteer_probe")
 
 
 def test_title_span_finds_the_title_tokens(tiny_llama):

@@ -3,22 +3,14 @@ model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark, record_evaluated_methods
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("oracle_forms", REPO / "benchmarks" / "oracle_forms.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["oracle_forms"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("oracle_forms")
 
 
 def test_form_specs_parse_or_name_the_problem():
@@ -67,16 +59,7 @@ def test_tiny_pipeline_scores_every_form_and_resumes(tmp_path, monkeypatch):
     assert configs["oracle-L1-prompt"]["positions"] == "prompt" and configs["oracle-L2-all"]["positions"] == "all"
     assert (out / "oracle-L1-prompt" / "model.safetensors").is_file()
     # a rerun reloads the trained oracles instead of retraining them, and evaluates only what it adds
-    from hooksteer.evaluate import protocol
-
-    evaluated: list[str] = []
-    original = protocol.evaluate_concept
-
-    def counting(model, method, *args, **kwargs):
-        evaluated.append(method.name)
-        return original(model, method, *args, **kwargs)
-
-    monkeypatch.setattr(protocol, "evaluate_concept", counting)
+    evaluated = record_evaluated_methods(monkeypatch)
     again = bench.main(["--tiny", "--out", str(out), "--diffmean-layers", "1", "--resid-forms", "1:prompt"])
     assert all("reused_from" in info for info in again["training"].values())
     assert set(evaluated) == {"oracle-L1-prompt@resid"}

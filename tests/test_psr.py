@@ -425,15 +425,9 @@ def test_response_gates_match_unsteered_gates_for_s_psr(tiny_llama):
 
 
 def _psr_eval():
-    import importlib.util
-    import sys
+    from benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "psr_eval.py"
-    spec = importlib.util.spec_from_file_location("psr_eval", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["psr_eval"] = module  # dataclasses in the script resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("psr_eval")
 
 
 def test_psr_eval_command_line_parses_to_the_same_settings_as_before():
