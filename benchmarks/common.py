@@ -155,6 +155,20 @@ def pick_prompts(prompts: Sequence[Any], seed: int, n: int) -> list[Any]:
     return picked[:n]
 
 
+def unused_prompts(settings: Any, tiny: bool, used: Sequence[Any], n: int, benchmark: str) -> list[Any]:
+    """``n`` more base prompts of ``settings.prompt_sources`` that are not in ``used`` (the split's train and eval
+    prompts), in the same seeded order as :func:`pick_prompts`: extra training prompts that leave the split, and so
+    the eval prompts, unchanged. Too few stop the run with ``"<benchmark>: error: ..."``."""
+    data_args = argparse.Namespace(tiny=tiny, concept_seed=settings.concept_seed, prompt_sources=settings.prompt_sources)
+    _, every = load_concepts_and_prompts(data_args, 0)
+    taken = {p.id for p in used}
+    free = [p for p in pick_prompts(every, settings.seed, len(every)) if p.id not in taken]
+    if len(free) < n:
+        raise SystemExit(f"{benchmark}: error: {n} more base prompts asked for, but {settings.prompt_sources} has only "
+                         f"{len(free)} beyond the split's {len(taken)}")
+    return free[:n]
+
+
 def make_judge(tiny: bool, model: Any) -> Any:
     """The judge: :class:`KeywordJudge` with ``tiny``, else the embedding judge whose fluency scorer is the same
     (unsteered) base model (no hook is active when the judge runs)."""
@@ -191,6 +205,21 @@ def load_split(settings: Any, tiny: bool, out: Path, benchmark: str) -> tuple[li
     split = save_split(concepts, prompts, out / "split.json", seed=s.seed, held_out=s.held_out, held_in=s.held_in,
                        eval_prompts=s.eval_prompts)
     return concepts, prompts, split
+
+
+def layer_resid_norms(model: Any, layers: Sequence[int], concepts: Sequence[Any], texts_for: Any) -> dict[int, float]:
+    """Mean over ``concepts`` of the residual norm at ``blocks.{layer}.hook_resid_post`` on each concept's texts,
+    the same reference the evaluation's ``resid_norm`` factors use."""
+    from hooksteer.evaluate.methods import residual_norm
+
+    norms = {}
+    for layer in sorted(set(layers)):
+        values = []
+        for concept in concepts:
+            positive, negative = texts_for(concept, [c for c in concepts if c.id != concept.id])
+            values.append(residual_norm(model, [*positive[:8], *negative[:8]], f"blocks.{layer}.hook_resid_post"))
+        norms[layer] = sum(values) / len(values)
+    return norms
 
 
 def teacher_targets(args: argparse.Namespace, model: Any, judge: Any, concepts: Sequence[Any],

@@ -107,6 +107,12 @@ class HyperSteerEvalSettings:
     positions: str = field(default="all", metadata={
         "help": "where H's, the oracle's and the floor's vectors are added, in training and evaluation: every token, "
                 "or the base prompt's tokens only", "choices": ["all", "prompt"]})
+    delta_norm_factor: float | None = field(default=None, metadata={
+        "help": "train H, the oracle and the floor at a fixed vector length, FACTOR × the residual norm at the layer "
+                "(only the direction is learned; none: the length is learned too)"})
+    token_weights: str = field(default="uniform", metadata={
+        "help": "distillation token weights: uniform, or teacher_shift (each answer token by KL(teacher ‖ "
+                "unsteered) there)", "choices": ["uniform", "teacher_shift"]})
     epochs: float = field(default=3.0, metadata={"help": "H training epochs (ignored when --steps is given)"})
     steps: int | None = field(default=None, metadata={"help": "H optimizer steps"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
@@ -190,6 +196,10 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} must be positive numbers")
     if s.steps is not None and s.steps < 1:
         problems.append("--steps must be >= 1")
+    if s.delta_norm_factor is not None and not (math.isfinite(s.delta_norm_factor) and s.delta_norm_factor > 0):
+        problems.append("--delta-norm-factor must be a positive number")
+    if s.token_weights != "uniform" and s.loss != "distill":
+        problems.append("--token-weights teacher_shift needs --loss distill")
     if s.epochs <= 0 or s.bound_epochs <= 0 or s.lr <= 0 or s.bound_lr <= 0:
         problems.append("--epochs, --bound-epochs, --lr and --bound-lr must be > 0")
     return problems
@@ -285,7 +295,19 @@ def teacher_data(s: HyperSteerEvalSettings, model: Any, generator: Any, concepts
                                  generator=generator, progress=not tiny)
 
 
-def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int) -> Any:
+def fixed_length(s: HyperSteerEvalSettings, resid_norm: float | None) -> float | None:
+    """The fixed vector length of H and its bounds: ``--delta-norm-factor`` × ``resid_norm`` (None: learned)."""
+    factor = getattr(s, "delta_norm_factor", None)  # settings saved before the flag existed have none
+    if factor is None:
+        return None
+    if resid_norm is None:
+        raise ValueError("--delta-norm-factor needs the residual norm at the injection layer")
+    return float(factor) * float(resid_norm)
+
+
+def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int, resid_norm: float | None = None) -> Any:
+    """H's settings for the variant ``spec``; ``resid_norm`` (at the injection layer) sets the fixed length of
+    ``--delta-norm-factor``."""
     from hooksteer.hypersteer import HyperSteerConfig
 
     variant, n_blocks, frozen, ridge, prior, noweight = parse_variant(spec, s.n_blocks)
@@ -296,19 +318,22 @@ def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int) -> Any:
     bias_lr = s.bound_lr if noweight else s.head_bias_lr
     return HyperSteerConfig(variant=variant, n_blocks=n_blocks, freeze_blocks=frozen,
                             prior_gain=s.prior_gain if prior else None, head_weight=not noweight, layer=s.layer,
-                            positions=s.positions, lr=s.lr, head_lr=s.head_lr,
+                            positions=s.positions, delta_norm=fixed_length(s, resid_norm),
+                            token_weights=getattr(s, "token_weights", "uniform"), lr=s.lr, head_lr=s.head_lr,
                             head_bias_lr=bias_lr, pooling=s.pooling,
                             center=s.center, loss=s.loss, batch_size=s.batch_size, max_steps=max(steps, 1),
                             warmup_steps=min(s.warmup_steps, steps // 4), seed=s.seed, eval_every=s.eval_every,
                             log_every=max(1, min(10, steps)), save_every=0, extra=extra)
 
 
-def bound_config(s: HyperSteerEvalSettings, n_examples: int, epochs: float) -> Any:
+def bound_config(s: HyperSteerEvalSettings, n_examples: int, epochs: float, resid_norm: float | None = None) -> Any:
+    """The oracle's and the floor's settings (same objective, positions and vector length as H)."""
     from hooksteer.hypersteer import HyperSteerConfig
 
     steps = s.steps if s.steps and epochs == s.epochs else steps_for(n_examples, epochs, s.batch_size)
     return HyperSteerConfig(variant="no_context", n_blocks=0, layer=s.layer, positions=s.positions, lr=s.bound_lr,
-                            loss=s.loss,
+                            loss=s.loss, delta_norm=fixed_length(s, resid_norm),
+                            token_weights=getattr(s, "token_weights", "uniform"),
                             batch_size=s.batch_size, max_steps=steps, warmup_steps=0, seed=s.seed,
                             eval_every=s.eval_every, log_every=max(1, min(10, steps)), save_every=0,
                             extra={"trained_steps": steps})
@@ -436,8 +461,8 @@ def methods_for(s: HyperSteerEvalSettings, modules: dict[str, Any], texts_for: A
 
 def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: Any, train_data: Any,
                  train_concepts: Sequence[Any], held_out: Sequence[Any], eval_prompts: Sequence[Any],
-                 eval_records: list[Any], texts_for: Any, out: Path, tiny: bool, oracle_train: Any = None
-                 ) -> list[dict[str, Any]]:
+                 eval_records: list[Any], texts_for: Any, out: Path, tiny: bool, oracle_train: Any = None,
+                 resid_norm: float | None = None) -> list[dict[str, Any]]:
     """H retrained on nested subsets of the training concepts (a ridge head refitted to their oracle vectors):
     held-out eval KL and steering score per size."""
     from hooksteer.evaluate.protocol import evaluate
@@ -457,10 +482,10 @@ def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: A
             torch.manual_seed(s.seed)
             if parsed.ridge:
                 keys = [c.steering_prompt for c in train_concepts[:size]]
-                hyper = HyperSteer(model, hyper_config(s, spec, len(keys)))
+                hyper = HyperSteer(model, hyper_config(s, spec, len(keys), resid_norm))
                 info = fit_ridge_head(hyper, oracle_train, keys, out / f"{variant}-{size}", s.seed)
             else:
-                hyper = HyperSteer(model, hyper_config(s, spec, len(records)))
+                hyper = HyperSteer(model, hyper_config(s, spec, len(records), resid_norm))
                 info = train(hyper, records, [], out / f"{variant}-{size}", tiny)
             point = {"concepts": size, "variant": variant, "n_examples": len(records), "steps": info["steps"],
                      "train_seconds": info["seconds"], "eval_kl": mean_loss(hyper, eval_records)}
@@ -532,6 +557,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"teacher: {len(train_data)} train pairs ({train_data.stats['seconds_per_pair'] or 0:.2f} s/pair new, "
         f"{train_data.stats['finished_fraction']:.2f} finished), {teacher_seconds:.0f} s")
 
+    texts_for = pool_texts_for(list(concepts))
+    resid_norm = None
+    if s.delta_norm_factor is not None:
+        from hooksteer.hypersteer.config import default_layer
+
+        site = s.layer if s.layer is not None else default_layer(int(model.cfg.n_layers))
+        resid_norm = common.layer_resid_norms(model, [site], held_out, texts_for)[site]
+        log(f"fixed vector length {s.delta_norm_factor:g} × residual norm {resid_norm:.1f} at layer {site}")
+
     # ---- train
     modules: dict[str, Any] = {}
     training: dict[str, Any] = {}
@@ -539,7 +573,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train_keys = [c.steering_prompt for c in train_concepts]
     if any(parse_variant(spec, s.n_blocks).ridge for spec in s.variants):
         log("training the oracle on the training concepts (targets of the ridge heads) ...")
-        oracle_train = ConceptVectors.oracle(model, train_keys, bound_config(s, len(train_data), s.bound_epochs))
+        oracle_train = ConceptVectors.oracle(model, train_keys, bound_config(s, len(train_data), s.bound_epochs,
+                                                                                resid_norm))
         training["oracle-train"] = train(oracle_train, train_data.records, [], out / "oracle-train", tiny)
     for spec in s.variants:
         parsed = parse_variant(spec, s.n_blocks)
@@ -547,20 +582,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.manual_seed(s.seed)
         if parsed.ridge:
             log(f"fitting the head of HyperSteer {spec} to the oracle vectors of {len(train_keys)} training concepts ...")
-            hyper = HyperSteer(model, hyper_config(s, spec, len(train_keys)))
+            hyper = HyperSteer(model, hyper_config(s, spec, len(train_keys), resid_norm))
             training[name] = fit_ridge_head(hyper, oracle_train, train_keys, out / f"hyper-{parsed.name}", s.seed)
         else:
             log(f"training HyperSteer {spec} ...")
-            hyper = HyperSteer(model, hyper_config(s, spec, len(train_data)))
+            hyper = HyperSteer(model, hyper_config(s, spec, len(train_data), resid_norm))
             training[name] = train(hyper, train_data.records, eval_by_role["held_out"], out / f"hyper-{parsed.name}",
                                    tiny)
         modules[name] = hyper
     log("training the floor (one shared vector) ...")
-    floor = ConceptVectors.floor(model, bound_config(s, len(train_data), s.epochs))
+    floor = ConceptVectors.floor(model, bound_config(s, len(train_data), s.epochs, resid_norm))
     training["floor"] = train(floor, train_data.records, eval_by_role["held_out"], out / "floor", tiny)
     log("training the oracle (a free vector per evaluated concept) ...")
     oracle = ConceptVectors.oracle(model, [r.steering_prompt for r in oracle_records],
-                                   bound_config(s, len(oracle_records), s.bound_epochs))
+                                   bound_config(s, len(oracle_records), s.bound_epochs, resid_norm))
     training["oracle"] = train(oracle, oracle_records, [], out / "oracle", tiny)
     modules |= {"oracle": oracle, "floor": floor}
 
@@ -570,8 +605,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     diagnostics = separation(modules, held_out, eval_prompts, oracle)
 
     # ---- steering score
-    pool = list(concepts)
-    texts_for = pool_texts_for(pool)
     first, last = (parse_variant(v, s.n_blocks).name for v in (s.variants[0], s.variants[-1]))
     layer = modules[f"hypersteer-{first}"].layer
     methods = methods_for(s, modules, texts_for, layer)
@@ -599,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     curve: list[dict[str, Any]] = []
     if s.curve:
         curve = curve_points(s, model, generator, judge, train_data, train_concepts, held_out, eval_prompts,
-                             eval_by_role["held_out"], texts_for, out / "curve", tiny, oracle_train)
+                             eval_by_role["held_out"], texts_for, out / "curve", tiny, oracle_train, resid_norm)
 
     # ---- timing
     pairs = [(c.steering_prompts[0], p.text) for c in held_out for p in eval_prompts][: s.timing_vectors]
@@ -615,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  "teacher": {"train": train_data.stats, "oracle": oracle_data.stats, "eval": eval_data.stats}},
         "training": training, "eval_kl": kl, "diagnostics": diagnostics, "scores": scores,
         "comparisons": comparisons, "answer_lengths": lengths, "per_concept": per_concept, "curve": curve,
-        "timing": timing,
+        "timing": timing, "resid_norm": resid_norm,
         "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
     }
     common.write_samples(result, eval_concepts, out / "samples.md", s.samples,

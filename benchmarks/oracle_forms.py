@@ -10,9 +10,12 @@ steering, no steering and (optionally) DiffMean:
    prompts; ``split.json``);
 2. **teacher** (:func:`hooksteer.distill.build_distill_teacher`, cached): the prompted model's greedy answers and
    top-k log-probs for held-out concepts × train prompts (the oracles train on these) and × eval prompts (eval KL);
-3. **train** one oracle per form ``LAYER:POSITIONS`` (``--forms 20:all 20:prompt 10:all``; positions ``all`` adds
-   the vector at every token, ``prompt`` only at the base prompt's tokens, so the answer reads it through
-   attention, as it reads a steering prompt);
+3. **train** one oracle per form ``LAYER:POSITIONS[:nFACTOR][:shift][:lrRATE]`` (``--forms 20:all 20:prompt
+   10:all 20:all:n0.3 20:all:shift 20:all:lr0.3``; positions ``all`` adds the vector at every token, ``prompt`` only at the base
+   prompt's tokens, so the answer reads it through attention, as it reads a steering prompt; ``nFACTOR`` trains
+   only the direction, at a fixed length of FACTOR × the residual norm at the layer; ``shift`` weights each answer
+   token's KL by how far the steering prompt moved the prediction there, KL(teacher ‖ unsteered); ``lrRATE`` sets
+   the form's learning rate);
 4. **eval KL** on the never-trained eval pairs, and the between-concept cosine of each form's vectors;
 5. **steering score** (AxBench protocol: factor chosen on half of the eval prompts, reported on the other half),
    each oracle at multiples of its trained norm (``--trained-factors``) at its own positions, and the
@@ -74,6 +77,9 @@ class OracleFormsSettings:
     prompt_sources: list[str] = field(default_factory=lambda: ["hand-written"],
                                       metadata={"help": "base-prompt sources (hand-written, mt-bench, writingbench)"})
     train_prompts: int = field(default=4, metadata={"help": "train base prompts per concept"})
+    oracle_prompts: int | None = field(default=None, metadata={
+        "help": "base prompts per concept the oracles train on: the split's --train-prompts plus unused prompts of "
+                "--prompt-sources, so the eval prompts stay those of the split (default: --train-prompts)"})
     eval_prompts: int = field(default=6, metadata={"help": "eval base prompts (half choose the factor, half report)"})
     response: str = field(default="prompted", metadata={"help": "whose greedy answer is distilled",
                                                         "choices": ["prompted", "unsteered"]})
@@ -84,8 +90,10 @@ class OracleFormsSettings:
     teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
     teacher_cache: str | None = field(default=None, metadata={"help": "distillation cache folder (default OUT/teacher)"})
     forms: list[str] = field(default_factory=lambda: ["20:all", "20:prompt"], metadata={
-        "help": "steering forms LAYER:POSITIONS, positions 'all' (every token) or 'prompt' (the base prompt's tokens "
-                "only)"})
+        "help": "steering forms LAYER:POSITIONS[:nFACTOR][:shift][:lrRATE]: positions 'all' (every token) or "
+                "'prompt' (the base prompt's tokens only); nFACTOR trains each vector at a fixed length of FACTOR × "
+                "the residual norm at the layer (direction only); shift weights each answer token's KL by "
+                "KL(teacher ‖ unsteered) there; lrRATE: this form's learning rate (default --bound-lr)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     bound_lr: float = field(default=0.05, metadata={"help": "learning rate of the oracle vectors"})
     bound_epochs: float = field(default=12.0, metadata={"help": "oracle training epochs over its pairs"})
@@ -100,6 +108,9 @@ class OracleFormsSettings:
     factors: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.45],
                                  metadata={"help": "factors of DiffMean and of --resid-forms (× mean residual norm "
                                                    "at the site)"})
+    compare_to: list[str] = field(default_factory=list, metadata={
+        "help": "evaluated methods (e.g. oracle-L20-all@resid) every oracle row is also compared with, paired over "
+                "concepts, besides prompt and 0.9 × prompt steering"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per evaluated answer"})
     eval_batch_size: int = field(default=32, metadata={"help": "generation batch"})
     samples: int = field(default=20, metadata={"help": "generations written to samples.md"})
@@ -111,28 +122,71 @@ TINY = {"train_concepts": 4, "held_out": 3, "held_in": 1, "train_prompts": 2, "e
 
 
 class Form(NamedTuple):
-    """A steering form: the injection layer and where the vector is added."""
+    """A steering form: the injection layer, where the vector is added, and how it is trained — at a fixed length
+    of ``norm_factor`` × the residual norm at the layer (``None``: length learned), with ``token_weights``
+    ``"uniform"`` or ``"teacher_shift"`` (:class:`~hooksteer.hypersteer.HyperSteerConfig`), at learning rate
+    ``lr`` (``None``: ``--bound-lr``)."""
 
     layer: int
     positions: str
+    norm_factor: float | None = None
+    token_weights: str = "uniform"
+    lr: float | None = None
 
     @property
     def name(self) -> str:
-        return f"oracle-L{self.layer}-{self.positions}"
+        name = f"oracle-L{self.layer}-{self.positions}"
+        if self.norm_factor is not None:
+            name += f"-n{self.norm_factor:g}"
+        if self.token_weights == "teacher_shift":
+            name += "-shift"
+        return name + ("" if self.lr is None else f"-lr{self.lr:g}")
+
+
+FORM_SYNTAX = "LAYER:POSITIONS[:nFACTOR][:shift][:lrRATE]"
+
+
+def _positive(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def parse_form(spec: str) -> Form:
-    """``"20:prompt"`` → ``Form(20, "prompt")``; a clear error for anything else.
+    """``"LAYER:POSITIONS[:nFACTOR][:shift][:lrRATE]"`` → :class:`Form`; a clear error for anything else.
+    ``nFACTOR`` trains every vector at FACTOR × the residual norm at the layer (direction only); ``shift`` weights
+    each answer token by how far the steering prompt moved the prediction there; ``lrRATE`` sets this form's
+    learning rate.
 
     Example:
         >>> parse_form("10:all")
-        Form(layer=10, positions='all')
+        Form(layer=10, positions='all', norm_factor=None, token_weights='uniform', lr=None)
+        >>> parse_form("20:all:n0.3:shift").name
+        'oracle-L20-all-n0.3-shift'
+        >>> parse_form("20:all:lr0.5").lr
+        0.5
     """
     parts = spec.split(":")
-    if len(parts) != 2 or not parts[0].isdigit() or parts[1] not in POSITION_CHOICES:
-        raise ValueError(f"form {spec!r} is not LAYER:POSITIONS with POSITIONS one of {POSITION_CHOICES} "
-                         "(e.g. 20:prompt)")
-    return Form(int(parts[0]), parts[1])
+    problem = (f"form {spec!r} is not {FORM_SYNTAX} with POSITIONS one of {POSITION_CHOICES} "
+               "(e.g. 20:prompt, 20:all:n0.3, 20:all:shift, 20:all:lr0.5)")
+    if len(parts) < 2 or not parts[0].isdigit() or parts[1] not in POSITION_CHOICES:
+        raise ValueError(problem)
+    options: dict[str, Any] = {}
+    for option in parts[2:]:
+        if option == "shift":
+            key, value = "token_weights", "teacher_shift"
+        elif option.startswith("lr"):
+            key, value = "lr", _positive(option[2:])
+        elif option.startswith("n"):
+            key, value = "norm_factor", _positive(option[1:])
+        else:
+            raise ValueError(problem)
+        if value is None or key in options:
+            raise ValueError(problem)
+        options[key] = value
+    return Form(int(parts[0]), parts[1], **options)
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> tuple[OracleFormsSettings, argparse.Namespace]:
@@ -162,6 +216,8 @@ def validate(s: OracleFormsSettings) -> list[str]:
         problems.append("--held-in must be between 0 and --train-concepts")
     if s.eval_prompts < 2:
         problems.append("--eval-prompts must be >= 2 (selection and report halves)")
+    if s.oracle_prompts is not None and s.oracle_prompts < s.train_prompts:
+        problems.append("--oracle-prompts must be >= --train-prompts (it adds prompts to the split's)")
     try:
         forms = [parse_form(f) for f in s.forms]
     except ValueError as error:
@@ -174,6 +230,13 @@ def validate(s: OracleFormsSettings) -> list[str]:
                 problems.append(f"--resid-forms must be among --forms, got {s.resid_forms}")
         except ValueError as error:
             problems.append(str(error))
+        else:
+            evaluated = {"prompt", "none", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
+                         *(f.name for f in forms), *(f"{parse_form(f).name}@resid" for f in s.resid_forms)}
+            unknown = sorted(set(s.compare_to) - evaluated)
+            if unknown:
+                problems.append(f"--compare-to names methods this run does not evaluate: {', '.join(unknown)} "
+                                f"(evaluated: {', '.join(sorted(evaluated))})")
     if any(layer < 0 for layer in s.diffmean_layers):
         problems.append("--diffmean-layers must be >= 0")
     for name in ("factors", "trained_factors"):
@@ -189,8 +252,9 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
     """Rough seconds per stage from the sizes and ``hypersteer_eval.RATES`` (printed before the run starts); a
     form's training cost grows with the number of blocks above its layer."""
     rate = hypersteer_eval.RATES["cuda" if device.startswith("cuda") else "cpu"]
-    pairs = s.held_out * (s.train_prompts + s.eval_prompts)
-    steps = hypersteer_eval.steps_for(s.held_out * s.train_prompts, s.bound_epochs, s.batch_size)
+    n_train = max(s.train_prompts, s.oracle_prompts or 0)
+    pairs = s.held_out * (n_train + s.eval_prompts)
+    steps = hypersteer_eval.steps_for(s.held_out * n_train, s.bound_epochs, s.batch_size)
     step_seconds = rate["train_token"] * s.batch_size * (45 + s.teacher_tokens) * 3
     train = sum(steps * step_seconds * (n_layers - 1 - f.layer) / (n_layers / 3) for f in map(parse_form, s.forms))
     per_method = s.held_out * s.eval_prompts * rate["generation"]
@@ -200,14 +264,21 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
             "evaluate": generations * 2.5}  # judge and fluency scoring about 1.5× the generation time
 
 
-def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int) -> Any:
+def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int, resid_norm: float | None = None) -> Any:
+    """The oracle's settings for ``form``; ``resid_norm`` (the residual norm at the form's layer) sets the fixed
+    length of a ``norm_factor`` form."""
     from hooksteer.hypersteer import HyperSteerConfig
 
+    if form.norm_factor is not None and resid_norm is None:
+        raise ValueError(f"{form.name} trains at a fixed length: pass the residual norm at layer {form.layer}")
     steps = hypersteer_eval.steps_for(n_examples, s.bound_epochs, s.batch_size)
+    delta_norm = None if form.norm_factor is None else form.norm_factor * float(resid_norm)  # type: ignore[arg-type]
     return HyperSteerConfig(variant="no_context", n_blocks=0, layer=form.layer, positions=form.positions,
-                            lr=s.bound_lr, loss="distill", batch_size=s.batch_size, max_steps=steps, warmup_steps=0,
+                            delta_norm=delta_norm, token_weights=form.token_weights,
+                            lr=form.lr or s.bound_lr, loss="distill", batch_size=s.batch_size, max_steps=steps, warmup_steps=0,
                             seed=s.seed, eval_every=0, log_every=max(1, min(10, steps)), save_every=0,
-                            extra={"trained_steps": steps})
+                            extra={"trained_steps": steps, **({} if delta_norm is None else {
+                                "norm_factor": form.norm_factor, "resid_norm": resid_norm})})
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -245,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     held_out = split.select(concepts, split.held_out_concepts)
     train_prompts = split.select(prompts, split.train_prompts)
     eval_prompts = split.select(prompts, split.eval_prompts)
+    if s.oracle_prompts is not None and s.oracle_prompts > len(train_prompts):
+        train_prompts += common.unused_prompts(s, tiny, prompts, s.oracle_prompts - len(train_prompts), "oracle_forms")
     judge = common.make_judge(tiny, model)
 
     cache = Path(s.teacher_cache) if s.teacher_cache else out / "teacher"
@@ -256,12 +329,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     teacher_seconds = time.perf_counter() - started
     keys = [r.steering_prompt for r in oracle_data.records]
 
+    texts_for = pool_texts_for(list(concepts))
+    fixed = [f.layer for f in forms if f.norm_factor is not None]
+    resid_norms = common.layer_resid_norms(model, fixed, held_out, texts_for) if fixed else {}
+    if resid_norms:
+        log("residual norms for fixed-length forms: " + ", ".join(f"L{k} {v:.1f}" for k, v in resid_norms.items()))
     oracles: dict[str, Any] = {}
     training: dict[str, Any] = {}
     for form in forms:
         log(f"training {form.name} ({len(oracle_data)} pairs) ...")
         torch.manual_seed(s.seed)
-        oracle = ConceptVectors.oracle(model, keys, oracle_config(s, form, len(oracle_data)))
+        config = oracle_config(s, form, len(oracle_data), resid_norms.get(form.layer))
+        oracle = ConceptVectors.oracle(model, keys, config)
         training[form.name] = hypersteer_eval.train(oracle, oracle_data.records, [], out / form.name, tiny)
         oracles[form.name] = oracle
 
@@ -270,7 +349,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     steering = [c.steering_prompts[0] for c in held_out]
     diagnostics = {name: vector_separation(o, steering, [p.text for p in eval_prompts]) for name, o in oracles.items()}
 
-    texts_for = pool_texts_for(list(concepts))
     methods: list[Any] = [PromptSteering(), NoSteering()]
     methods += [DiffMeanMethod(layer=layer, texts_for=texts_for, name=f"diffmean-L{layer}")
                 for layer in s.diffmean_layers]
@@ -291,17 +369,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     per_concept = common.per_concept_rows(result, roles)
     names = [m.name for m in methods]
     scores = common.interval_summary(per_concept, names, roles)
-    comparisons = common.paired_comparisons(per_concept, roles, [*oracles, *resid_names], baselines=("prompt",),
-                                            prompt_share=0.9)
+    comparisons = common.paired_comparisons(per_concept, roles, [*oracles, *resid_names],
+                                            baselines=("prompt", *s.compare_to), prompt_share=0.9)
     lengths = common.answer_lengths(result, model.tokenizer, reference="none")
     report = {
         **common.report_head("oracle_forms", settings, estimate, tiny, run, argv, model, judge),
         "data": {"n_held_out": len(held_out), "n_train_prompts": len(train_prompts), "n_eval_prompts": len(eval_prompts),
                  "n_oracle_pairs": len(oracle_data), "n_eval_pairs": len(eval_data),
                  "held_out": [c.id for c in held_out], "eval_prompts": [p.text for p in eval_prompts],
+                 "train_prompts": [p.text for p in train_prompts],
                  "teacher": {"oracle": oracle_data.stats, "eval": eval_data.stats}},
         "training": training, "eval_kl": kl, "diagnostics": diagnostics, "scores": scores,
         "comparisons": comparisons, "answer_lengths": lengths, "per_concept": per_concept,
+        "resid_norms": {str(k): v for k, v in resid_norms.items()},
         "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
     }
     common.write_samples(result, held_out, out / "samples.md", s.samples, methods=["none", "prompt", *oracles,

@@ -139,7 +139,8 @@ def test_a_module_saved_before_a_config_field_existed_is_still_reused(tiny_llama
 
 
 @pytest.mark.parametrize("flags", [["--held-out", "1"], ["--variants", "sideways"], ["--curve", "500"],
-                                   ["--factors", "0"], ["--eval-prompts", "1"]])
+                                   ["--factors", "0"], ["--eval-prompts", "1"], ["--delta-norm-factor", "-0.3"],
+                                   ["--token-weights", "teacher_shift", "--loss", "ce"]])
 def test_bad_settings_stop_before_anything_runs(tmp_path, flags):
     with pytest.raises(SystemExit) as stop:
         _benchmark().main(["--tiny", "--out", str(tmp_path / "x"), *flags])
@@ -201,3 +202,19 @@ def test_prompt_positions_reach_training_and_evaluation(tmp_path):
     steered = [m for m in methods if m["class"] == "HyperSteerMethod"]
     assert steered and all(m["positions"] == "prompt" for m in steered)
     assert report["settings"]["positions"] == "prompt"
+
+
+def test_fixed_length_and_token_weights_reach_h_and_both_bounds(tmp_path):
+    from hooksteer.hypersteer.bounds import ConceptVectors
+    from hooksteer.testing import tiny_model
+
+    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "--curve",
+                                "--delta-norm-factor", "0.3", "--token-weights", "teacher_shift", "--no-held-in"])
+    length = 0.3 * report["resid_norm"]
+    assert report["resid_norm"] > 0
+    for folder in ("hyper-no_context", "oracle", "floor"):
+        config = json.loads((tmp_path / folder / "config.json").read_text())["config"]
+        assert config["delta_norm"] == pytest.approx(length) and config["token_weights"] == "teacher_shift"
+    oracle = ConceptVectors.load(tmp_path / "oracle", tiny_model("llama", seed=0))
+    assert oracle.vectors(oracle.keys).norm(dim=-1).sub(length).abs().max() < 1e-3
+    assert report["diagnostics"]["hypersteer-no_context"]["mean_norm"] == pytest.approx(length, rel=1e-4)

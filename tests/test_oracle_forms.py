@@ -17,9 +17,40 @@ def test_form_specs_parse_or_name_the_problem():
     bench = _bench()
     assert bench.parse_form("10:prompt") == bench.Form(10, "prompt")
     assert bench.Form(10, "prompt").name == "oracle-L10-prompt"
-    for bad in ("10", "x:all", "10:generated", "10:all:more"):
+    fixed = bench.parse_form("20:all:n0.3:shift")
+    assert fixed == bench.Form(20, "all", 0.3, "teacher_shift") and fixed.name == "oracle-L20-all-n0.3-shift"
+    assert bench.parse_form("20:prompt:shift").name == "oracle-L20-prompt-shift"
+    assert bench.parse_form("20:all:lr0.5:n0.2") == bench.Form(20, "all", 0.2, "uniform", 0.5)
+    assert bench.parse_form("20:all:lr0.5:n0.2").name == "oracle-L20-all-n0.2-lr0.5"
+    for bad in ("10", "x:all", "10:generated", "10:all:more", "10:all:n0", "10:all:n-1", "10:all:nx",
+                "10:all:shift:shift", "10:all:n0.3:n0.2", "10:all:lr", "10:all:lr0", "10:all:lr1:lr2"):
         with pytest.raises(ValueError, match="LAYER:POSITIONS"):
             bench.parse_form(bad)
+
+
+def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
+    from hooksteer.hypersteer.bounds import ConceptVectors
+    from hooksteer.testing import tiny_model
+
+    bench = _bench()
+    out = tmp_path / "forms"
+    report = bench.main(["--tiny", "--out", str(out), "--forms", "2:all:n0.5:shift", "2:all:lr0.2",
+                         "--compare-to", "oracle-L2-all-lr0.2"])
+    pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
+    assert ("oracle-L2-all-n0.5-shift", "oracle-L2-all-lr0.2") in pairs
+    assert ("oracle-L2-all-lr0.2", "oracle-L2-all-lr0.2") not in pairs
+    norm = report["resid_norms"]["2"]
+    assert norm > 0 and set(report["scores"]["held_out"]) == {"prompt", "none", "oracle-L2-all-n0.5-shift",
+                                                              "oracle-L2-all-lr0.2"}
+    saved = ConceptVectors.load(out / "oracle-L2-all-n0.5-shift", tiny_model("llama", seed=0))
+    assert saved.config.token_weights == "teacher_shift"
+    assert saved.config.delta_norm == pytest.approx(0.5 * norm)
+    lengths = saved.vectors(saved.keys).norm(dim=-1)
+    assert lengths.sub(0.5 * norm).abs().max() < 1e-3
+    assert report["diagnostics"]["oracle-L2-all-n0.5-shift"]["mean_norm"] == pytest.approx(0.5 * norm, rel=1e-4)
+    free = ConceptVectors.load(out / "oracle-L2-all-lr0.2", tiny_model("llama", seed=0))
+    assert free.config.delta_norm is None and free.config.token_weights == "uniform" and free.config.lr == 0.2
+    assert saved.config.lr == 0.05  # --bound-lr
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -28,6 +59,8 @@ def test_form_specs_parse_or_name_the_problem():
     (["--trained-factors", "0"], "--trained-factors"),
     (["--held-out", "1"], "--held-out"),
     (["--resid-forms", "5:all"], "--resid-forms must be among --forms"),
+    (["--compare-to", "oracle-L7-all"], "--compare-to names methods this run does not evaluate"),
+    (["--oracle-prompts", "1"], "--oracle-prompts must be >= --train-prompts"),
 ])
 def test_bad_flags_stop_before_anything_is_written(tmp_path, capsys, flags, message):
     bench = _bench()
@@ -69,3 +102,16 @@ def test_tiny_pipeline_scores_every_form_and_resumes(tmp_path, monkeypatch):
              if m["name"] == "oracle-L1-prompt@resid"]
     assert resid and resid[0]["magnitude"] == "resid_norm" and resid[0]["positions"] == "prompt"
     assert "ceiling of each steering form" in (out / "results.md").read_text()
+
+
+def test_oracle_prompts_add_unused_training_prompts_and_keep_the_eval_prompts(tmp_path):
+    bench = _bench()
+    base = bench.main(["--tiny", "--out", str(tmp_path / "base"), "--forms", "2:all"])
+    more = bench.main(["--tiny", "--out", str(tmp_path / "more"), "--forms", "2:all", "--oracle-prompts", "4"])
+    assert more["data"]["eval_prompts"] == base["data"]["eval_prompts"]
+    assert more["data"]["train_prompts"][:2] == base["data"]["train_prompts"]
+    assert len(set(more["data"]["train_prompts"])) == 4
+    assert not set(more["data"]["train_prompts"]) & set(more["data"]["eval_prompts"])
+    assert more["data"]["n_oracle_pairs"] == 3 * 4 and base["data"]["n_oracle_pairs"] == 3 * 2
+    with pytest.raises(SystemExit, match="more base prompts asked for"):
+        bench.main(["--tiny", "--out", str(tmp_path / "many"), "--oracle-prompts", "100000"])

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from hooksteer.hypersteer.config import HyperSteerConfig
-from hooksteer.hypersteer.model import HyperSteerFileError, base_signature
+from hooksteer.hypersteer.model import HyperSteerFileError, base_signature, with_norm
 from hooksteer.vectors import SteeringVector
 
 __all__ = ["ConceptVectors"]
@@ -51,7 +51,8 @@ class ConceptVectors(nn.Module):
         keys: the steering prompts with a vector of their own (ignored when ``shared``).
         config: the same :class:`HyperSteerConfig` as H (layer, loss and optimisation settings).
         shared: one vector for every steering prompt (the floor), known or not.
-        init_std: std of the initial vectors (0: start exactly at "no steering").
+        init_std: std of the initial vectors (0: start exactly at "no steering"; with ``config.delta_norm`` a
+            vector has a fixed length, so 0 then means a random direction: std 1 before rescaling).
     """
 
     needs_base_prompt = False
@@ -68,6 +69,8 @@ class ConceptVectors(nn.Module):
             raise ValueError("ConceptVectors needs at least one steering prompt (key)")
         self._index = {key: i for i, key in enumerate(self.keys)}
         generator = torch.Generator().manual_seed(self.config.seed)
+        if self.config.delta_norm is not None and init_std == 0:
+            init_std = 1.0  # a fixed-length vector needs a direction to start from
         init = torch.randn(len(self.keys), int(model.cfg.d_model), generator=generator) * float(init_std)
         reference = next(model.parameters())
         self.table = nn.Parameter(init.to(device=reference.device, dtype=reference.dtype))
@@ -115,8 +118,8 @@ class ConceptVectors(nn.Module):
         return torch.tensor([self._index[k] for k in keys], dtype=torch.long, device=self.device)
 
     def forward(self, rows: Int[Tensor, " batch"]) -> Float[Tensor, "batch d_model"]:
-        """The vectors of the given table rows (see :meth:`indices`)."""
-        return self.table[rows.to(self.device)]
+        """The vectors of the given table rows (see :meth:`indices`), at ``config.delta_norm`` when it is set."""
+        return with_norm(self.table[rows.to(self.device)], self.config.delta_norm)
 
     @torch.no_grad()
     def vectors(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None

@@ -24,6 +24,7 @@ POOLING_MODES: tuple[str, ...] = ("last", "mean")
 LOSSES: tuple[str, ...] = ("distill", "ce")
 H_LAYOUTS: tuple[str, ...] = ("steering_last", "steering_first")
 STEERED_POSITIONS: tuple[str, ...] = ("all", "prompt")
+TOKEN_WEIGHTS: tuple[str, ...] = ("uniform", "teacher_shift")
 
 Variant = Literal["no_context", "in_context", "cross_attention"]
 
@@ -81,12 +82,21 @@ class HyperSteerConfig:
         positions: where Δ is added, in training and by default at inference: ``"all"`` (every token, prompt and
             answer) or ``"prompt"`` (the base prompt's tokens only; the answer reads the vector through
             attention, as it reads a steering prompt placed in its context).
+        delta_norm: fix every Δ's L2 norm to this value (``None``: the norm is learned). H, or an oracle's free
+            vector, then only chooses a *direction*, trained at the magnitude it will steer with. A distilled
+            vector left free stays short (KL to the prompted model's mostly generic answer tokens asks for little
+            change), far below the magnitude that steers best (``benchmarks/oracle_forms.py``).
 
     Objective:
         loss: ``"distill"`` (default) — KL from the prompt-steered model's next-token distributions to the
             steered student's, on the prompted model's own answer (train on
             :class:`~hooksteer.distill.DistillRecord`); ``"ce"`` — cross-entropy of teacher targets
             (train on :class:`~hooksteer.data.schema.SteeringExample`).
+        token_weights: ``loss="distill"`` only: ``"uniform"`` (default) — every answer token counts the same;
+            ``"teacher_shift"`` — each token weighs in proportion to how far the steering prompt moved the
+            prediction there, KL(teacher ‖ unsteered model) (weights normalised to mean 1 per batch), so the
+            tokens where prompting changes the answer drive the vector rather than the generic ones. The
+            reported eval KL (:func:`~hooksteer.hypersteer.trainer.mean_loss`) stays unweighted.
 
     Data:
         chat_template: wrap base prompts in the base model's chat template (when it has one).
@@ -124,7 +134,9 @@ class HyperSteerConfig:
     head_weight: bool = True
     h_layout: str = "steering_last"
     positions: str = "all"
+    delta_norm: float | None = None
     loss: str = "distill"
+    token_weights: str = "uniform"
 
     chat_template: bool = True
     append_eos: bool = True
@@ -182,6 +194,17 @@ class HyperSteerConfig:
             raise HyperSteerConfigError(f"positions must be one of {STEERED_POSITIONS}, got {self.positions!r}")
         if self.loss not in LOSSES:
             raise HyperSteerConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.token_weights not in TOKEN_WEIGHTS:
+            raise HyperSteerConfigError(f"token_weights must be one of {TOKEN_WEIGHTS}, got {self.token_weights!r}")
+        if self.token_weights != "uniform" and self.loss != "distill":
+            raise HyperSteerConfigError(f"token_weights={self.token_weights!r} needs loss='distill' (the weights "
+                                        "compare the teacher's distributions with the unsteered model's)")
+        if self.delta_norm is not None and (isinstance(self.delta_norm, bool) or not (
+                isinstance(self.delta_norm, int | float) and math.isfinite(self.delta_norm) and self.delta_norm > 0)):
+            raise HyperSteerConfigError(f"delta_norm must be a positive number or None, got {self.delta_norm!r}")
+        if self.delta_norm is not None and self.head_init_std == 0:
+            raise HyperSteerConfigError("delta_norm needs head_init_std > 0: an exactly-zero head gives Δ = 0, which "
+                                        "has no direction to rescale")
         if self.h_layout not in H_LAYOUTS:
             raise HyperSteerConfigError(f"h_layout must be one of {H_LAYOUTS}, got {self.h_layout!r}")
         if not 0 < self.center_momentum <= 1:

@@ -10,6 +10,10 @@ Two equivalent ways to get the steered logits:
 * :func:`steered_logits_full`: a full forward with :func:`hooksteer.hooks.add_vector` at the same hook
   point - the mechanism used at inference. The two agree to float precision (tested).
 
+With ``token_weights="teacher_shift"`` (distillation only) each answer token's KL is weighted by
+KL(teacher ‖ unsteered model) at that token (:func:`teacher_shift_weights`): the tokens where the steering prompt
+changed the prediction count, the generic ones hardly do.
+
 Δ goes to every position (``positions="all"``) or to the base prompt's tokens only (``positions="prompt"``,
 :func:`steered_positions`): then the answer reads Δ only through attention to the prompt, as it reads a steering
 prompt placed in its context.
@@ -83,50 +87,90 @@ def steered_logits_full(
         return model(tokens.to(device), padding_side="right")
 
 
+def _target_logits_above_site(model: Any, resid: Tensor, layer: int, mask: Tensor) -> Tensor:
+    """Logits at the target positions picked by ``mask``, running blocks ``layer+1..`` on ``resid``; the final norm
+    and the unembedding only where ``mask`` is True."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    final = model(resid, start_at_layer=layer + 1, stop_at_layer=int(model.cfg.n_layers), padding_side="right")
+    picked = final[:, :-1][mask.to(final.device)][None]  # (1, n_target_tokens, d_model)
+    if model.cfg.normalization_type is not None:
+        picked = model.ln_final(picked)
+    return apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap)[0]
+
+
 def steered_loss_above_site(
     model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"],
-    batch: HyperBatch, loss: str = "ce", positions: str = "all",
+    batch: HyperBatch, loss: str = "ce", positions: str = "all", token_weights: str = "uniform",
 ) -> tuple[Tensor, Tensor]:
     """``loss`` (``"ce"``: :func:`target_loss`, ``"distill"``: :func:`distill_loss`) of
     :func:`steered_logits_above_site` with Δ at ``positions`` (``"all"`` or ``"prompt"``), unembedding only the
-    target positions.
+    target positions; ``token_weights="teacher_shift"`` weights each token's KL by :func:`teacher_shift_weights`
+    (computed from ``resid`` without Δ, no gradient).
 
     Blocks ``layer+1..`` still run over every position (prompt tokens are the targets' context), but
     the final norm and the (large) unembedding are applied only where the loss needs them. Equal to
     the loss of ``steered_logits_above_site(...)`` (tested).
     """
-    from transformer_lens.utilities.activation_functions import apply_softcap
-
-    steered = _add_delta(resid, delta, steered_positions(batch, positions))
-    n_layers = int(model.cfg.n_layers)
-    final = model(steered, start_at_layer=layer + 1, stop_at_layer=n_layers, padding_side="right")
-    mask = batch.loss_mask().to(final.device)
-    picked = final[:, :-1][mask][None]  # (1, n_target_tokens, d_model)
-    if model.cfg.normalization_type is not None:
-        picked = model.ln_final(picked)
-    logits = apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap)[0]
-    return _loss_at_targets(logits, batch, mask, loss)
+    mask = batch.loss_mask().to(resid.device)
+    logits = _target_logits_above_site(model, _add_delta(resid, delta, steered_positions(batch, positions)), layer,
+                                       mask)
+    weights = None
+    if token_weights != "uniform":
+        with torch.no_grad():
+            weights = teacher_shift_weights(_target_logits_above_site(model, resid, layer, mask), batch)
+    return _loss_at_targets(logits, batch, mask, loss, weights)
 
 
-def _loss_at_targets(logits: Tensor, batch: HyperBatch, mask: Tensor, loss: str) -> tuple[Tensor, Tensor]:
-    """Summed loss over the target positions picked by ``mask`` (``logits`` already restricted to them)."""
+def teacher_shift_weights(unsteered_logits: Float[Tensor, "n d_vocab"], batch: HyperBatch) -> Float[Tensor, " n"]:
+    """Per-target-token weights ∝ KL(teacher ‖ unsteered model), normalised to mean 1 over the batch's target tokens
+    (all 1 when the teacher equals the unsteered model everywhere).
+
+    Example:
+        >>> w = teacher_shift_weights(unsteered_logits_at_targets, batch)   # doctest: +SKIP
+        >>> float(w.mean())                                                  # doctest: +SKIP
+        1.0
+    """
+    if batch.teacher_ids is None or batch.teacher_logprobs is None:
+        raise ValueError("teacher_shift weights need teacher distributions in the batch (DistillRecord examples)")
+    shift = topk_kl(unsteered_logits, batch.teacher_ids, batch.teacher_logprobs).clamp_min(0.0)
+    mean = shift.mean()
+    if not bool(mean > 1e-12):
+        return torch.ones_like(shift)
+    return shift / mean
+
+
+def _loss_at_targets(logits: Tensor, batch: HyperBatch, mask: Tensor, loss: str,
+                     weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Summed loss over the target positions picked by ``mask`` (``logits`` already restricted to them), each
+    position's term times ``weights`` when given (distillation only)."""
     if loss == "distill":
         if batch.teacher_ids is None or batch.teacher_logprobs is None:
             raise ValueError("loss='distill' needs teacher distributions in the batch (DistillRecord examples)")
         if batch.teacher_ids.shape[0] != logits.shape[0]:
             raise ValueError(f"{logits.shape[0]} target positions but {batch.teacher_ids.shape[0]} teacher rows")
-        return topk_kl(logits, batch.teacher_ids, batch.teacher_logprobs).sum(), mask.sum()
+        per_token = topk_kl(logits, batch.teacher_ids, batch.teacher_logprobs)
+        if weights is not None:
+            per_token = per_token * weights.to(per_token.device)
+        return per_token.sum(), mask.sum()
+    if weights is not None:
+        raise ValueError("token weights apply to loss='distill' only")
     if loss != "ce":
         raise ValueError(f"unknown loss {loss!r}; expected 'ce' or 'distill'")
     labels = batch.tokens[:, 1:].to(logits.device)[mask]
     return F.cross_entropy(logits.float(), labels, reduction="sum"), mask.sum()
 
 
-def distill_loss(logits: Float[Tensor, "batch pos d_vocab"], batch: HyperBatch) -> tuple[Tensor, Tensor]:
+def distill_loss(logits: Float[Tensor, "batch pos d_vocab"], batch: HyperBatch,
+                 unsteered_logits: Float[Tensor, "batch pos d_vocab"] | None = None) -> tuple[Tensor, Tensor]:
     """Summed KL(teacher ‖ student) over target tokens (the batch's cached top-k teacher), and how many
-    tokens it covers. Zero when the student's distributions equal the teacher's."""
+    tokens it covers. Zero when the student's distributions equal the teacher's. With ``unsteered_logits`` (the
+    base model's logits without Δ) each token's KL is weighted by :func:`teacher_shift_weights`."""
     mask = batch.loss_mask().to(logits.device)
-    return _loss_at_targets(logits[:, :-1][mask], batch, mask, "distill")
+    weights = None
+    if unsteered_logits is not None:
+        weights = teacher_shift_weights(unsteered_logits[:, :-1][mask].detach(), batch)
+    return _loss_at_targets(logits[:, :-1][mask], batch, mask, "distill", weights)
 
 
 def target_loss(logits: Float[Tensor, "batch pos d_vocab"], batch: HyperBatch) -> tuple[Tensor, Tensor]:

@@ -77,6 +77,18 @@ def prior_direction(centred: Float[Tensor, "batch d_model"]) -> Float[Tensor, "b
     return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
+def with_norm(delta: Float[Tensor, "batch d_model"], norm: float | None) -> Float[Tensor, "batch d_model"]:
+    """``delta`` with every row rescaled to L2 norm ``norm`` (``None``: unchanged), differentiable in the direction.
+
+    Example:
+        >>> with_norm(torch.tensor([[3.0, 4.0]]), 10.0)
+        tensor([[6., 8.]])
+    """
+    if norm is None:
+        return delta
+    return delta * (float(norm) / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 class HyperSteer(nn.Module):
     """Hypernetwork producing steering vectors for a frozen TransformerLens model.
 
@@ -200,7 +212,7 @@ class HyperSteer(nn.Module):
         delta = self.head(features)
         if self.config.prior_gain is not None:
             delta = delta + self.prior_gain.to(features.dtype) * prior_direction(features)
-        return delta
+        return with_norm(delta, self.config.delta_norm)
 
     def pooled_features(
         self,

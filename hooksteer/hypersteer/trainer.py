@@ -224,10 +224,16 @@ class HyperSteerTrainer:
         delta = batch_deltas(self.model, hyper, batch, resid)
         if self.config.start_above_site:
             return steered_loss_above_site(self.base, resid, hyper.layer, delta, batch, self.config.loss,
-                                           self.config.positions)
+                                           self.config.positions, self.config.token_weights)
         logits = steered_logits_full(self.base, batch.tokens, hyper.layer, delta,
                                      steered_positions(batch, self.config.positions))
-        return distill_loss(logits, batch) if self.config.loss == "distill" else target_loss(logits, batch)
+        if self.config.loss != "distill":
+            return target_loss(logits, batch)
+        unsteered = None
+        if self.config.token_weights != "uniform":
+            with torch.no_grad():
+                unsteered = self.base(batch.tokens, padding_side="right")
+        return distill_loss(logits, batch, unsteered)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -389,7 +395,8 @@ def encoded_lengths(data: Sequence[EncodedExample]) -> dict[str, float]:
 def mean_loss(hyper: HyperSteer | ConceptVectors, examples: Sequence[Any], *, batch_size: int | None = None) -> float:
     """Token-mean loss (``hyper.config.loss``: KL to the prompted model, or cross-entropy) of ``hyper`` on
     ``examples``, without training (e.g. the eval KL of a trained H, an oracle, or an untrained floor = no
-    steering).
+    steering). Always the plain token mean, also for H trained with ``token_weights="teacher_shift"``, so that
+    eval KLs compare across settings.
 
     Example:
         >>> mean_loss(hyper, held_out_records)          # doctest: +SKIP
