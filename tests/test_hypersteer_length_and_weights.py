@@ -10,7 +10,7 @@ from test_hypersteer_distill import BASE, STEER, records_from_vectors
 from hooksteer.hypersteer import HyperSteer, HyperSteerConfig, HyperSteerConfigError, HyperSteerTrainer
 from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.data import collate
-from hooksteer.hypersteer.loss import _target_logits_above_site, teacher_shift_weights
+from hooksteer.hypersteer.loss import TeacherShiftCache, target_logits_above_site, teacher_shift_weights
 from hooksteer.hypersteer.model import with_norm
 from hooksteer.hypersteer.trainer import mean_loss
 
@@ -95,7 +95,7 @@ def test_teacher_shift_weights_vanish_where_prompting_changed_nothing(tiny_llama
     trainer, batch = _mixed_batch(tiny_llama)
     resid = trainer.train_cache.get(batch)
     mask = batch.loss_mask()
-    weights = teacher_shift_weights(_target_logits_above_site(tiny_llama, resid, LAYER, mask), batch)
+    weights = teacher_shift_weights(target_logits_above_site(tiny_llama, resid, LAYER, mask), batch)
     per_row = mask.sum(1).tolist()
     unchanged, moved = weights[: per_row[0]], weights[per_row[0]:]
     assert unchanged.abs().max() < 1e-3 and moved.min() > 0.1
@@ -107,7 +107,7 @@ def test_weights_are_all_one_when_the_teacher_is_the_unsteered_model(tiny_llama)
     trainer = HyperSteerTrainer(ConceptVectors.oracle(tiny_llama, [STEER[0]], HyperSteerConfig(
         layer=LAYER, token_weights="teacher_shift")), records, progress=False)
     batch = collate(trainer.train_data[:2], pad_id=0)
-    logits = _target_logits_above_site(tiny_llama, trainer.train_cache.get(batch), LAYER, batch.loss_mask())
+    logits = target_logits_above_site(tiny_llama, trainer.train_cache.get(batch), LAYER, batch.loss_mask())
     assert torch.equal(teacher_shift_weights(logits, batch), torch.ones(int(batch.loss_mask().sum())))
 
 
@@ -146,3 +146,31 @@ def test_weighted_training_still_finds_the_moved_concept_and_eval_kl_stays_unwei
     with torch.no_grad():
         plain.table.copy_(oracle.table)
     assert mean_loss(oracle, records) == pytest.approx(mean_loss(plain, records), rel=1e-6)
+
+
+def test_teacher_shift_is_computed_once_per_example_and_reused(tiny_llama):
+    trainer, batch = _mixed_batch(tiny_llama)
+    resid = trainer.train_cache.get(batch)
+    calls = []
+
+    def unsteered():
+        calls.append(1)
+        return target_logits_above_site(tiny_llama, resid, LAYER, batch.loss_mask())
+
+    shifts = TeacherShiftCache()
+    first = shifts.weights(batch, unsteered)
+    again = shifts.weights(batch, unsteered)
+    assert len(calls) == 1 and len(shifts) == 2 and torch.equal(first, again)
+    assert torch.allclose(first, teacher_shift_weights(unsteered(), batch))
+    # a batch of one cached row is renormalised on its own tokens: mean 1 again
+    single = collate([trainer.train_data[len(BASE)]], pad_id=0)  # the second row of `batch`, already cached
+    assert float(shifts.weights(single, unsteered).mean()) == pytest.approx(1.0, abs=1e-5) and len(calls) == 2
+
+
+def test_training_fills_the_shift_cache_once(tiny_llama):
+    records = records_from_vectors(tiny_llama, _truth(9), layer=LAYER)
+    config = HyperSteerConfig(layer=LAYER, token_weights="teacher_shift", batch_size=4, max_steps=6, eval_every=0,
+                              log_every=3)
+    trainer = HyperSteerTrainer(ConceptVectors.oracle(tiny_llama, STEER[:2], config), records, progress=False)
+    trainer.train()
+    assert len(trainer.train_shifts) == len(records)

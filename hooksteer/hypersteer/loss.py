@@ -11,8 +11,9 @@ Two equivalent ways to get the steered logits:
   point - the mechanism used at inference. The two agree to float precision (tested).
 
 With ``token_weights="teacher_shift"`` (distillation only) each answer token's KL is weighted by
-KL(teacher ‖ unsteered model) at that token (:func:`teacher_shift_weights`): the tokens where the steering prompt
-changed the prediction count, the generic ones hardly do.
+KL(teacher ‖ unsteered model) at that token (:func:`teacher_shift_weights`, kept per example by
+:class:`TeacherShiftCache`): the tokens where the steering prompt changed the prediction count, the generic ones
+hardly do.
 
 Δ goes to every position (``positions="all"``) or to the base prompt's tokens only (``positions="prompt"``,
 :func:`steered_positions`): then the answer reads Δ only through attention to the prompt, as it reads a steering
@@ -26,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,7 +89,7 @@ def steered_logits_full(
         return model(tokens.to(device), padding_side="right")
 
 
-def _target_logits_above_site(model: Any, resid: Tensor, layer: int, mask: Tensor) -> Tensor:
+def target_logits_above_site(model: Any, resid: Tensor, layer: int, mask: Tensor) -> Tensor:
     """Logits at the target positions picked by ``mask``, running blocks ``layer+1..`` on ``resid``; the final norm
     and the unembedding only where ``mask`` is True."""
     from transformer_lens.utilities.activation_functions import apply_softcap
@@ -101,25 +103,37 @@ def _target_logits_above_site(model: Any, resid: Tensor, layer: int, mask: Tenso
 
 def steered_loss_above_site(
     model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"],
-    batch: HyperBatch, loss: str = "ce", positions: str = "all", token_weights: str = "uniform",
+    batch: HyperBatch, loss: str = "ce", positions: str = "all", weights: Float[Tensor, " n"] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``loss`` (``"ce"``: :func:`target_loss`, ``"distill"``: :func:`distill_loss`) of
     :func:`steered_logits_above_site` with Δ at ``positions`` (``"all"`` or ``"prompt"``), unembedding only the
-    target positions; ``token_weights="teacher_shift"`` weights each token's KL by :func:`teacher_shift_weights`
-    (computed from ``resid`` without Δ, no gradient).
+    target positions; ``weights`` (one per target token, e.g. :meth:`TeacherShiftCache.weights`) scale each
+    token's KL.
 
     Blocks ``layer+1..`` still run over every position (prompt tokens are the targets' context), but
     the final norm and the (large) unembedding are applied only where the loss needs them. Equal to
     the loss of ``steered_logits_above_site(...)`` (tested).
     """
     mask = batch.loss_mask().to(resid.device)
-    logits = _target_logits_above_site(model, _add_delta(resid, delta, steered_positions(batch, positions)), layer,
-                                       mask)
-    weights = None
-    if token_weights != "uniform":
-        with torch.no_grad():
-            weights = teacher_shift_weights(_target_logits_above_site(model, resid, layer, mask), batch)
+    logits = target_logits_above_site(model, _add_delta(resid, delta, steered_positions(batch, positions)), layer,
+                                      mask)
     return _loss_at_targets(logits, batch, mask, loss, weights)
+
+
+def teacher_shift(unsteered_logits: Float[Tensor, "n d_vocab"], batch: HyperBatch) -> Float[Tensor, " n"]:
+    """KL(teacher ‖ unsteered model) at each of the batch's target tokens: how far the steering prompt moved the
+    prediction there."""
+    if batch.teacher_ids is None or batch.teacher_logprobs is None:
+        raise ValueError("teacher_shift weights need teacher distributions in the batch (DistillRecord examples)")
+    return topk_kl(unsteered_logits, batch.teacher_ids, batch.teacher_logprobs).clamp_min(0.0)
+
+
+def mean_one(shift: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
+    """``shift`` rescaled to mean 1 (all ones when it is 0 everywhere)."""
+    mean = shift.mean()
+    if not bool(mean > 1e-12):
+        return torch.ones_like(shift)
+    return shift / mean
 
 
 def teacher_shift_weights(unsteered_logits: Float[Tensor, "n d_vocab"], batch: HyperBatch) -> Float[Tensor, " n"]:
@@ -131,13 +145,33 @@ def teacher_shift_weights(unsteered_logits: Float[Tensor, "n d_vocab"], batch: H
         >>> float(w.mean())                                                  # doctest: +SKIP
         1.0
     """
-    if batch.teacher_ids is None or batch.teacher_logprobs is None:
-        raise ValueError("teacher_shift weights need teacher distributions in the batch (DistillRecord examples)")
-    shift = topk_kl(unsteered_logits, batch.teacher_ids, batch.teacher_logprobs).clamp_min(0.0)
-    mean = shift.mean()
-    if not bool(mean > 1e-12):
-        return torch.ones_like(shift)
-    return shift / mean
+    return mean_one(teacher_shift(unsteered_logits, batch))
+
+
+class TeacherShiftCache:
+    """Per-example :func:`teacher_shift` of each target token, kept on the CPU: the base model is frozen and the
+    teacher cached, so it is the same every epoch and is computed once per example rather than every step.
+
+    Example:
+        >>> shifts = TeacherShiftCache()
+        >>> w = shifts.weights(batch, lambda: target_logits_above_site(model, resid, layer, batch.loss_mask()))  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def weights(self, batch: HyperBatch, unsteered_logits: Callable[[], Tensor]) -> Float[Tensor, " n"]:
+        """:func:`teacher_shift_weights` of ``batch`` (mean 1 over its target tokens); ``unsteered_logits()`` gives
+        the unsteered model's logits at the batch's target tokens and is called only when a row is not cached."""
+        if any(index not in self._store for index in batch.indices):
+            with torch.no_grad():
+                shift = teacher_shift(unsteered_logits(), batch)
+            for index, row in zip(batch.indices, shift.split(batch.loss_mask().sum(1).tolist()), strict=True):
+                self._store[index] = row.detach().cpu()
+        return mean_one(torch.cat([self._store[index] for index in batch.indices]).to(batch.tokens.device))
 
 
 def _loss_at_targets(logits: Tensor, batch: HyperBatch, mask: Tensor, loss: str,
@@ -162,14 +196,11 @@ def _loss_at_targets(logits: Tensor, batch: HyperBatch, mask: Tensor, loss: str,
 
 
 def distill_loss(logits: Float[Tensor, "batch pos d_vocab"], batch: HyperBatch,
-                 unsteered_logits: Float[Tensor, "batch pos d_vocab"] | None = None) -> tuple[Tensor, Tensor]:
+                 weights: Float[Tensor, " n"] | None = None) -> tuple[Tensor, Tensor]:
     """Summed KL(teacher ‖ student) over target tokens (the batch's cached top-k teacher), and how many
-    tokens it covers. Zero when the student's distributions equal the teacher's. With ``unsteered_logits`` (the
-    base model's logits without Δ) each token's KL is weighted by :func:`teacher_shift_weights`."""
+    tokens it covers. Zero when the student's distributions equal the teacher's. ``weights`` (one per target
+    token, e.g. :meth:`TeacherShiftCache.weights`) scale each token's KL."""
     mask = batch.loss_mask().to(logits.device)
-    weights = None
-    if unsteered_logits is not None:
-        weights = teacher_shift_weights(unsteered_logits[:, :-1][mask].detach(), batch)
     return _loss_at_targets(logits[:, :-1][mask], batch, mask, "distill", weights)
 
 

@@ -37,10 +37,12 @@ from hooksteer.data.schema import SteeringExample
 from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.data import EncodedExample, HyperBatch, ResidCache, collate, encode_examples
 from hooksteer.hypersteer.loss import (
+    TeacherShiftCache,
     distill_loss,
     steered_logits_full,
     steered_loss_above_site,
     steered_positions,
+    target_logits_above_site,
     target_loss,
 )
 from hooksteer.hypersteer.model import HyperSteer, HyperSteerFileError
@@ -176,6 +178,7 @@ class HyperSteerTrainer:
         storage = self.config.activation_cache
         self.train_cache = ResidCache(self.base, hyper.layer, storage)
         self.eval_cache = ResidCache(self.base, hyper.layer, storage)
+        self.train_shifts, self.eval_shifts = TeacherShiftCache(), TeacherShiftCache()
 
         params = [p for p in hyper.parameters() if p.requires_grad]
         base_ids = {id(p) for p in self.base.parameters()}
@@ -215,25 +218,38 @@ class HyperSteerTrainer:
         """The unwrapped hypernetwork (or vector table)."""
         return self.accelerator.unwrap_model(self.model)
 
-    def batch_loss(self, batch: HyperBatch, cache: ResidCache) -> tuple[Tensor, Tensor]:
-        """``(loss_sum, n_target_tokens)`` of one batch, gradients flowing into H only."""
+    def batch_loss(self, batch: HyperBatch, cache: ResidCache, shifts: TeacherShiftCache | None = None
+                   ) -> tuple[Tensor, Tensor]:
+        """``(loss_sum, n_target_tokens)`` of one batch, gradients flowing into H only. ``shifts`` keeps the
+        teacher-shift token weights per example (``token_weights="teacher_shift"``; ``None``: computed for this
+        batch only)."""
         hyper = self.hyper
         resid = None
         if self.config.start_above_site or needs_context(hyper):
             resid = cache.get(batch)
         delta = batch_deltas(self.model, hyper, batch, resid)
+        weights = self._token_weights(batch, cache, shifts)
         if self.config.start_above_site:
             return steered_loss_above_site(self.base, resid, hyper.layer, delta, batch, self.config.loss,
-                                           self.config.positions, self.config.token_weights)
+                                           self.config.positions, weights)
         logits = steered_logits_full(self.base, batch.tokens, hyper.layer, delta,
                                      steered_positions(batch, self.config.positions))
-        if self.config.loss != "distill":
-            return target_loss(logits, batch)
-        unsteered = None
-        if self.config.token_weights != "uniform":
-            with torch.no_grad():
-                unsteered = self.base(batch.tokens, padding_side="right")
-        return distill_loss(logits, batch, unsteered)
+        return distill_loss(logits, batch, weights) if self.config.loss == "distill" else target_loss(logits, batch)
+
+    def _token_weights(self, batch: HyperBatch, cache: ResidCache, shifts: TeacherShiftCache | None) -> Tensor | None:
+        """Per-target-token weights of ``config.token_weights`` (``None`` for uniform), from the unsteered model
+        computed the way the loss is (above the site, or a full forward)."""
+        if self.config.token_weights == "uniform":
+            return None
+        layer = self.hyper.layer
+
+        def unsteered_logits() -> Tensor:
+            mask = batch.loss_mask()
+            if self.config.start_above_site:
+                return target_logits_above_site(self.base, cache.get(batch), layer, mask)
+            return self.base(batch.tokens, padding_side="right")[:, :-1][mask.to(batch.tokens.device)]
+
+        return (shifts if shifts is not None else TeacherShiftCache()).weights(batch, unsteered_logits)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -248,7 +264,7 @@ class HyperSteerTrainer:
         for start in range(0, len(mine), self.config.batch_size):
             batch = collate(mine[start : start + self.config.batch_size], self.pad_id).to(self.accelerator.device)
             with self.accelerator.autocast():
-                loss_sum, n = self.batch_loss(batch, self.eval_cache)
+                loss_sum, n = self.batch_loss(batch, self.eval_cache, self.eval_shifts)
             total += torch.stack([loss_sum.float(), n.float()])
         total = self.accelerator.reduce(total, reduction="sum")
         self.model.train(was_training)
@@ -326,7 +342,7 @@ class HyperSteerTrainer:
                     continue
                 batch = collate([self.train_data[i] for i in indices], self.pad_id).to(accelerator.device)
                 with accelerator.autocast():
-                    loss_sum, n_tokens = self.batch_loss(batch, self.train_cache)
+                    loss_sum, n_tokens = self.batch_loss(batch, self.train_cache, self.train_shifts)
                 loss = loss_sum / n_tokens.clamp(min=1)
                 accelerator.backward(loss)
                 if cfg.grad_clip is not None:
