@@ -464,3 +464,40 @@ def write_samples(result: Any, concepts: Sequence[Any], path: Path, n: int, meth
                 lines.append(f"- **{method}** ({fmt(factor, 2) if factor is not None else '—'}): {text}")
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+def layer_spec(layers: Sequence[int]) -> str:
+    """``[20]`` → ``"20"``, ``[10, 11, …, 29]`` → ``"10-29"``, ``[0, 10, 20]`` → ``"0+10+20"``.
+
+    Example:
+        >>> layer_spec([20]), layer_spec(range(10, 30)), layer_spec([0, 10, 20])
+        ('20', '10-29', '0+10+20')
+    """
+    layers = list(layers)
+    if len(layers) == 1:
+        return str(layers[0])
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return "+".join(str(x) for x in layers)
+
+
+def parse_layers(text: str) -> list[int] | None:
+    """The layers of ``LAYERS`` (``20``, ``10-29`` or ``0+10+20``), strictly increasing; ``None`` when malformed.
+
+    Example:
+        >>> parse_layers("10-12"), parse_layers("0+5"), parse_layers("5-3")
+        ([10, 11, 12], [0, 5], None)
+    """
+    if text.isdigit():
+        return [int(text)]
+    if "-" in text:
+        low, _, high = text.partition("-")
+        if low.isdigit() and high.isdigit() and int(low) < int(high):
+            return list(range(int(low), int(high) + 1))
+        return None
+    parts = text.split("+")
+    if len(parts) > 1 and all(part.isdigit() for part in parts):
+        layers = [int(part) for part in parts]
+        if all(b > a for a, b in zip(layers, layers[1:], strict=False)):
+            return layers
+    return None

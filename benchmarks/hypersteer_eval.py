@@ -104,6 +104,9 @@ class HyperSteerEvalSettings:
     pooling: str = field(default="mean", metadata={"help": "what H's head reads", "choices": ["mean", "last"]})
     center: bool = field(default=True, metadata={"help": "centred head input, Δ = b + W(x − μ)"})
     layer: int | None = field(default=None, metadata={"help": "injection layer (default ~2/3 of the depth)"})
+    layers: str | None = field(default=None, metadata={
+        "help": "several injection sites, a range A-B or A+B+… (e.g. 10-29): H, the oracle and the floor write a "
+                "vector for each layer, all added at once (scored at their trained norm only); none: --layer alone"})
     positions: str = field(default="all", metadata={
         "help": "where H's, the oracle's and the floor's vectors are added, in training and evaluation: every token, "
                 "or the base prompt's tokens only", "choices": ["all", "prompt"]})
@@ -196,6 +199,22 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} must be positive numbers")
     if s.steps is not None and s.steps < 1:
         problems.append("--steps must be >= 1")
+    layers = getattr(s, "layers", None)
+    if layers is not None:
+        parsed_layers = common.parse_layers(layers)
+        if parsed_layers is None:
+            problems.append(f"--layers must be a layer range A-B or a list A+B+… (increasing), got {layers!r}")
+        elif s.layer is not None and s.layer != parsed_layers[0]:
+            problems.append(f"--layer {s.layer} must be the lowest of --layers {layers} (or left out)")
+        if s.delta_norm_factor is not None:
+            problems.append("--delta-norm-factor needs a single layer (one residual norm); leave out --layers")
+        try:
+            flagged = [v for v in [*s.variants, *(s.curve_variants or [])]
+                       if parse_variant(v, s.n_blocks).ridge or parse_variant(v, s.n_blocks).prior]
+        except ValueError:
+            flagged = []
+        if flagged:
+            problems.append(f"--layers works with plain variants only (no ridge or prior flag), got {flagged}")
     if s.delta_norm_factor is not None and not (math.isfinite(s.delta_norm_factor) and s.delta_norm_factor > 0):
         problems.append("--delta-norm-factor must be a positive number")
     if s.token_weights != "uniform" and s.loss != "distill":
@@ -274,6 +293,8 @@ def estimate_seconds(s: HyperSteerEvalSettings, device: str) -> dict[str, float]
     n_curve_trained = sum(not parse_variant(v, s.n_blocks).ridge for v in (s.curve_variants or s.variants))
     curve_steps = sum(s.steps or steps_for(n * s.train_prompts, s.epochs, s.batch_size) for n in s.curve) * n_curve_trained
     step_seconds = rate["train_token"] * s.batch_size * tokens_per_example * 3  # forward + backward above the site
+    lowest = (site_layers(s) or [s.layer if s.layer is not None else 20])[0]
+    step_seconds *= max(1, 29 - lowest) / 9  # the rate was measured above layer 20 of SmolLM2's 30
     specs = [parse_variant(v, s.n_blocks) for v in s.variants]
     trained = sum(not spec.ridge for spec in specs)
     if any(spec.ridge for spec in specs):  # the training concepts' oracle, the ridge heads' targets
@@ -305,6 +326,12 @@ def fixed_length(s: HyperSteerEvalSettings, resid_norm: float | None) -> float |
     return float(factor) * float(resid_norm)
 
 
+def site_layers(s: HyperSteerEvalSettings) -> list[int] | None:
+    """The injection sites of ``--layers`` (``None``: ``--layer`` alone; settings saved before the flag have none)."""
+    spec = getattr(s, "layers", None)
+    return None if spec is None else common.parse_layers(spec)
+
+
 def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int, resid_norm: float | None = None) -> Any:
     """H's settings for the variant ``spec``; ``resid_norm`` (at the injection layer) sets the fixed length of
     ``--delta-norm-factor``."""
@@ -318,6 +345,7 @@ def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int, resid_no
     bias_lr = s.bound_lr if noweight else s.head_bias_lr
     return HyperSteerConfig(variant=variant, n_blocks=n_blocks, freeze_blocks=frozen,
                             prior_gain=s.prior_gain if prior else None, head_weight=not noweight, layer=s.layer,
+                            layers=site_layers(s),
                             positions=s.positions, delta_norm=fixed_length(s, resid_norm),
                             token_weights=getattr(s, "token_weights", "uniform"), lr=s.lr, head_lr=s.head_lr,
                             head_bias_lr=bias_lr, pooling=s.pooling,
@@ -331,7 +359,8 @@ def bound_config(s: HyperSteerEvalSettings, n_examples: int, epochs: float, resi
     from hooksteer.hypersteer import HyperSteerConfig
 
     steps = s.steps if s.steps and epochs == s.epochs else steps_for(n_examples, epochs, s.batch_size)
-    return HyperSteerConfig(variant="no_context", n_blocks=0, layer=s.layer, positions=s.positions, lr=s.bound_lr,
+    return HyperSteerConfig(variant="no_context", n_blocks=0, layer=s.layer, layers=site_layers(s),
+                            positions=s.positions, lr=s.bound_lr,
                             loss=s.loss, delta_norm=fixed_length(s, resid_norm),
                             token_weights=getattr(s, "token_weights", "uniform"),
                             batch_size=s.batch_size, max_steps=steps, warmup_steps=0, seed=s.seed,
@@ -431,12 +460,12 @@ def separation(modules: dict[str, Any], held_out: Sequence[Any], eval_prompts: S
 
     steering = [c.steering_prompts[0] for c in held_out]
     prompts = [p.text for p in eval_prompts]
-    reference = oracle.vectors(steering).float()
+    reference = oracle.vectors(steering).float().flatten(1)  # several sites' vectors joined into one row
     out = {}
     for name, module in modules.items():
         info = vector_separation(module, steering, prompts)
-        vectors = module.vectors(steering, [prompts[0]] * len(steering)) if module.needs_base_prompt else (
-            module.vectors(steering))
+        vectors = (module.vectors(steering, [prompts[0]] * len(steering)) if module.needs_base_prompt else (
+            module.vectors(steering))).flatten(1)
         info["cosine_with_oracle"] = float(torch.nn.functional.cosine_similarity(vectors.float().cpu(),
                                                                                  reference.cpu()).mean())
         info["norm_ratio_to_oracle"] = float(vectors.norm(dim=-1).mean() / reference.norm(dim=-1).mean())
@@ -453,7 +482,8 @@ def methods_for(s: HyperSteerEvalSettings, modules: dict[str, Any], texts_for: A
                           DiffMeanMethod(layer=s.diffmean_layer if s.diffmean_layer is not None else layer,
                                          texts_for=texts_for)]
     for name, module in modules.items():
-        methods.append(HyperSteerMethod(module, texts_for=texts_for, name=f"{name}@resid"))
+        if module.config.n_sites == 1:  # a fraction of one site's residual norm means nothing for several sites
+            methods.append(HyperSteerMethod(module, texts_for=texts_for, name=f"{name}@resid"))
         methods.append(HyperSteerMethod(module, magnitude="trained", factors=s.trained_factors,
                                         texts_for=texts_for, name=f"{name}@trained"))
     return methods
@@ -492,9 +522,10 @@ def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: A
             points.append(point)
             if s.curve_metric == "kl":
                 continue
-            methods = [HyperSteerMethod(hyper, texts_for=texts_for, name=f"hypersteer-{variant}@resid"),
-                       HyperSteerMethod(hyper, magnitude="trained", factors=s.trained_factors, texts_for=texts_for,
+            methods = [HyperSteerMethod(hyper, magnitude="trained", factors=s.trained_factors, texts_for=texts_for,
                                         name=f"hypersteer-{variant}@trained")]
+            if hyper.config.n_sites == 1:
+                methods.insert(0, HyperSteerMethod(hyper, texts_for=texts_for, name=f"hypersteer-{variant}@resid"))
             result = evaluate(generator, methods, list(held_out), list(eval_prompts), judge=judge, factors=s.factors,
                               max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
                               out_dir=out / f"{variant}-{size}" / "evaluation", progress=not tiny,

@@ -10,8 +10,9 @@ steering, no steering and (optionally) DiffMean:
    prompts; ``split.json``);
 2. **teacher** (:func:`hooksteer.distill.build_distill_teacher`, cached): the prompted model's greedy answers and
    top-k log-probs for held-out concepts × train prompts (the oracles train on these) and × eval prompts (eval KL);
-3. **train** one oracle per form ``LAYER:POSITIONS[:nFACTOR][:shift][:lrRATE]`` (``--forms 20:all 20:prompt
-   10:all 20:all:n0.3 20:all:shift 20:all:lr0.3``; positions ``all`` adds the vector at every token, ``prompt`` only at the base
+3. **train** one oracle per form ``LAYERS:POSITIONS[:nFACTOR][:shift][:lrRATE]`` (``--forms 20:all 20:prompt
+   10:all 10-29:all 20:all:n0.3 20:all:shift 20:all:lr0.3``; ``10-29`` (or ``0+10+20``) gives each concept a vector
+   at every one of those layers, steering them all at once, like A-PSR without its gates; positions ``all`` adds the vector at every token, ``prompt`` only at the base
    prompt's tokens, so the answer reads it through attention, as it reads a steering prompt; ``nFACTOR`` trains
    only the direction, at a fixed length of FACTOR × the residual norm at the layer; ``shift`` weights each answer
    token's KL by how far the steering prompt moved the prediction there, KL(teacher ‖ unsteered); ``lrRATE`` sets
@@ -90,7 +91,8 @@ class OracleFormsSettings:
     teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
     teacher_cache: str | None = field(default=None, metadata={"help": "distillation cache folder (default OUT/teacher)"})
     forms: list[str] = field(default_factory=lambda: ["20:all", "20:prompt"], metadata={
-        "help": "steering forms LAYER:POSITIONS[:nFACTOR][:shift][:lrRATE]: positions 'all' (every token) or "
+        "help": "steering forms LAYERS:POSITIONS[:nFACTOR][:shift][:lrRATE]: LAYERS one layer, a range A-B or A+B+… "
+                "(a vector at each); positions 'all' (every token) or "
                 "'prompt' (the base prompt's tokens only); nFACTOR trains each vector at a fixed length of FACTOR × "
                 "the residual norm at the layer (direction only); shift weights each answer token's KL by "
                 "KL(teacher ‖ unsteered) there; lrRATE: this form's learning rate (default --bound-lr)"})
@@ -132,10 +134,16 @@ class Form(NamedTuple):
     norm_factor: float | None = None
     token_weights: str = "uniform"
     lr: float | None = None
+    layers: tuple[int, ...] | None = None
+
+    @property
+    def sites(self) -> list[int]:
+        """Every layer that gets a vector (``[layer]`` unless the form names several)."""
+        return list(self.layers) if self.layers else [self.layer]
 
     @property
     def name(self) -> str:
-        name = f"oracle-L{self.layer}-{self.positions}"
+        name = f"oracle-L{common.layer_spec(self.sites)}-{self.positions}"
         if self.norm_factor is not None:
             name += f"-n{self.norm_factor:g}"
         if self.token_weights == "teacher_shift":
@@ -143,7 +151,7 @@ class Form(NamedTuple):
         return name + ("" if self.lr is None else f"-lr{self.lr:g}")
 
 
-FORM_SYNTAX = "LAYER:POSITIONS[:nFACTOR][:shift][:lrRATE]"
+FORM_SYNTAX = "LAYERS:POSITIONS[:nFACTOR][:shift][:lrRATE]"
 
 
 def _positive(text: str) -> float | None:
@@ -156,22 +164,29 @@ def _positive(text: str) -> float | None:
 
 def parse_form(spec: str) -> Form:
     """``"LAYER:POSITIONS[:nFACTOR][:shift][:lrRATE]"`` → :class:`Form`; a clear error for anything else.
-    ``nFACTOR`` trains every vector at FACTOR × the residual norm at the layer (direction only); ``shift`` weights
+    ``LAYERS`` ``10-29`` or ``0+10+20`` gives the oracle a vector at each of several layers (A-PSR's sites without
+    its gates); ``nFACTOR`` trains every vector at FACTOR × the residual norm at the layer (direction only, single
+    layer); ``shift`` weights
     each answer token by how far the steering prompt moved the prediction there; ``lrRATE`` sets this form's
     learning rate.
 
     Example:
         >>> parse_form("10:all")
-        Form(layer=10, positions='all', norm_factor=None, token_weights='uniform', lr=None)
+        Form(layer=10, positions='all', norm_factor=None, token_weights='uniform', lr=None, layers=None)
+        >>> parse_form("10-29:all:shift").name
+        'oracle-L10-29-all-shift'
+        >>> parse_form("0+20:prompt").sites
+        [0, 20]
         >>> parse_form("20:all:n0.3:shift").name
         'oracle-L20-all-n0.3-shift'
         >>> parse_form("20:all:lr0.5").lr
         0.5
     """
     parts = spec.split(":")
-    problem = (f"form {spec!r} is not {FORM_SYNTAX} with POSITIONS one of {POSITION_CHOICES} "
-               "(e.g. 20:prompt, 20:all:n0.3, 20:all:shift, 20:all:lr0.5)")
-    if len(parts) < 2 or not parts[0].isdigit() or parts[1] not in POSITION_CHOICES:
+    problem = (f"form {spec!r} is not {FORM_SYNTAX} with LAYERS one layer, a range A-B or A+B+…, and POSITIONS one "
+               f"of {POSITION_CHOICES} (e.g. 20:prompt, 10-29:all, 20:all:n0.3, 20:all:shift, 20:all:lr0.5)")
+    layers = common.parse_layers(parts[0]) if parts else None
+    if len(parts) < 2 or layers is None or parts[1] not in POSITION_CHOICES:
         raise ValueError(problem)
     options: dict[str, Any] = {}
     for option in parts[2:]:
@@ -186,7 +201,9 @@ def parse_form(spec: str) -> Form:
         if value is None or key in options:
             raise ValueError(problem)
         options[key] = value
-    return Form(int(parts[0]), parts[1], **options)
+    if len(layers) > 1 and "norm_factor" in options:
+        raise ValueError(f"form {spec!r}: nFACTOR (a fixed length from one layer's residual norm) needs a single layer")
+    return Form(layers[0], parts[1], **options, layers=tuple(layers) if len(layers) > 1 else None)
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> tuple[OracleFormsSettings, argparse.Namespace]:
@@ -226,8 +243,13 @@ def validate(s: OracleFormsSettings) -> list[str]:
         if not forms or len(set(forms)) != len(forms):
             problems.append(f"--forms must name each form once, got {s.forms}")
         try:
-            if not {parse_form(f) for f in s.resid_forms} <= set(forms):
+            resid = {parse_form(f) for f in s.resid_forms}
+            if not resid <= set(forms):
                 problems.append(f"--resid-forms must be among --forms, got {s.resid_forms}")
+            several = sorted(f.name for f in resid if f.layers)
+            if several:
+                problems.append(f"--resid-forms must be single-layer forms (a fraction of one layer's residual norm), "
+                                f"got {', '.join(several)}")
         except ValueError as error:
             problems.append(str(error))
         else:
@@ -273,7 +295,8 @@ def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int, resid_nor
         raise ValueError(f"{form.name} trains at a fixed length: pass the residual norm at layer {form.layer}")
     steps = hypersteer_eval.steps_for(n_examples, s.bound_epochs, s.batch_size)
     delta_norm = None if form.norm_factor is None else form.norm_factor * float(resid_norm)  # type: ignore[arg-type]
-    return HyperSteerConfig(variant="no_context", n_blocks=0, layer=form.layer, positions=form.positions,
+    return HyperSteerConfig(variant="no_context", n_blocks=0, layer=form.layer,
+                            layers=list(form.layers) if form.layers else None, positions=form.positions,
                             delta_norm=delta_norm, token_weights=form.token_weights,
                             lr=form.lr or s.bound_lr, loss="distill", batch_size=s.batch_size, max_steps=steps, warmup_steps=0,
                             seed=s.seed, eval_every=0, log_every=max(1, min(10, steps)), save_every=0,
@@ -297,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log("loading model and data ...")
     model = common.load_model(tiny, s.seed, s.model, s.device)
     n_layers = int(model.cfg.n_layers)
-    bad = [f.layer for f in forms if f.layer >= n_layers] + [layer for layer in s.diffmean_layers if layer >= n_layers]
+    bad = [x for f in forms for x in f.sites if x >= n_layers] + [x for x in s.diffmean_layers if x >= n_layers]
     if bad:
         raise SystemExit(f"oracle_forms: error: layer {bad[0]} is outside the model's {n_layers} layers (0..{n_layers - 1})")
     run = argparse.Namespace(threads=s.threads, out=out)

@@ -140,7 +140,9 @@ def test_a_module_saved_before_a_config_field_existed_is_still_reused(tiny_llama
 
 @pytest.mark.parametrize("flags", [["--held-out", "1"], ["--variants", "sideways"], ["--curve", "500"],
                                    ["--factors", "0"], ["--eval-prompts", "1"], ["--delta-norm-factor", "-0.3"],
-                                   ["--token-weights", "teacher_shift", "--loss", "ce"]])
+                                   ["--token-weights", "teacher_shift", "--loss", "ce"], ["--layers", "2-0"],
+                                   ["--layers", "0-2", "--layer", "1"], ["--layers", "0-2", "--delta-norm-factor", "0.3"],
+                                   ["--layers", "0+2", "--variants", "no_context:1:ridge"]])
 def test_bad_settings_stop_before_anything_runs(tmp_path, flags):
     with pytest.raises(SystemExit) as stop:
         _benchmark().main(["--tiny", "--out", str(tmp_path / "x"), *flags])
@@ -218,3 +220,20 @@ def test_fixed_length_and_token_weights_reach_h_and_both_bounds(tmp_path):
     oracle = ConceptVectors.load(tmp_path / "oracle", tiny_model("llama", seed=0))
     assert oracle.vectors(oracle.keys).norm(dim=-1).sub(length).abs().max() < 1e-3
     assert report["diagnostics"]["hypersteer-no_context"]["mean_norm"] == pytest.approx(length, rel=1e-4)
+
+
+def test_several_sites_reach_h_and_both_bounds_scored_at_their_trained_norm(tmp_path):
+    from hooksteer.hypersteer import HyperSteer
+    from hooksteer.testing import tiny_model
+
+    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "--curve", "--layers",
+                                "0+2", "--no-held-in"])
+    for folder in ("hyper-no_context", "oracle", "floor"):
+        config = json.loads((tmp_path / folder / "config.json").read_text())["config"]
+        assert config["layers"] == [0, 2] and config["layer"] == 0
+    hyper = HyperSteer.load(tmp_path / "hyper-no_context", tiny_model("llama", seed=0))
+    assert hyper.vectors("Write about rivers.").shape == (1, 2, hyper.signature["d_model"])
+    scored = set(report["scores"]["held_out"])
+    assert {"hypersteer-no_context@trained", "oracle@trained", "floor@trained"} <= scored
+    assert not any(name.endswith("@resid") for name in scored)  # one site's residual norm means nothing for two
+    assert report["diagnostics"]["oracle"]["cosine_with_oracle"] == pytest.approx(1.0, abs=1e-5)

@@ -23,9 +23,24 @@ def test_form_specs_parse_or_name_the_problem():
     assert bench.parse_form("20:all:lr0.5:n0.2") == bench.Form(20, "all", 0.2, "uniform", 0.5)
     assert bench.parse_form("20:all:lr0.5:n0.2").name == "oracle-L20-all-n0.2-lr0.5"
     for bad in ("10", "x:all", "10:generated", "10:all:more", "10:all:n0", "10:all:n-1", "10:all:nx",
-                "10:all:shift:shift", "10:all:n0.3:n0.2", "10:all:lr", "10:all:lr0", "10:all:lr1:lr2"):
-        with pytest.raises(ValueError, match="LAYER:POSITIONS"):
+                "10:all:shift:shift", "10:all:n0.3:n0.2", "10:all:lr", "10:all:lr0", "10:all:lr1:lr2",
+                "5-3:all", "5-5:all", "3+3:all", "4+2:all", "1-:all", "+2:all", "1,2:all"):
+        with pytest.raises(ValueError, match="LAYERS:POSITIONS"):
             bench.parse_form(bad)
+
+
+def test_multi_layer_forms_parse_and_name_their_sites():
+    bench = _bench()
+    span = bench.parse_form("10-12:all:shift")
+    assert span.layer == 10 and span.sites == [10, 11, 12] and span.layers == (10, 11, 12)
+    assert span.name == "oracle-L10-12-all-shift"
+    listed = bench.parse_form("0+10+20:prompt")
+    assert listed.sites == [0, 10, 20] and listed.name == "oracle-L0+10+20-prompt"
+    assert bench.parse_form("20:all").sites == [20] and bench.parse_form("20:all").layers is None
+    with pytest.raises(ValueError, match="needs a single layer"):
+        bench.parse_form("10-12:all:n0.3")
+    settings = bench.OracleFormsSettings(forms=["20:all", "10-29:all"], resid_forms=["10-29:all"])
+    assert any("single-layer" in problem for problem in bench.validate(settings))
 
 
 def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
@@ -54,7 +69,7 @@ def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--forms", "2:sideways"], "LAYER:POSITIONS"),
+    (["--forms", "2:sideways"], "LAYERS:POSITIONS"),
     (["--forms", "2:all", "2:all"], "each form once"),
     (["--trained-factors", "0"], "--trained-factors"),
     (["--held-out", "1"], "--held-out"),

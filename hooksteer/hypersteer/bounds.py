@@ -33,8 +33,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from hooksteer.hypersteer.config import HyperSteerConfig
-from hooksteer.hypersteer.model import HyperSteerFileError, base_signature, with_norm
-from hooksteer.vectors import SteeringVector
+from hooksteer.hypersteer.model import HyperSteerFileError, base_signature, site_vectors, with_norm
+from hooksteer.vectors import SteeringSet, SteeringVector
 
 __all__ = ["ConceptVectors"]
 
@@ -44,7 +44,8 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 class ConceptVectors(nn.Module):
-    """A table of free steering vectors at ``blocks.{layer}.hook_resid_post``, keyed by steering prompt.
+    """A table of free steering vectors at ``blocks.{layer}.hook_resid_post``, keyed by steering prompt (one vector
+    per site and key when ``config.layers`` names several sites: a ``(keys, n_sites, d_model)`` table).
 
     Args:
         model: the frozen base model (kept by reference, not as a submodule).
@@ -71,9 +72,15 @@ class ConceptVectors(nn.Module):
         generator = torch.Generator().manual_seed(self.config.seed)
         if self.config.delta_norm is not None and init_std == 0:
             init_std = 1.0  # a fixed-length vector needs a direction to start from
-        init = torch.randn(len(self.keys), int(model.cfg.d_model), generator=generator) * float(init_std)
+        shape = (len(self.keys), *self._row_shape(model))
+        init = torch.randn(shape, generator=generator) * float(init_std)
         reference = next(model.parameters())
         self.table = nn.Parameter(init.to(device=reference.device, dtype=reference.dtype))
+
+    def _row_shape(self, model: Any) -> tuple[int, ...]:
+        """Shape of one key's entry: ``(d_model,)``, or ``(n_sites, d_model)`` for several sites."""
+        d_model = int(model.cfg.d_model)
+        return (d_model,) if self.config.n_sites == 1 else (self.config.n_sites, d_model)
 
     @classmethod
     def oracle(cls, model: Any, keys: Sequence[str], config: HyperSteerConfig | None = None) -> ConceptVectors:
@@ -117,28 +124,31 @@ class ConceptVectors(nn.Module):
                            f"{len(self.keys)} prompts it was built for")
         return torch.tensor([self._index[k] for k in keys], dtype=torch.long, device=self.device)
 
-    def forward(self, rows: Int[Tensor, " batch"]) -> Float[Tensor, "batch d_model"]:
-        """The vectors of the given table rows (see :meth:`indices`), at ``config.delta_norm`` when it is set."""
+    def forward(self, rows: Int[Tensor, " batch"]) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
+        """The vectors of the given table rows (see :meth:`indices`), at ``config.delta_norm`` when it is set (per
+        site)."""
         return with_norm(self.table[rows.to(self.device)], self.config.delta_norm)
 
     @torch.no_grad()
     def vectors(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
-                ) -> Float[Tensor, "batch d_model"]:
-        """Per-row vectors ``(batch, d_model)``, like :meth:`HyperSteer.vectors` (the base prompt is ignored)."""
+                ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
+        """Per-row vectors ``(batch, d_model)`` (``(batch, n_sites, d_model)`` for several sites), like
+        :meth:`HyperSteer.vectors` (the base prompt is ignored)."""
         steer = [steering_prompt] if isinstance(steering_prompt, str) else list(steering_prompt)
         if base_prompt is not None and not isinstance(base_prompt, str) and len(steer) == 1:
             steer = steer * len(list(base_prompt))
         return self(self.indices(steer)).float()
 
     def vector(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
-               ) -> SteeringVector | list[SteeringVector]:
-        """Steering vector(s) at :attr:`hook_name`: one for a string, a list for a list of prompts."""
+               ) -> SteeringVector | SteeringSet | list[SteeringVector] | list[SteeringSet]:
+        """Steering vector(s) at :attr:`hook_name`: one for a string, a list for a list of prompts (a
+        :class:`~hooksteer.vectors.SteeringSet` of one vector per site when there are several sites)."""
         single = isinstance(steering_prompt, str)
         steer = [steering_prompt] if single else list(steering_prompt)
         deltas = self.vectors(steer).cpu()
-        out = [SteeringVector(self.hook_name, delta, method=f"hypersteer-{self.kind}",
-                              source={"steering_prompt": s, "kind": self.kind, "positions": self.config.positions,
-                                      "base_model": self.signature["model_name"]})
+        out = [site_vectors(self.config.hook_names, delta, method=f"hypersteer-{self.kind}",
+                            source={"steering_prompt": s, "kind": self.kind, "positions": self.config.positions,
+                                    "base_model": self.signature["model_name"]})
                for s, delta in zip(steer, deltas, strict=True)]
         return out[0] if single else out
 
@@ -187,12 +197,16 @@ class ConceptVectors(nn.Module):
                 table = handle.get_tensor("table")
         except (KeyError, TypeError, ValueError, SafetensorError, OSError) as error:
             raise HyperSteerFileError(f"{directory} holds an unreadable ConceptVectors table: {error}") from error
-        if table.ndim != 2 or table.shape != (len(meta["keys"]), int(model.cfg.d_model)):
+        try:
+            vectors = cls(model, meta["keys"], config, shared=bool(meta.get("shared")))
+        except ValueError as error:
+            raise HyperSteerFileError(f"{directory} holds an invalid ConceptVectors config: {error}") from error
+        if table.shape != vectors.table.shape:
             raise HyperSteerFileError(f"{directory}: table of shape {tuple(table.shape)} does not fit "
-                                      f"{len(meta['keys'])} keys × d_model={model.cfg.d_model}")
+                                      f"{len(meta['keys'])} keys × {config.n_sites} site(s) × "
+                                      f"d_model={model.cfg.d_model}")
         if not bool(torch.isfinite(table).all()):
             raise HyperSteerFileError(f"{directory}: the table contains NaN or infinity")
-        vectors = cls(model, meta["keys"], config, shared=bool(meta.get("shared")))
         with torch.no_grad():
             vectors.table.copy_(table.to(vectors.table.dtype))
         return vectors

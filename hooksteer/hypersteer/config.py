@@ -51,7 +51,11 @@ class HyperSteerConfig:
         variant: ``"no_context"`` H(s), ``"in_context"`` H(s ⊕ x) or ``"cross_attention"`` (H attends to the
             base model's layer-``layer`` residual stream over the base prompt x).
         layer: block whose ``hook_resid_post`` receives Δ (``None``: about 2/3 of the depth, resolved by
-            :meth:`resolved`).
+            :meth:`resolved`); with ``layers``, the lowest of them.
+        layers: several injection sites, one Δ each (``None``: ``layer`` alone). H then writes a
+            ``(n_sites, d_model)`` vector per steering prompt, ``Δ_l`` added at ``blocks.{l}.hook_resid_post`` for
+            every ``l`` in ``layers`` (strictly increasing), like A-PSR's per-layer vectors; training runs the blocks
+            above ``min(layers)`` only. Needs ``prior_gain=None``; ``delta_norm`` fixes each site's norm.
         n_blocks: number of H blocks, copied from the base model's blocks ``0..n_blocks-1``.
         head_init_std: std of the output head's initial weights (bias starts at 0); small, so training
             starts near "no steering". 0 gives an exactly-zero head.
@@ -125,6 +129,7 @@ class HyperSteerConfig:
 
     variant: Variant = "cross_attention"
     layer: int | None = None
+    layers: list[int] | None = None
     n_blocks: int = 2
     head_init_std: float = 1e-3
     freeze_embeddings: bool = False
@@ -169,10 +174,34 @@ class HyperSteerConfig:
     # ------------------------------------------------------------------ derived
     @property
     def hook_name(self) -> str:
-        """TransformerLens address of the injection site."""
+        """TransformerLens address of the (lowest) injection site."""
         if self.layer is None:
             raise HyperSteerConfigError("layer is not resolved yet; call config.resolved(model) first")
         return f"blocks.{self.layer}.hook_resid_post"
+
+    @property
+    def sites(self) -> list[int]:
+        """Every layer that receives a Δ, lowest first (``[layer]`` unless ``layers`` is set).
+
+        Example:
+            >>> HyperSteerConfig(layers=[3, 5]).sites
+            [3, 5]
+        """
+        if self.layers:
+            return [int(layer) for layer in self.layers]
+        if self.layer is None:
+            raise HyperSteerConfigError("layer is not resolved yet; call config.resolved(model) first")
+        return [int(self.layer)]
+
+    @property
+    def hook_names(self) -> list[str]:
+        """TransformerLens addresses of every injection site (see :attr:`sites`)."""
+        return [f"blocks.{layer}.hook_resid_post" for layer in self.sites]
+
+    @property
+    def n_sites(self) -> int:
+        """How many sites receive a Δ (1 unless ``layers`` names several)."""
+        return len(self.layers) if self.layers else 1
 
     def resolved(self, model: Any) -> HyperSteerConfig:
         """A copy with ``layer`` filled in for ``model``, after checking every setting against it.
@@ -181,13 +210,36 @@ class HyperSteerConfig:
             HyperSteerConfigError: unknown variant, layer out of range, ``n_blocks`` > ``n_layers`` ...
         """
         n_layers = int(model.cfg.n_layers)
-        layer = default_layer(n_layers) if self.layer is None else self.layer
-        resolved = dataclasses.replace(self, layer=layer)
+        layers = self.layers
+        if layers is not None:
+            self._check_layers()
+            layers = [int(layer) for layer in layers]
+        if self.layer is not None:
+            layer = self.layer
+        else:
+            layer = layers[0] if layers else default_layer(n_layers)
+        resolved = dataclasses.replace(self, layer=layer, layers=layers)
         resolved.validate(n_layers)
         return resolved
 
+    def _check_layers(self) -> None:
+        layers = self.layers
+        if not isinstance(layers, list | tuple) or not layers or any(
+                isinstance(x, bool) or not isinstance(x, int) for x in layers):
+            raise HyperSteerConfigError(f"layers must be a non-empty list of layer indices or None, got {layers!r}")
+        if any(b <= a for a, b in zip(layers, layers[1:], strict=False)):
+            raise HyperSteerConfigError(f"layers must be strictly increasing (each site once), got {list(layers)}")
+
     def validate(self, n_layers: int | None = None) -> None:
         """Raise :class:`HyperSteerConfigError` for an invalid setting (model-dependent checks need n_layers)."""
+        if self.layers is not None:
+            self._check_layers()
+            if self.layer is not None and self.layer != self.layers[0]:
+                raise HyperSteerConfigError(f"layer={self.layer} must be the lowest of layers={list(self.layers)} "
+                                            "(the site whose residual training starts from), or None")
+            if len(self.layers) > 1 and self.prior_gain is not None:
+                raise HyperSteerConfigError("prior_gain works with one site only; with several layers use "
+                                            "prior_gain=None")
         if self.variant not in VARIANTS:
             raise HyperSteerConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.pooling not in POOLING_MODES:
@@ -246,10 +298,11 @@ class HyperSteerConfig:
             raise HyperSteerConfigError(f"head_init_std must be >= 0, got {self.head_init_std!r}")
         if n_layers is None:
             return
-        if self.layer is not None and not 0 <= self.layer < n_layers:
-            raise HyperSteerConfigError(
-                f"layer {self.layer} is out of range: the base model has {n_layers} layers (0..{n_layers - 1})"
-            )
+        for layer in [*([self.layer] if self.layer is not None else []), *(self.layers or [])]:
+            if not 0 <= layer < n_layers:
+                raise HyperSteerConfigError(
+                    f"layer {layer} is out of range: the base model has {n_layers} layers (0..{n_layers - 1})"
+                )
         if self.n_blocks > n_layers:
             raise HyperSteerConfigError(
                 f"n_blocks={self.n_blocks} exceeds the base model's {n_layers} layers: H is a truncated copy "

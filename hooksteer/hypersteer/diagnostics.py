@@ -83,11 +83,12 @@ def shared_fraction(vectors: Float[Tensor, "n d_model"]) -> float:
 
 
 def _grid(hyper: Any, steering_prompts: Sequence[str], base_prompts: Sequence[str]) -> Float[Tensor, "n d_model"]:
-    """H's vectors for every (steering prompt, base prompt) pair, concept-major."""
+    """H's vectors for every (steering prompt, base prompt) pair, concept-major (several sites' vectors joined
+    into one row)."""
     steer = [s for s in steering_prompts for _ in base_prompts]
     if hyper.needs_base_prompt:
-        return hyper.vectors(steer, [b for _ in steering_prompts for b in base_prompts]).float().cpu()
-    return hyper.vectors(steer).float().cpu()
+        return hyper.vectors(steer, [b for _ in steering_prompts for b in base_prompts]).float().cpu().flatten(1)
+    return hyper.vectors(steer).float().cpu().flatten(1)
 
 
 def vector_separation(hyper: Any, steering_prompts: Sequence[str], base_prompts: Sequence[str]) -> dict[str, Any]:

@@ -54,9 +54,11 @@ from hooksteer.evaluate.methods import (
     default_texts_for,
     residual_norm,
 )
-from hooksteer.hooks import PositionSpec
+from hooksteer.evaluate.methods.common import _generate
+from hooksteer.hooks import PositionSpec, PositionTracker, add_vector, apply_steering_hooks, check_hook_name
 from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.model import HyperSteer, base_signature
+from hooksteer.vectors import check_finite
 
 __all__ = ["HyperSteerMethod", "HyperSteerDirections"]
 
@@ -101,9 +103,10 @@ class HyperSteerDirections:
             if self.hyper.needs_base_prompt:
                 rows.append(self.hyper.vectors([self.steering_prompt] * len(chunk), chunk))
             else:  # H(s) does not depend on x: one pass, repeated
-                rows.append(self.hyper.vectors(self.steering_prompt).expand(len(chunk), -1))
+                one = self.hyper.vectors(self.steering_prompt)
+                rows.append(one.expand(len(chunk), *one.shape[1:]))
         deltas = torch.cat(rows).float().cpu()
-        norms = deltas.norm(dim=-1)
+        norms = deltas.flatten(1).norm(dim=-1)  # over every site's vector together
         self.last_norms = norms.tolist()
         self.calls += 1
         self.seconds += time.perf_counter() - start
@@ -111,7 +114,7 @@ class HyperSteerDirections:
             if bool((norms == 0).any()):
                 raise ValueError("HyperSteer produced an all-zero vector: it cannot be normalised "
                                  "(untrained H with head_init_std=0?); use magnitude='trained'")
-            deltas = deltas / norms[:, None]
+            deltas = deltas / norms.view(-1, *([1] * (deltas.ndim - 1)))
         return deltas
 
 
@@ -168,6 +171,10 @@ class HyperSteerMethod:
         steering_prompt = concept.steering_prompts[self.prompt_index]
         hook_name = self.hyper.hook_name
         trained = self.magnitude == "trained"
+        several = self.hyper.config.n_sites > 1
+        if several and self.magnitude == "resid_norm":
+            raise ValueError(f"{self.name} steers {self.hyper.config.n_sites} sites: magnitude='resid_norm' (a "
+                             "fraction of one site's residual norm) does not apply; use magnitude='trained'")
         directions = HyperSteerDirections(self.hyper, steering_prompt, normalise=not trained,
                                           batch_size=self.batch_size)
         info: dict[str, Any] = {"method": "hypersteer", "variant": self._kind(),
@@ -184,8 +191,13 @@ class HyperSteerMethod:
             magnitude = float(reference)  # type: ignore[arg-type]
         else:
             magnitude = float(self.magnitude)  # type: ignore[arg-type]
-        steerer = _RecordingSteerer(model, hook_name, directions, magnitude, positions=self.positions,  # type: ignore[arg-type]
-                                    info=info)
+        if several:
+            info["sites"] = self.hyper.config.sites
+            steerer: _RecordingSteerer = _MultiSiteSteerer(model, self.hyper.config.hook_names, directions, magnitude,
+                                                           positions=self.positions, info=info)  # type: ignore[arg-type]
+        else:
+            steerer = _RecordingSteerer(model, hook_name, directions, magnitude, positions=self.positions,  # type: ignore[arg-type]
+                                        info=info)
         steerer.reference_norm = reference
         return steerer
 
@@ -195,7 +207,7 @@ class HyperSteerMethod:
     def config(self) -> dict[str, Any]:
         cfg = self.hyper.config
         return {"name": self.name, "class": type(self).__name__, "variant": self._kind(), "n_blocks": cfg.n_blocks,
-                "layer": cfg.layer, "hook_name": self.hyper.hook_name, "loss": cfg.loss,
+                "layer": cfg.layer, "layers": cfg.layers, "hook_name": self.hyper.hook_name, "loss": cfg.loss,
                 "magnitude": self.magnitude, "factors": self.factors, "prompt_index": self.prompt_index,
                 "positions": self.positions if isinstance(self.positions, str) else [int(p) for p in self.positions],  # type: ignore[union-attr]
                 "texts_for": getattr(self.texts_for, "__name__", None) if self.texts_for else "default_texts_for",
@@ -219,3 +231,31 @@ class _RecordingSteerer(VectorSteerer):
             if self.reference_norm:
                 self.info["natural_factor"] = mean / self.reference_norm
         return outputs
+
+
+class _MultiSiteSteerer(_RecordingSteerer):
+    """H's ``(n, n_sites, d_model)`` vectors added at every site at once (``HyperSteerConfig.layers``), each row of a
+    batch with its own vectors and factor; hooks share one position tracker, so cached generation stays aligned."""
+
+    def __init__(self, model: nn.Module, hook_names: Sequence[str], direction: HyperSteerDirections, magnitude: float,
+                 *, positions: PositionSpec = "all", info: dict[str, Any] | None = None) -> None:
+        for name in hook_names:
+            check_hook_name(model, name)
+        super().__init__(model, hook_names[0], direction, magnitude, positions=positions, info=info)  # type: ignore[arg-type]
+        self.hook_names = list(hook_names)
+        self.info["hook_names"] = self.hook_names
+
+    def directions(self, prompts: Sequence[str]) -> Tensor:
+        rows = torch.as_tensor(self.direction(prompts))  # type: ignore[operator]
+        if rows.shape[:2] != (len(prompts), len(self.hook_names)) or rows.ndim != 3:
+            raise ValueError(f"direction callable returned shape {tuple(rows.shape)} for {len(prompts)} prompts × "
+                             f"{len(self.hook_names)} sites")
+        check_finite(rows, "per-prompt directions")
+        return rows.float()
+
+    def _generate_rows(self, prompts: list[str], directions: Tensor, settings: Any, seed: int) -> list[str]:
+        tracker = PositionTracker()
+        hooks = [(name, add_vector(directions[:, i], 1.0, positions=self.positions, tracker=tracker))
+                 for i, name in enumerate(self.hook_names)]
+        with apply_steering_hooks(self.model, hooks, tracker):
+            return _generate(self.model, prompts, settings, seed)

@@ -15,6 +15,10 @@ KL(teacher ‖ unsteered model) at that token (:func:`teacher_shift_weights`, ke
 :class:`TeacherShiftCache`): the tokens where the steering prompt changed the prediction count, the generic ones
 hardly do.
 
+With several sites (``HyperSteerConfig.layers``) Δ has shape ``(batch, n_sites, d_model)``: its first row is added
+to the cached residual at the lowest site, the others by hooks at ``blocks.{l}.hook_resid_post`` while the blocks
+above run (:func:`site_hooks`); every function taking ``layer`` also takes the list of sites.
+
 Δ goes to every position (``positions="all"``) or to the base prompt's tokens only (``positions="prompt"``,
 :func:`steered_positions`): then the answer reads Δ only through attention to the prompt, as it reads a steering
 prompt placed in its context.
@@ -27,7 +31,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -56,6 +61,47 @@ def steered_positions(batch: HyperBatch, positions: str = "all") -> Bool[Tensor,
     return torch.arange(width, device=batch.tokens.device)[None] < batch.prompt_lengths.to(batch.tokens.device)[:, None]
 
 
+def site_list(layer: int | Sequence[int]) -> list[int]:
+    """The injection layers as a list, lowest first (one int: one site).
+
+    Example:
+        >>> site_list(20), site_list([10, 20])
+        ([20], [10, 20])
+    """
+    return [int(layer)] if isinstance(layer, int) else [int(x) for x in layer]
+
+
+def per_site(delta: Tensor, layers: Sequence[int]) -> list[Tensor]:
+    """``delta`` split into one ``(batch, d_model)`` vector per site: a 2-D Δ is the one site's, a 3-D Δ
+    ``(batch, n_sites, d_model)`` has a row per site."""
+    if delta.ndim == 2:
+        if len(layers) != 1:
+            raise ValueError(f"a (batch, d_model) Δ steers one site, but {len(layers)} layers were given")
+        return [delta]
+    if delta.ndim != 3 or delta.shape[1] != len(layers):
+        raise ValueError(f"Δ of shape {tuple(delta.shape)} does not fit {len(layers)} sites "
+                         "(expected (batch, n_sites, d_model))")
+    return list(delta.unbind(1))
+
+
+def site_hooks(layers: Sequence[int], deltas: Sequence[Tensor], steered: Tensor | None
+               ) -> list[tuple[str, Callable[..., Tensor]]]:
+    """TransformerLens forward hooks adding ``deltas[i]`` at ``blocks.{layers[i]}.hook_resid_post`` (every position,
+    or where ``steered`` is True), for the given sites."""
+    def make(delta: Tensor) -> Callable[..., Tensor]:
+        def hook(activation: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TransformerLens hook signature
+            return _add_delta(activation, delta.to(activation.device), steered)
+        return hook
+    return [(f"blocks.{layer}.hook_resid_post", make(delta)) for layer, delta in zip(layers, deltas, strict=True)]
+
+
+def _upper_sites(model: Any, layers: list[int], deltas: list[Tensor], steered: Tensor | None) -> Any:
+    """Context installing the hooks of every site above the lowest (nothing for one site)."""
+    if len(layers) == 1:
+        return nullcontext()
+    return model.hooks(fwd_hooks=site_hooks(layers[1:], deltas[1:], steered))
+
+
 def _add_delta(resid: Tensor, delta: Tensor, steered: Tensor | None) -> Tensor:
     added = delta[:, None, :].to(resid.dtype)
     if steered is None:
@@ -64,28 +110,34 @@ def _add_delta(resid: Tensor, delta: Tensor, steered: Tensor | None) -> Tensor:
 
 
 def steered_logits_above_site(
-    model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"],
+    model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int | Sequence[int],
+    delta: Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"],
     steered: Bool[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits of ``model`` when ``delta`` is added at ``blocks.{layer}.hook_resid_post`` (at every position, or
     where ``steered`` is True: :func:`steered_positions`), computed from that site's (frozen) residual by running
-    only the blocks above it."""
-    return model(_add_delta(resid, delta, steered), start_at_layer=layer + 1, padding_side="right")
+    only the blocks above it. With several sites, ``resid`` is the lowest site's."""
+    layers = site_list(layer)
+    deltas = per_site(delta, layers)
+    with _upper_sites(model, layers, deltas, steered):
+        return model(_add_delta(resid, deltas[0], steered), start_at_layer=layers[0] + 1, padding_side="right")
 
 
 def steered_logits_full(
-    model: Any, tokens: Tensor, layer: int, delta: Float[Tensor, "batch d_model"],
+    model: Any, tokens: Tensor, layer: int | Sequence[int],
+    delta: Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"],
     steered: Bool[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits of a full forward with a per-row steering hook at ``blocks.{layer}.hook_resid_post`` (every position,
-    or where ``steered`` is True)."""
+    or where ``steered`` is True), at each site when several are given."""
     device = next(model.parameters()).device
-    if steered is None:
-        hook = add_vector(delta, 1.0)
+    layers = site_list(layer)
+    deltas = per_site(delta, layers)
+    if steered is None and len(layers) == 1:
+        hooks = [(f"blocks.{layers[0]}.hook_resid_post", add_vector(deltas[0], 1.0))]
     else:
-        def hook(activation: Tensor, hook: Any) -> Tensor:  # noqa: ARG001 - TransformerLens hook signature
-            return _add_delta(activation, delta.to(activation.device), steered)
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", hook)]):
+        hooks = site_hooks(layers, deltas, steered)
+    with model.hooks(fwd_hooks=hooks):
         return model(tokens.to(device), padding_side="right")
 
 
@@ -102,8 +154,8 @@ def target_logits_above_site(model: Any, resid: Tensor, layer: int, mask: Tensor
 
 
 def steered_loss_above_site(
-    model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int, delta: Float[Tensor, "batch d_model"],
-    batch: HyperBatch, loss: str = "ce", positions: str = "all", weights: Float[Tensor, " n"] | None = None,
+    model: Any, resid: Float[Tensor, "batch pos d_model"], layer: int | Sequence[int],
+    delta: Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"], batch: HyperBatch, loss: str = "ce", positions: str = "all", weights: Float[Tensor, " n"] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``loss`` (``"ce"``: :func:`target_loss`, ``"distill"``: :func:`distill_loss`) of
     :func:`steered_logits_above_site` with Δ at ``positions`` (``"all"`` or ``"prompt"``), unembedding only the
@@ -115,8 +167,11 @@ def steered_loss_above_site(
     the loss of ``steered_logits_above_site(...)`` (tested).
     """
     mask = batch.loss_mask().to(resid.device)
-    logits = target_logits_above_site(model, _add_delta(resid, delta, steered_positions(batch, positions)), layer,
-                                      mask)
+    layers = site_list(layer)
+    deltas = per_site(delta, layers)
+    steered = steered_positions(batch, positions)
+    with _upper_sites(model, layers, deltas, steered):
+        logits = target_logits_above_site(model, _add_delta(resid, deltas[0], steered), layers[0], mask)
     return _loss_at_targets(logits, batch, mask, loss, weights)
 
 

@@ -7,6 +7,10 @@ minus a running mean over training batches, ``Δ = b + W·(x − μ)``, so the p
 prompts lives in the bias. The vector is added to B's residual stream at ``blocks.{layer}.hook_resid_post``:
 ``ŷ = B(x | h_l ← h_l + Δ)``, ``Δ = H(s, x)``.
 
+With ``layers=[l1, l2, …]`` (several sites, like A-PSR's per-layer vectors) the head writes one Δ per site,
+``(batch, n_sites, d_model)``, each added at its own ``blocks.{l}.hook_resid_post``; :meth:`HyperSteer.vector` then
+returns a :class:`~hooksteer.vectors.SteeringSet` (vectors at different sites act simultaneously).
+
 Variants: ``no_context`` H(s); ``in_context`` H(s ⊕ x); ``cross_attention`` H(s) with every block
 also attending to B's layer-``layer`` residual over the base prompt x.
 
@@ -52,7 +56,7 @@ from hooksteer.hypersteer.data import (
     resid_at_layer,
     steering_ids,
 )
-from hooksteer.vectors import SteeringVector
+from hooksteer.vectors import SteeringSet, SteeringVector
 
 FORMAT = "hooksteer.hypersteer"
 FORMAT_VERSION = "2"  # 2: centred head (center_mean buffer saved), mean pooling, steering prompt last in-context
@@ -87,6 +91,25 @@ def with_norm(delta: Float[Tensor, "batch d_model"], norm: float | None) -> Floa
     if norm is None:
         return delta
     return delta * (float(norm) / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+def site_vectors(hook_names: Sequence[str], delta: Float[Tensor, " d_model"] | Float[Tensor, "n_sites d_model"], *,
+                 method: str, source: dict[str, Any]) -> SteeringVector | SteeringSet:
+    """One steering prompt's Δ as a :class:`SteeringVector` (one site) or a :class:`SteeringSet` with a vector per
+    site (several sites act simultaneously).
+
+    Example:
+        >>> s = site_vectors(["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"], torch.ones(2, 4),
+        ...                  method="hypersteer", source={})
+        >>> sorted(s.by_hook())
+        ['blocks.1.hook_resid_post', 'blocks.2.hook_resid_post']
+    """
+    if len(hook_names) == 1:
+        return SteeringVector(hook_names[0], delta.reshape(-1), method=method, source=source)
+    if delta.ndim != 2 or delta.shape[0] != len(hook_names):
+        raise ValueError(f"Δ of shape {tuple(delta.shape)} does not fit {len(hook_names)} sites")
+    return SteeringSet(SteeringVector(name, row, method=method, source=source)
+                       for name, row in zip(hook_names, delta, strict=True))
 
 
 class HyperSteer(nn.Module):
@@ -124,7 +147,7 @@ class HyperSteer(nn.Module):
             for i in range(self.config.n_blocks)
         )
         self.ln_final = copy.deepcopy(model.ln_final) if cfg.normalization_type is not None else nn.Identity()
-        self.head = nn.Linear(cfg.d_model, cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.d_model * self.config.n_sites)
         if self.config.prior_gain is not None:
             self.prior_gain = nn.Parameter(torch.tensor(float(self.config.prior_gain)))
         if self.config.center:
@@ -191,9 +214,10 @@ class HyperSteer(nn.Module):
         context: Float[Tensor, "batch ctx d_model"] | None = None,
         context_mask: Bool[Tensor, "batch ctx"] | None = None,
         pool_mask: Bool[Tensor, "batch pos"] | None = None,
-    ) -> Float[Tensor, "batch d_model"]:
+    ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
         """Δ for each row: H's blocks, pooling (mean over ``pool_mask``, or the last real token), final norm,
-        centring (``center=True``; in training mode the running mean is updated first) and head.
+        centring (``center=True``; in training mode the running mean is updated first) and head; ``(batch,
+        n_sites, d_model)`` when ``config.layers`` names several sites.
 
         Args:
             h_ids: right-padded input tokens of H (steering prompt; with the base prompt for ``in_context``).
@@ -210,6 +234,8 @@ class HyperSteer(nn.Module):
                 self._update_center(features.detach())
             features = features - self.center_mean.to(features.dtype)
         delta = self.head(features)
+        if self.config.n_sites > 1:
+            delta = delta.view(delta.shape[0], self.config.n_sites, -1)
         if self.config.prior_gain is not None:
             delta = delta + self.prior_gain.to(features.dtype) * prior_direction(features)
         return with_norm(delta, self.config.delta_norm)
@@ -288,8 +314,9 @@ class HyperSteer(nn.Module):
     @torch.no_grad()
     def vectors(
         self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
-    ) -> Float[Tensor, "batch d_model"]:
-        """Per-row vectors ``(batch, d_model)`` in one batched pass (a single string broadcasts).
+    ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
+        """Per-row vectors ``(batch, d_model)`` in one batched pass (a single string broadcasts); ``(batch, n_sites,
+        d_model)`` with several sites.
 
         Example:
             >>> deltas = hyper.vectors("Talk about cats.", ["Hi!", "Describe Paris."])   # doctest: +SKIP
@@ -339,8 +366,9 @@ class HyperSteer(nn.Module):
 
     def vector(
         self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
-    ) -> SteeringVector | list[SteeringVector]:
-        """Steering vector(s) at :attr:`hook_name`: one for a string, a list for a list of prompts.
+    ) -> SteeringVector | SteeringSet | list[SteeringVector] | list[SteeringSet]:
+        """Steering vector(s) at :attr:`hook_name`: one for a string, a list for a list of prompts (with several
+        sites, a :class:`~hooksteer.vectors.SteeringSet` holding one vector per site instead of each vector).
 
         ``base_prompt`` is required for ``in_context`` and ``cross_attention`` (ignored by
         ``no_context``); the vector is computed once and held constant while generating.
@@ -356,7 +384,7 @@ class HyperSteer(nn.Module):
                       "n_blocks": self.config.n_blocks, "base_model": self.signature["model_name"]}
             if base is not None and self.needs_base_prompt:
                 source["base_prompt"] = base[i]
-            out.append(SteeringVector(self.hook_name, delta, method="hypersteer", source=source))
+            out.append(site_vectors(self.config.hook_names, delta, method="hypersteer", source=source))
         return out[0] if single else out
 
     # ------------------------------------------------------------------ persistence

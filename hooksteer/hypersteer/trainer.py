@@ -230,9 +230,9 @@ class HyperSteerTrainer:
         delta = batch_deltas(self.model, hyper, batch, resid)
         weights = self._token_weights(batch, cache, shifts)
         if self.config.start_above_site:
-            return steered_loss_above_site(self.base, resid, hyper.layer, delta, batch, self.config.loss,
+            return steered_loss_above_site(self.base, resid, hyper.config.sites, delta, batch, self.config.loss,
                                            self.config.positions, weights)
-        logits = steered_logits_full(self.base, batch.tokens, hyper.layer, delta,
+        logits = steered_logits_full(self.base, batch.tokens, hyper.config.sites, delta,
                                      steered_positions(batch, self.config.positions))
         return distill_loss(logits, batch, weights) if self.config.loss == "distill" else target_loss(logits, batch)
 
@@ -435,7 +435,7 @@ def mean_loss(hyper: HyperSteer | ConceptVectors, examples: Sequence[Any], *, ba
             batch = collate(data[start : start + size], pad).to(device)
             resid = cache.get(batch)
             delta = batch_deltas(hyper, hyper, batch, resid)
-            loss_sum, n = steered_loss_above_site(base, resid, hyper.layer, delta, batch, config.loss,
+            loss_sum, n = steered_loss_above_site(base, resid, config.sites, delta, batch, config.loss,
                                                   config.positions)
             total, count = total + float(loss_sum), count + int(n)
     finally:
