@@ -209,12 +209,11 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
         if s.delta_norm_factor is not None:
             problems.append("--delta-norm-factor needs a single layer (one residual norm); leave out --layers")
         try:
-            flagged = [v for v in [*s.variants, *(s.curve_variants or [])]
-                       if parse_variant(v, s.n_blocks).ridge or parse_variant(v, s.n_blocks).prior]
+            flagged = [v for v in [*s.variants, *(s.curve_variants or [])] if parse_variant(v, s.n_blocks).prior]
         except ValueError:
             flagged = []
         if flagged:
-            problems.append(f"--layers works with plain variants only (no ridge or prior flag), got {flagged}")
+            problems.append(f"--layers does not take the prior flag (a direction prior for one site), got {flagged}")
     if s.delta_norm_factor is not None and not (math.isfinite(s.delta_norm_factor) and s.delta_norm_factor > 0):
         problems.append("--delta-norm-factor must be a positive number")
     if s.token_weights != "uniform" and s.loss != "distill":

@@ -142,7 +142,7 @@ def test_a_module_saved_before_a_config_field_existed_is_still_reused(tiny_llama
                                    ["--factors", "0"], ["--eval-prompts", "1"], ["--delta-norm-factor", "-0.3"],
                                    ["--token-weights", "teacher_shift", "--loss", "ce"], ["--layers", "2-0"],
                                    ["--layers", "0-2", "--layer", "1"], ["--layers", "0-2", "--delta-norm-factor", "0.3"],
-                                   ["--layers", "0+2", "--variants", "no_context:1:ridge"]])
+                                   ["--layers", "0+2", "--variants", "no_context:1:prior"]])
 def test_bad_settings_stop_before_anything_runs(tmp_path, flags):
     with pytest.raises(SystemExit) as stop:
         _benchmark().main(["--tiny", "--out", str(tmp_path / "x"), *flags])
@@ -226,14 +226,17 @@ def test_several_sites_reach_h_and_both_bounds_scored_at_their_trained_norm(tmp_
     from hooksteer.hypersteer import HyperSteer
     from hooksteer.testing import tiny_model
 
-    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "--curve", "--layers",
-                                "0+2", "--no-held-in"])
+    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "no_context:1:ridge",
+                                "--curve", "--layers", "0+2", "--no-held-in"])
     for folder in ("hyper-no_context", "oracle", "floor"):
         config = json.loads((tmp_path / folder / "config.json").read_text())["config"]
         assert config["layers"] == [0, 2] and config["layer"] == 0
     hyper = HyperSteer.load(tmp_path / "hyper-no_context", tiny_model("llama", seed=0))
     assert hyper.vectors("Write about rivers.").shape == (1, 2, hyper.signature["d_model"])
+    ridge = HyperSteer.load(tmp_path / "hyper-no_context-ridge1", tiny_model("llama", seed=0))
+    assert ridge.config.layers == [0, 2] and ridge.vectors("Write about rivers.").shape == (1, 2, 32)
     scored = set(report["scores"]["held_out"])
-    assert {"hypersteer-no_context@trained", "oracle@trained", "floor@trained"} <= scored
+    assert {"hypersteer-no_context@trained", "hypersteer-no_context-ridge1@trained", "oracle@trained",
+            "floor@trained"} <= scored
     assert not any(name.endswith("@resid") for name in scored)  # one site's residual norm means nothing for two
     assert report["diagnostics"]["oracle"]["cosine_with_oracle"] == pytest.approx(1.0, abs=1e-5)

@@ -184,3 +184,14 @@ def test_evaluation_steers_every_site_like_the_steering_set(tiny_llama):
     assert steerer.info["sites"] == SITES and steerer.info["mean_delta_norm"] > 0
     with pytest.raises(ValueError, match="magnitude='trained'"):
         HyperSteerMethod(oracle).prepare(tiny_llama, CONCEPTS[0], CONCEPTS[1:])
+
+
+def test_a_ridge_head_fits_one_vector_per_site(tiny_llama):
+    from hooksteer.hypersteer.ridge import fit_head_ridge
+
+    hyper = HyperSteer(tiny_llama, HyperSteerConfig(variant="no_context", n_blocks=1, layers=SITES))
+    targets = torch.randn(3, 2, 32, generator=torch.Generator().manual_seed(0))
+    fit_head_ridge(hyper, STEER, targets, alpha=1e-6)
+    torch.testing.assert_close(hyper.vectors(STEER), targets, rtol=1e-3, atol=1e-3)  # 3 points: an exact fit
+    with pytest.raises(ValueError, match="n_sites × d_model"):
+        fit_head_ridge(hyper, STEER, torch.randn(3, 3, 32), alpha=1.0)

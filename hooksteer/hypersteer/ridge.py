@@ -123,7 +123,8 @@ def cross_validate(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], fold
 
 
 @torch.no_grad()
-def fit_head_ridge(hyper: Any, steering_prompts: Sequence[str], targets: Float[Tensor, "n d_model"],
+def fit_head_ridge(hyper: Any, steering_prompts: Sequence[str],
+                   targets: Float[Tensor, "n d_model"] | Float[Tensor, "n n_sites d_model"],
                    base_prompts: Sequence[str] | None = None, *, alpha: float | None = None, folds: int = 5,
                    seed: int = 0, alphas: Sequence[float] = RIDGE_ALPHAS) -> RidgeFit:
     """Set H's head (and centring mean) to the ridge map from its features to ``targets``.
@@ -132,7 +133,7 @@ def fit_head_ridge(hyper: Any, steering_prompts: Sequence[str], targets: Float[T
         hyper: a :class:`~hooksteer.hypersteer.HyperSteer` (its blocks are used as they are; only the head and,
             with ``center=True``, the centring mean change).
         steering_prompts: one per target row (repeat a prompt to give it several rows, e.g. one per base prompt).
-        targets: the vector each row should get, e.g. the oracle's.
+        targets: the vector each row should get, e.g. the oracle's (``(n, n_sites, d_model)`` for several sites).
         base_prompts: per row, for the variants that read the base prompt.
         alpha: a fixed ridge strength; ``None`` chooses it by ``folds``-fold cross-validation over distinct
             steering prompts (:func:`cross_validate`).
@@ -145,9 +146,11 @@ def fit_head_ridge(hyper: Any, steering_prompts: Sequence[str], targets: Float[T
     prompts = list(steering_prompts)
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} steering prompts but {len(targets)} target vectors")
+    if targets.ndim == 3:  # several sites (HyperSteerConfig.layers): the head writes them side by side
+        targets = targets.flatten(1)
     d_model = int(hyper.head.out_features)
     if targets.ndim != 2 or targets.shape[1] != d_model:
-        raise ValueError(f"targets must be (n, d_model={d_model}), got {tuple(targets.shape)}")
+        raise ValueError(f"targets must be (n, {d_model}) (n_sites × d_model), got {tuple(targets.shape)}")
     if not bool(torch.isfinite(targets).all()):
         raise ValueError("targets contain NaN or infinity")
     features = hyper.head_inputs(prompts, base_prompts).cpu()
