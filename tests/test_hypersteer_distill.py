@@ -31,17 +31,21 @@ STEER = ["Write about rivers. Every sentence must be about rivers.",
          "Write about music. Every sentence must be about music."]
 
 
-def records_from_vectors(model, vectors: dict[str, torch.Tensor], layer: int, k: int = 512, n_tokens: int = 4
-                         ) -> list[DistillRecord]:
-    """Teacher = the model steered by a known vector per steering prompt (so a free vector can match it exactly)."""
-    hook = f"blocks.{layer}.hook_resid_post"
+def records_from_vectors(model, vectors: dict[str, torch.Tensor], layer: int | list[int], k: int = 512,
+                         n_tokens: int = 4) -> list[DistillRecord]:
+    """Teacher = the model steered by a known vector per steering prompt (so a free vector can match it exactly);
+    with a list of layers each prompt's tensor holds one vector per layer, steered together."""
+    layers = [layer] if isinstance(layer, int) else list(layer)
     out = []
-    for steering, vector in vectors.items():
+    for steering, per_site in vectors.items():
+        rows = per_site.reshape(len(layers), -1)
+        steered = hs.SteeringSet(hs.SteeringVector(f"blocks.{site}.hook_resid_post", row)
+                                 for site, row in zip(layers, rows, strict=True))
         for i, base in enumerate(BASE):
             prompt = model.to_tokens(student_prompt(model, base))[0]
             response = torch.tensor([(7 * i + j * 13 + len(steering)) % 200 + 5 for j in range(n_tokens)])
             tokens = torch.cat([prompt, response])[None]
-            with torch.no_grad(), hs.steer(model, hs.SteeringVector(hook, vector)):
+            with torch.no_grad(), hs.steer(model, steered):
                 logits = model(tokens)[0, len(prompt) - 1 : len(prompt) - 1 + n_tokens]
             ids, logprobs = topk_teacher(logits, k)
             out.append(DistillRecord(steering[:12], steering, base, f"p{i}", "", response, False, ids.to(torch.int32),

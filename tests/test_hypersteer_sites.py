@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_hypersteer_distill import BASE, STEER
+from test_hypersteer_distill import BASE, STEER, records_from_vectors
 from test_hypersteer_eval import CONCEPTS
 
 import hooksteer as hs
-from hooksteer.distill import DistillRecord, student_prompt, topk_teacher
+from hooksteer.distill import DistillRecord
 from hooksteer.evaluate.methods import GenerationSettings
 from hooksteer.generation import generate_texts
 from hooksteer.hypersteer import HyperSteer, HyperSteerConfig, HyperSteerConfigError, HyperSteerTrainer
@@ -28,20 +28,9 @@ def _set(vectors: torch.Tensor, sites=SITES) -> hs.SteeringSet:
     return hs.SteeringSet(hs.SteeringVector(f"blocks.{layer}.hook_resid_post", v) for layer, v in zip(sites, vectors, strict=True))
 
 
-def records_from_site_vectors(model, vectors: dict[str, torch.Tensor], n_tokens: int = 4) -> list[DistillRecord]:
+def records_from_site_vectors(model, vectors: dict[str, torch.Tensor]) -> list[DistillRecord]:
     """Teacher = the model steered by a known vector at each of ``SITES`` per steering prompt."""
-    out = []
-    for steering, per_site in vectors.items():
-        for i, base in enumerate(BASE):
-            prompt = model.to_tokens(student_prompt(model, base))[0]
-            response = torch.tensor([(7 * i + j * 13 + len(steering)) % 200 + 5 for j in range(n_tokens)])
-            tokens = torch.cat([prompt, response])[None]
-            with torch.no_grad(), hs.steer(model, _set(per_site)):
-                logits = model(tokens)[0, len(prompt) - 1 : len(prompt) - 1 + n_tokens]
-            ids, logprobs = topk_teacher(logits, 512)
-            out.append(DistillRecord(steering[:12], steering, base, f"p{i}", "", response, False, ids.to(torch.int32),
-                                     logprobs))
-    return out
+    return records_from_vectors(model, vectors, SITES)
 
 
 def _truth(seed: int = 3) -> dict[str, torch.Tensor]:
