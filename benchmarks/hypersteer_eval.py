@@ -107,6 +107,10 @@ class HyperSteerEvalSettings:
     layers: str | None = field(default=None, metadata={
         "help": "several injection sites, a range A-B or A+B+… (e.g. 10-29): H, the oracle and the floor write a "
                 "vector for each layer, all added at once (scored at their trained norm only); none: --layer alone"})
+    gate: str = field(default="none", metadata={
+        "help": "per-token gates on H's, the oracle's and the floor's vectors at every site (A-PSR's λ(h); scored at "
+                "their trained norm only): none, shared (one gate per site for every concept) or concept (H writes a "
+                "gate per steering prompt; the oracle keeps one per concept)", "choices": ["none", "shared", "concept"]})
     positions: str = field(default="all", metadata={
         "help": "where H's, the oracle's and the floor's vectors are added, in training and evaluation: every token, "
                 "or the base prompt's tokens only", "choices": ["all", "prompt"]})
@@ -214,6 +218,14 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
             flagged = []
         if flagged:
             problems.append(f"--layers does not take the prior flag (a direction prior for one site), got {flagged}")
+    if getattr(s, "gate", "none") != "none":
+        try:
+            flagged = [v for v in [*s.variants, *(s.curve_variants or [])]
+                       if parse_variant(v, s.n_blocks).prior or parse_variant(v, s.n_blocks).ridge]
+        except ValueError:
+            flagged = []
+        if flagged:
+            problems.append(f"--gate does not take the prior or ridge flags (both write ungated vectors), got {flagged}")
     if s.delta_norm_factor is not None and not (math.isfinite(s.delta_norm_factor) and s.delta_norm_factor > 0):
         problems.append("--delta-norm-factor must be a positive number")
     if s.token_weights != "uniform" and s.loss != "distill":
@@ -344,7 +356,7 @@ def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int, resid_no
     bias_lr = s.bound_lr if noweight else s.head_bias_lr
     return HyperSteerConfig(variant=variant, n_blocks=n_blocks, freeze_blocks=frozen,
                             prior_gain=s.prior_gain if prior else None, head_weight=not noweight, layer=s.layer,
-                            layers=site_layers(s),
+                            layers=site_layers(s), gate=getattr(s, "gate", "none"),
                             positions=s.positions, delta_norm=fixed_length(s, resid_norm),
                             token_weights=getattr(s, "token_weights", "uniform"), lr=s.lr, head_lr=s.head_lr,
                             head_bias_lr=bias_lr, pooling=s.pooling,
@@ -359,7 +371,7 @@ def bound_config(s: HyperSteerEvalSettings, n_examples: int, epochs: float, resi
 
     steps = s.steps if s.steps and epochs == s.epochs else steps_for(n_examples, epochs, s.batch_size)
     return HyperSteerConfig(variant="no_context", n_blocks=0, layer=s.layer, layers=site_layers(s),
-                            positions=s.positions, lr=s.bound_lr,
+                            gate=getattr(s, "gate", "none"), positions=s.positions, lr=s.bound_lr,
                             loss=s.loss, delta_norm=fixed_length(s, resid_norm),
                             token_weights=getattr(s, "token_weights", "uniform"),
                             batch_size=s.batch_size, max_steps=steps, warmup_steps=0, seed=s.seed,
@@ -481,7 +493,8 @@ def methods_for(s: HyperSteerEvalSettings, modules: dict[str, Any], texts_for: A
                           DiffMeanMethod(layer=s.diffmean_layer if s.diffmean_layer is not None else layer,
                                          texts_for=texts_for)]
     for name, module in modules.items():
-        if module.config.n_sites == 1:  # a fraction of one site's residual norm means nothing for several sites
+        if module.config.n_sites == 1 and not module.config.gated:  # a fraction of one site's residual norm
+            # means nothing for several sites, nor for a gated vector (its strength is λ·z)
             methods.append(HyperSteerMethod(module, texts_for=texts_for, name=f"{name}@resid"))
         methods.append(HyperSteerMethod(module, magnitude="trained", factors=s.trained_factors,
                                         texts_for=texts_for, name=f"{name}@trained"))
@@ -523,7 +536,7 @@ def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: A
                 continue
             methods = [HyperSteerMethod(hyper, magnitude="trained", factors=s.trained_factors, texts_for=texts_for,
                                         name=f"hypersteer-{variant}@trained")]
-            if hyper.config.n_sites == 1:
+            if hyper.config.n_sites == 1 and not hyper.config.gated:
                 methods.insert(0, HyperSteerMethod(hyper, texts_for=texts_for, name=f"hypersteer-{variant}@resid"))
             result = evaluate(generator, methods, list(held_out), list(eval_prompts), judge=judge, factors=s.factors,
                               max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,

@@ -12,7 +12,8 @@ steering, no steering and (optionally) DiffMean:
    top-k log-probs for held-out concepts × train prompts (the oracles train on these) and × eval prompts (eval KL);
 3. **train** one oracle per form ``LAYERS:POSITIONS[:nFACTOR][:shift][:lrRATE]`` (``--forms 20:all 20:prompt
    10:all 10-29:all 20:all:n0.3 20:all:shift 20:all:lr0.3``; ``10-29`` (or ``0+10+20``) gives each concept a vector
-   at every one of those layers, steering them all at once, like A-PSR without its gates; positions ``all`` adds the vector at every token, ``prompt`` only at the base
+   at every one of those layers, steering them all at once, like A-PSR without its gates (``:gate`` adds them, one
+   per concept and layer, ``:sgate`` one per layer shared by all concepts); positions ``all`` adds the vector at every token, ``prompt`` only at the base
    prompt's tokens, so the answer reads it through attention, as it reads a steering prompt; ``nFACTOR`` trains
    only the direction, at a fixed length of FACTOR × the residual norm at the layer; ``shift`` weights each answer
    token's KL by how far the steering prompt moved the prediction there, KL(teacher ‖ unsteered); ``lrRATE`` sets
@@ -91,10 +92,15 @@ class OracleFormsSettings:
     teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
     teacher_cache: str | None = field(default=None, metadata={"help": "distillation cache folder (default OUT/teacher)"})
     forms: list[str] = field(default_factory=lambda: ["20:all", "20:prompt"], metadata={
-        "help": "steering forms LAYERS:POSITIONS[:nFACTOR][:shift][:lrRATE]: LAYERS one layer, a range A-B or A+B+… "
+        "help": "steering forms LAYERS:POSITIONS[:nFACTOR][:shift][:gate|:sgate][:lrRATE]: LAYERS one layer, a range "
+                "A-B or A+B+… "
                 "(a vector at each); positions 'all' (every token) or "
                 "'prompt' (the base prompt's tokens only); nFACTOR trains each vector at a fixed length of FACTOR × "
-                "the residual norm at the layer (direction only); shift weights each answer token's KL by "
+                "the residual norm at the layer (direction only); gate adds a per-token gate λ(h)=ReLU(b+mean(w⊙ĥ)) "
+                "per concept and layer (A-PSR's), sgate one per layer for every concept; again / onpolicy: a second "
+                "round of as many steps from the same form's oracle (in the run), on the prompted answers again / on "
+                "them plus the oracle's own answers scored by the teacher; shift weights each answer "
+                "token's KL by "
                 "KL(teacher ‖ unsteered) there; lrRATE: this form's learning rate (default --bound-lr)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     bound_lr: float = field(default=0.05, metadata={"help": "learning rate of the oracle vectors"})
@@ -135,6 +141,13 @@ class Form(NamedTuple):
     token_weights: str = "uniform"
     lr: float | None = None
     layers: tuple[int, ...] | None = None
+    gate: str = "none"
+    round2: str = "none"
+
+    @property
+    def first_round(self) -> Form:
+        """The form whose trained oracle a second round starts from (itself when it has no second round)."""
+        return self._replace(round2="none")
 
     @property
     def sites(self) -> list[int]:
@@ -148,10 +161,12 @@ class Form(NamedTuple):
             name += f"-n{self.norm_factor:g}"
         if self.token_weights == "teacher_shift":
             name += "-shift"
-        return name + ("" if self.lr is None else f"-lr{self.lr:g}")
+        name += {"none": "", "concept": "-gate", "shared": "-sgate"}[self.gate]
+        name += "" if self.lr is None else f"-lr{self.lr:g}"
+        return name + {"none": "", "again": "-again", "onpolicy": "-onpolicy"}[self.round2]
 
 
-FORM_SYNTAX = "LAYERS:POSITIONS[:nFACTOR][:shift][:lrRATE]"
+FORM_SYNTAX = "LAYERS:POSITIONS[:nFACTOR][:shift][:gate|:sgate][:lrRATE][:again|:onpolicy]"
 
 
 def _positive(text: str) -> float | None:
@@ -166,13 +181,21 @@ def parse_form(spec: str) -> Form:
     """``"LAYER:POSITIONS[:nFACTOR][:shift][:lrRATE]"`` → :class:`Form`; a clear error for anything else.
     ``LAYERS`` ``10-29`` or ``0+10+20`` gives the oracle a vector at each of several layers (A-PSR's sites without
     its gates); ``nFACTOR`` trains every vector at FACTOR × the residual norm at the layer (direction only, single
-    layer); ``shift`` weights
+    layer); ``gate`` adds A-PSR's per-token gate to every vector, one per concept (``sgate``: one per site shared by
+    every concept; :mod:`hooksteer.hypersteer.gating`); ``again`` / ``onpolicy`` train a second round, as many
+    steps again, starting from the same form's trained oracle (which must be in the run), on the prompted answers
+    again / on them plus the oracle's *own* answers scored by the prompted teacher (one round of on-policy
+    distillation, :mod:`hooksteer.hypersteer.on_policy`); ``shift`` weights
     each answer token by how far the steering prompt moved the prediction there; ``lrRATE`` sets this form's
     learning rate.
 
     Example:
         >>> parse_form("10:all")
-        Form(layer=10, positions='all', norm_factor=None, token_weights='uniform', lr=None, layers=None)
+        Form(layer=10, positions='all', norm_factor=None, token_weights='uniform', lr=None, layers=None, gate='none', round2='none')
+        >>> parse_form("10-29:all:gate").name, parse_form("10-29:all:sgate").gate
+        ('oracle-L10-29-all-gate', 'shared')
+        >>> parse_form("10-29:all:onpolicy").name, parse_form("10-29:all:onpolicy").first_round.name
+        ('oracle-L10-29-all-onpolicy', 'oracle-L10-29-all')
         >>> parse_form("10-29:all:shift").name
         'oracle-L10-29-all-shift'
         >>> parse_form("0+20:prompt").sites
@@ -192,6 +215,10 @@ def parse_form(spec: str) -> Form:
     for option in parts[2:]:
         if option == "shift":
             key, value = "token_weights", "teacher_shift"
+        elif option in ("gate", "sgate"):
+            key, value = "gate", "concept" if option == "gate" else "shared"
+        elif option in ("again", "onpolicy"):
+            key, value = "round2", option
         elif option.startswith("lr"):
             key, value = "lr", _positive(option[2:])
         elif option.startswith("n"):
@@ -242,14 +269,18 @@ def validate(s: OracleFormsSettings) -> list[str]:
     else:
         if not forms or len(set(forms)) != len(forms):
             problems.append(f"--forms must name each form once, got {s.forms}")
+        missing = sorted({f.first_round.name for f in forms if f.round2 != "none"} - {f.name for f in forms})
+        if missing:
+            problems.append(f"a second round (:again, :onpolicy) starts from its first-round form; add it to --forms: "
+                            f"{', '.join(missing)}")
         try:
             resid = {parse_form(f) for f in s.resid_forms}
             if not resid <= set(forms):
                 problems.append(f"--resid-forms must be among --forms, got {s.resid_forms}")
-            several = sorted(f.name for f in resid if f.layers)
+            several = sorted(f.name for f in resid if f.layers or f.gate != "none")
             if several:
-                problems.append(f"--resid-forms must be single-layer forms (a fraction of one layer's residual norm), "
-                                f"got {', '.join(several)}")
+                problems.append(f"--resid-forms must be single-layer ungated forms (a fraction of one layer's residual "
+                                f"norm), got {', '.join(several)}")
         except ValueError as error:
             problems.append(str(error))
         else:
@@ -297,11 +328,23 @@ def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int, resid_nor
     delta_norm = None if form.norm_factor is None else form.norm_factor * float(resid_norm)  # type: ignore[arg-type]
     return HyperSteerConfig(variant="no_context", n_blocks=0, layer=form.layer,
                             layers=list(form.layers) if form.layers else None, positions=form.positions,
-                            delta_norm=delta_norm, token_weights=form.token_weights,
+                            delta_norm=delta_norm, token_weights=form.token_weights, gate=form.gate,
                             lr=form.lr or s.bound_lr, loss="distill", batch_size=s.batch_size, max_steps=steps, warmup_steps=0,
                             seed=s.seed, eval_every=0, log_every=max(1, min(10, steps)), save_every=0,
                             extra={"trained_steps": steps, **({} if delta_norm is None else {
                                 "norm_factor": form.norm_factor, "resid_norm": resid_norm})})
+
+
+def on_policy_data(s: OracleFormsSettings, model: Any, generator: Any, concepts: Sequence[Any],
+                   prompts: Sequence[Any], student: Any, tiny: bool) -> Any:
+    """The student's own greedy answers on every (concept, prompt) pair, scored by the prompted teacher."""
+    from hooksteer.distill import DistillConfig
+    from hooksteer.hypersteer.on_policy import build_on_policy_teacher
+
+    config = DistillConfig(response=s.response, teacher_context=s.teacher_context, max_new_tokens=s.teacher_tokens,
+                           top_k=s.top_k, batch_size=s.teacher_batch)
+    return build_on_policy_teacher(model, [(c, p) for c in concepts for p in prompts], student, config,
+                                   generator=generator, progress=not tiny)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -359,12 +402,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log("residual norms for fixed-length forms: " + ", ".join(f"L{k} {v:.1f}" for k, v in resid_norms.items()))
     oracles: dict[str, Any] = {}
     training: dict[str, Any] = {}
-    for form in forms:
-        log(f"training {form.name} ({len(oracle_data)} pairs) ...")
+    for form in sorted(forms, key=lambda f: f.round2 != "none"):  # first rounds before the second rounds
         torch.manual_seed(s.seed)
         config = oracle_config(s, form, len(oracle_data), resid_norms.get(form.layer))
         oracle = ConceptVectors.oracle(model, keys, config)
-        training[form.name] = hypersteer_eval.train(oracle, oracle_data.records, [], out / form.name, tiny)
+        records, extra = list(oracle_data.records), {}
+        if form.round2 != "none":
+            first = oracles[form.first_round.name]
+            oracle.load_state_dict(first.state_dict())
+            if form.round2 == "onpolicy":
+                log(f"{form.name}: answers of {form.first_round.name} on its {len(oracle_data)} training pairs ...")
+                own = on_policy_data(s, model, generator, held_out, train_prompts, first, tiny)
+                records += own.records
+                extra = {"on_policy": own.stats}
+        log(f"training {form.name} ({len(records)} pairs) ...")
+        training[form.name] = {**hypersteer_eval.train(oracle, records, [], out / form.name, tiny), **extra}
         oracles[form.name] = oracle
 
     log("eval KL and vector diagnostics ...")

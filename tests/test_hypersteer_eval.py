@@ -142,7 +142,8 @@ def test_a_module_saved_before_a_config_field_existed_is_still_reused(tiny_llama
                                    ["--factors", "0"], ["--eval-prompts", "1"], ["--delta-norm-factor", "-0.3"],
                                    ["--token-weights", "teacher_shift", "--loss", "ce"], ["--layers", "2-0"],
                                    ["--layers", "0-2", "--layer", "1"], ["--layers", "0-2", "--delta-norm-factor", "0.3"],
-                                   ["--layers", "0+2", "--variants", "no_context:1:prior"]])
+                                   ["--layers", "0+2", "--variants", "no_context:1:prior"],
+                                   ["--gate", "shared", "--variants", "no_context:1:ridge"], ["--gate", "sometimes"]])
 def test_bad_settings_stop_before_anything_runs(tmp_path, flags):
     with pytest.raises(SystemExit) as stop:
         _benchmark().main(["--tiny", "--out", str(tmp_path / "x"), *flags])
@@ -240,3 +241,20 @@ def test_several_sites_reach_h_and_both_bounds_scored_at_their_trained_norm(tmp_
             "floor@trained"} <= scored
     assert not any(name.endswith("@resid") for name in scored)  # one site's residual norm means nothing for two
     assert report["diagnostics"]["oracle"]["cosine_with_oracle"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gates_reach_h_and_both_bounds(tmp_path):
+    from hooksteer.hypersteer import HyperSteer
+    from hooksteer.hypersteer.bounds import ConceptVectors
+    from hooksteer.testing import tiny_model
+
+    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "--layers", "0+2",
+                                "--gate", "concept", "--no-held-in"])
+    model = tiny_model("llama", seed=0)
+    hyper = HyperSteer.load(tmp_path / "hyper-no_context", model)
+    assert hyper.config.gate == "concept" and hyper.steering_params("Write about rivers.").shape == (1, 2, 65)
+    for folder in ("oracle", "floor"):
+        assert ConceptVectors.load(tmp_path / folder, model).config.gate == "concept"
+    scored = set(report["scores"]["held_out"])
+    assert {"hypersteer-no_context@trained", "oracle@trained", "floor@trained"} <= scored
+    assert not any(name.endswith("@resid") for name in scored)  # a gated vector's strength is λ·z

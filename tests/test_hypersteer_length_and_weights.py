@@ -10,8 +10,8 @@ from test_hypersteer_distill import BASE, STEER, records_from_vectors
 from hooksteer.hypersteer import HyperSteer, HyperSteerConfig, HyperSteerConfigError, HyperSteerTrainer
 from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.data import collate
+from hooksteer.hypersteer.deltas import with_norm
 from hooksteer.hypersteer.loss import TeacherShiftCache, target_logits_above_site, teacher_shift_weights
-from hooksteer.hypersteer.model import with_norm
 from hooksteer.hypersteer.trainer import mean_loss
 
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hooksteer.hypersteer import HyperSteer, HyperSteerConfigError
-from hooksteer.hypersteer.model import prior_direction
+from hooksteer.hypersteer.deltas import prior_direction
 from hooksteer.hypersteer.ridge import fit_head_ridge
 from hooksteer.hypersteer.trainer import parameter_groups
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from benchmark_scripts import load_benchmark, record_evaluated_methods
 
 
@@ -24,7 +25,8 @@ def test_form_specs_parse_or_name_the_problem():
     assert bench.parse_form("20:all:lr0.5:n0.2").name == "oracle-L20-all-n0.2-lr0.5"
     for bad in ("10", "x:all", "10:generated", "10:all:more", "10:all:n0", "10:all:n-1", "10:all:nx",
                 "10:all:shift:shift", "10:all:n0.3:n0.2", "10:all:lr", "10:all:lr0", "10:all:lr1:lr2",
-                "5-3:all", "5-5:all", "3+3:all", "4+2:all", "1-:all", "+2:all", "1,2:all"):
+                "5-3:all", "5-5:all", "3+3:all", "4+2:all", "1-:all", "+2:all", "1,2:all", "10:all:gate:sgate",
+                "10:all:gates", "10:all:again:onpolicy", "10:all:round2"):
         with pytest.raises(ValueError, match="LAYERS:POSITIONS"):
             bench.parse_form(bad)
 
@@ -41,6 +43,25 @@ def test_multi_layer_forms_parse_and_name_their_sites():
         bench.parse_form("10-12:all:n0.3")
     settings = bench.OracleFormsSettings(forms=["20:all", "10-29:all"], resid_forms=["10-29:all"])
     assert any("single-layer" in problem for problem in bench.validate(settings))
+
+
+def test_gated_forms_parse_train_their_gates_and_are_refused_at_residual_norms(tmp_path):
+    from hooksteer.hypersteer.bounds import ConceptVectors
+    from hooksteer.testing import tiny_model
+
+    bench = _bench()
+    assert bench.parse_form("10-29:all:gate").gate == "concept" and bench.parse_form("20:all:sgate").gate == "shared"
+    settings = bench.OracleFormsSettings(forms=["20:all:gate"], resid_forms=["20:all:gate"])
+    assert any("ungated" in problem for problem in bench.validate(settings))
+    out = tmp_path / "gates"
+    report = bench.main(["--tiny", "--out", str(out), "--forms", "1-2:all:gate", "2:all:sgate", "2:all",
+                         "--compare-to", "oracle-L2-all"])
+    assert {"oracle-L1-2-all-gate", "oracle-L2-all-sgate", "oracle-L2-all"} <= set(report["scores"]["held_out"])
+    gated = ConceptVectors.load(out / "oracle-L1-2-all-gate", tiny_model("llama", seed=0))
+    assert gated.config.gate == "concept" and gated.gate_table.shape == (len(gated.keys), 2, 33)
+    assert not torch.allclose(gated.gate_table[..., -1], torch.ones(()))  # the gates trained
+    shared = ConceptVectors.load(out / "oracle-L2-all-sgate", tiny_model("llama", seed=0))
+    assert shared.gate_table.shape == (1, 1, 33)
 
 
 def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
@@ -130,3 +151,18 @@ def test_oracle_prompts_add_unused_training_prompts_and_keep_the_eval_prompts(tm
     assert more["data"]["n_oracle_pairs"] == 3 * 4 and base["data"]["n_oracle_pairs"] == 3 * 2
     with pytest.raises(SystemExit, match="more base prompts asked for"):
         bench.main(["--tiny", "--out", str(tmp_path / "many"), "--oracle-prompts", "100000"])
+
+
+def test_second_rounds_start_from_their_first_round_and_on_policy_adds_own_answers(tmp_path):
+    bench = _bench()
+    settings = bench.OracleFormsSettings(forms=["2:all:onpolicy"])
+    assert any("first-round form" in problem for problem in bench.validate(settings))
+    report = bench.main(["--tiny", "--out", str(tmp_path / "rounds"), "--forms", "1-2:all:onpolicy", "1-2:all",
+                         "1-2:all:again", "--compare-to", "oracle-L1-2-all-again"])
+    training = report["training"]
+    first = training["oracle-L1-2-all"]["n_train_examples"]
+    assert training["oracle-L1-2-all-again"]["n_train_examples"] == first
+    assert training["oracle-L1-2-all-onpolicy"]["n_train_examples"] == 2 * first  # prompted + own answers
+    assert training["oracle-L1-2-all-onpolicy"]["on_policy"]["n_pairs"] == first
+    assert training["oracle-L1-2-all-onpolicy"]["steps"] == training["oracle-L1-2-all"]["steps"]
+    assert {"oracle-L1-2-all-onpolicy", "oracle-L1-2-all-again"} <= set(report["scores"]["held_out"])

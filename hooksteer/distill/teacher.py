@@ -37,7 +37,8 @@ from hooksteer.distill.config import DistillConfig
 from hooksteer.distill.loss import topk_teacher
 from hooksteer.distill.records import DistillData, DistillRecord
 
-__all__ = ["build_distill_teacher", "model_signature", "teacher_prompt", "student_prompt"]
+__all__ = ["build_distill_teacher", "model_signature", "records_from_answers", "teacher_prompt", "student_prompt",
+           "steering_prompt_of"]
 
 
 def model_signature(model: Any) -> dict[str, Any]:
@@ -54,7 +55,8 @@ def model_signature(model: Any) -> dict[str, Any]:
             "n_layers": int(cfg.n_layers), "d_vocab": int(cfg.d_vocab), "embedding": fingerprint}
 
 
-def _steering_prompt(concept: Concept, config: DistillConfig) -> str:
+def steering_prompt_of(concept: Concept, config: DistillConfig) -> str:
+    """The steering prompt the teacher reads for ``concept`` (``config.phrasing``), and the records' key."""
     if not -len(concept.steering_prompts) <= config.phrasing < len(concept.steering_prompts):
         raise ValueError(f"concept {concept.id!r} has {len(concept.steering_prompts)} steering prompts; "
                          f"phrasing={config.phrasing} is out of range")
@@ -67,7 +69,7 @@ def teacher_prompt(model: Any, concept: Concept, base: BasePrompt, config: Disti
     from hooksteer.data.teacher import steered_chat_prompt, steered_user_message
     from hooksteer.models import format_chat
 
-    steering = _steering_prompt(concept, config)
+    steering = steering_prompt_of(concept, config)
     if config.teacher_context == "reference_text" and concept.text.strip():
         reference = concept.text.strip()[: config.max_reference_chars]
         user = f"Background: {reference}\n\n{steered_user_message(steering, base.text, config.style)}"
@@ -135,9 +137,22 @@ def _make_batch(model: Any, generator: Any, pairs: Sequence[tuple[Concept, BaseP
                 config: DistillConfig) -> tuple[list[DistillRecord], int]:
     from hooksteer.generation import generate_tokens, is_bridge
 
-    teacher_texts = [teacher_prompt(model, c, b, config) for c, b in pairs]
-    answer_texts = teacher_texts if config.response == "prompted" else [student_prompt(model, b.text) for _, b in pairs]
+    answer_texts = ([teacher_prompt(model, c, b, config) for c, b in pairs] if config.response == "prompted"
+                    else [student_prompt(model, b.text) for _, b in pairs])
     rows = generate_tokens(generator, answer_texts, max_new_tokens=config.max_new_tokens, do_sample=False)
+    return records_from_answers(model, generator if is_bridge(generator) else model, pairs, rows, config)
+
+
+def records_from_answers(model: Any, scorer: Any, pairs: Sequence[tuple[Concept, BasePrompt]],
+                         rows: Sequence[torch.Tensor], config: DistillConfig) -> tuple[list[DistillRecord], int]:
+    """Distillation records for given answers: each generated row (cut at the model's end-of-text token and at
+    ``config.max_new_tokens``) is scored by the prompted teacher (``scorer``: ``model`` or the bridge of the same
+    weights); returns the records and the tokens processed.
+
+    Example:
+        >>> records, _ = records_from_answers(model, model, [(concept, prompt)], [answer_ids], DistillConfig())  # doctest: +SKIP
+    """
+    teacher_texts = [teacher_prompt(model, c, b, config) for c, b in pairs]
     eos = getattr(model.tokenizer, "eos_token_id", None)
     responses, finished = [], []
     for row in rows:
@@ -147,12 +162,12 @@ def _make_batch(model: Any, generator: Any, pairs: Sequence[tuple[Concept, BaseP
         responses.append(ids)
         finished.append(done)
     prompts = [tokenize(model, text).cpu() for text in teacher_texts]
-    teacher = _teacher_logprobs(generator if is_bridge(generator) else model, prompts, responses, config.top_k)
+    teacher = _teacher_logprobs(scorer, prompts, responses, config.top_k)
     records = []
     for (concept, base), ids, done, (top_ids, top_values) in zip(pairs, responses, finished, teacher, strict=True):
         text_ids = ids[:-1] if done else ids
         records.append(DistillRecord(
-            concept_id=concept.id, steering_prompt=_steering_prompt(concept, config), base_prompt=base.text,
+            concept_id=concept.id, steering_prompt=steering_prompt_of(concept, config), base_prompt=base.text,
             base_prompt_id=base.id, response=model.tokenizer.decode(text_ids.tolist(), skip_special_tokens=True).strip(),
             response_ids=ids, finished=done, teacher_ids=top_ids, teacher_logprobs=top_values))
     processed = sum(len(p) + len(r) for p, r in zip(prompts, responses, strict=True)) + sum(len(r) for r in responses)
@@ -194,7 +209,7 @@ def build_distill_teacher(
         if int(other.cfg.d_vocab) != int(model.cfg.d_vocab):
             raise ValueError(f"the {name} has a vocabulary of {other.cfg.d_vocab}, the teacher {model.cfg.d_vocab}")
     key = config.key(model_signature(model))
-    keyed: list[PairKey] = [(c.id, _steering_prompt(c, config), b.text) for c, b in pairs]
+    keyed: list[PairKey] = [(c.id, steering_prompt_of(c, config), b.text) for c, b in pairs]
     cache = DistillCache(cache_dir) if cache_dir is not None else None
     found = cache.load(key, keyed) if cache is not None else {}
     todo = list({pk: pair for pk, pair in zip(keyed, pairs, strict=True) if pk not in found}.items())

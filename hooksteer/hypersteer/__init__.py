@@ -6,7 +6,9 @@ steered model match the *prompt-steered* model's next-token distributions (``los
 :mod:`hooksteer.distill`) or the cross-entropy of teacher targets (``loss="ce"``).
 
 Modules: :mod:`.config` (settings), :mod:`.blocks` (H's blocks, cross-attention), :mod:`.model`
-(:class:`HyperSteer`: forward, ``vector()``, save/load), :mod:`.bounds` (:class:`ConceptVectors`: the
+(:class:`HyperSteer`: forward, ``vector()``, save/load), :mod:`.deltas` (what a Δ becomes: fixed length, steering
+vectors per site), :mod:`.gating` (per-token gates, ``HyperSteerConfig.gate``; :func:`steer_with` steers with
+whatever H writes), :mod:`.bounds` (:class:`ConceptVectors`: the
 oracle and floor that H is measured against), :mod:`.data` (tokenisation, batches, frozen activation
 cache), :mod:`.dataset` (a distillation dataset from the packaged concepts), :mod:`.loss` (steered logits,
 losses), :mod:`.trainer` (Accelerate trainer, :func:`mean_loss`), :mod:`.ridge` (the head fitted in closed form to
@@ -27,6 +29,7 @@ Example:
 from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.config import VARIANTS, HyperSteerConfig, HyperSteerConfigError, default_layer
 from hooksteer.hypersteer.dataset import DistillDataset, DistillDataSettings, build_distill_dataset
+from hooksteer.hypersteer.gating import steer_with
 from hooksteer.hypersteer.model import HyperSteer, HyperSteerFileError
 from hooksteer.hypersteer.ridge import RidgeFit, fit_head_ridge
 from hooksteer.hypersteer.trainer import (
@@ -55,4 +58,5 @@ __all__ = [
     "fit_head_ridge",
     "latest_checkpoint",
     "mean_loss",
+    "steer_with",
 ]

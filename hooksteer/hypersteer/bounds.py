@@ -33,7 +33,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from hooksteer.hypersteer.config import HyperSteerConfig
-from hooksteer.hypersteer.model import HyperSteerFileError, base_signature, site_vectors, with_norm
+from hooksteer.hypersteer.deltas import site_vectors, with_norm
+from hooksteer.hypersteer.gating import initial_gate, split_params
+from hooksteer.hypersteer.model import HyperSteerFileError, base_signature
 from hooksteer.vectors import SteeringSet, SteeringVector
 
 __all__ = ["ConceptVectors"]
@@ -45,7 +47,8 @@ WEIGHTS_FILE = "model.safetensors"
 
 class ConceptVectors(nn.Module):
     """A table of free steering vectors at ``blocks.{layer}.hook_resid_post``, keyed by steering prompt (one vector
-    per site and key when ``config.layers`` names several sites: a ``(keys, n_sites, d_model)`` table).
+    per site and key when ``config.layers`` names several sites: a ``(keys, n_sites, d_model)`` table). With gates
+    (``config.gate``) a ``gate_table`` of ``[w | b]`` per site, per key (``"concept"``) or one for all (``"shared"``).
 
     Args:
         model: the frozen base model (kept by reference, not as a submodule).
@@ -76,6 +79,10 @@ class ConceptVectors(nn.Module):
         init = torch.randn(shape, generator=generator) * float(init_std)
         reference = next(model.parameters())
         self.table = nn.Parameter(init.to(device=reference.device, dtype=reference.dtype))
+        if self.config.gated:  # a [w | b] per site: per key ("concept"), or one for every key ("shared")
+            rows = 1 if self.config.gate == "shared" else len(self.keys)
+            gate = initial_gate((rows, self.config.n_sites), int(model.cfg.d_model))
+            self.gate_table = nn.Parameter(gate.to(device=reference.device, dtype=reference.dtype))
 
     def _row_shape(self, model: Any) -> tuple[int, ...]:
         """Shape of one key's entry: ``(d_model,)``, or ``(n_sites, d_model)`` for several sites."""
@@ -124,16 +131,28 @@ class ConceptVectors(nn.Module):
                            f"{len(self.keys)} prompts it was built for")
         return torch.tensor([self._index[k] for k in keys], dtype=torch.long, device=self.device)
 
-    def forward(self, rows: Int[Tensor, " batch"]) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
+    def forward(self, rows: Int[Tensor, " batch"]) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites width"]:
         """The vectors of the given table rows (see :meth:`indices`), at ``config.delta_norm`` when it is set (per
-        site)."""
-        return with_norm(self.table[rows.to(self.device)], self.config.delta_norm)
+        site); with gates ``[z | w | b]`` per site, ``(batch, n_sites, 2·d_model + 1)``."""
+        rows = rows.to(self.device)
+        delta = with_norm(self.table[rows], self.config.delta_norm)
+        if not self.config.gated:
+            return delta
+        delta = delta.view(delta.shape[0], self.config.n_sites, -1)
+        gate = self.gate_table[torch.zeros_like(rows) if self.config.gate == "shared" else rows]
+        return torch.cat([delta, gate], dim=-1)
 
     @torch.no_grad()
     def vectors(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
                 ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
         """Per-row vectors ``(batch, d_model)`` (``(batch, n_sites, d_model)`` for several sites), like
-        :meth:`HyperSteer.vectors` (the base prompt is ignored)."""
+        :meth:`HyperSteer.vectors` (the base prompt is ignored; gated vectors without their gates)."""
+        return split_params(self.steering_params(steering_prompt, base_prompt), int(self.table.shape[-1]))[0]
+
+    @torch.no_grad()
+    def steering_params(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
+                        ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites width"]:
+        """Per-row vectors, with their gates ``[z | w | b]`` when gated, like :meth:`HyperSteer.steering_params`."""
         steer = [steering_prompt] if isinstance(steering_prompt, str) else list(steering_prompt)
         if base_prompt is not None and not isinstance(base_prompt, str) and len(steer) == 1:
             steer = steer * len(list(base_prompt))
@@ -143,6 +162,10 @@ class ConceptVectors(nn.Module):
                ) -> SteeringVector | SteeringSet | list[SteeringVector] | list[SteeringSet]:
         """Steering vector(s) at :attr:`hook_name`: one for a string, a list for a list of prompts (a
         :class:`~hooksteer.vectors.SteeringSet` of one vector per site when there are several sites)."""
+        if self.config.gated:
+            raise ValueError(f"these vectors are gated (gate={self.config.gate!r}), which a constant SteeringVector "
+                             "cannot hold; steer with hooksteer.hypersteer.gating.site_steering_hooks("
+                             "config.hook_names, vectors.steering_params(...), d_model) instead")
         single = isinstance(steering_prompt, str)
         steer = [steering_prompt] if single else list(steering_prompt)
         deltas = self.vectors(steer).cpu()
@@ -159,7 +182,10 @@ class ConceptVectors(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / (WEIGHTS_FILE + ".tmp")
         try:
-            save_file({"table": self.table.detach().cpu().contiguous()}, str(tmp), metadata={"format": FORMAT})
+            tensors = {"table": self.table.detach().cpu().contiguous()}
+            if self.config.gated:
+                tensors["gate_table"] = self.gate_table.detach().cpu().contiguous()
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
             os.replace(tmp, directory / WEIGHTS_FILE)
         finally:
             tmp.unlink(missing_ok=True)
@@ -180,6 +206,8 @@ class ConceptVectors(nn.Module):
             raise HyperSteerFileError(f"{directory} holds vectors for other steering prompts than this table")
         with torch.no_grad():
             self.table.copy_(other.table)
+            if self.config.gated:
+                self.gate_table.copy_(other.gate_table)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: Any) -> ConceptVectors:
@@ -195,6 +223,7 @@ class ConceptVectors(nn.Module):
             config = HyperSteerConfig.from_dict(meta["config"])
             with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
                 table = handle.get_tensor("table")
+                gate_table = handle.get_tensor("gate_table") if config.gated else None
         except (KeyError, TypeError, ValueError, SafetensorError, OSError) as error:
             raise HyperSteerFileError(f"{directory} holds an unreadable ConceptVectors table: {error}") from error
         try:
@@ -207,6 +236,12 @@ class ConceptVectors(nn.Module):
                                       f"d_model={model.cfg.d_model}")
         if not bool(torch.isfinite(table).all()):
             raise HyperSteerFileError(f"{directory}: the table contains NaN or infinity")
+        if gate_table is not None and (gate_table.shape != vectors.gate_table.shape
+                                       or not bool(torch.isfinite(gate_table).all())):
+            raise HyperSteerFileError(f"{directory}: gate table of shape {tuple(gate_table.shape)} (expected "
+                                      f"{tuple(vectors.gate_table.shape)}, finite)")
         with torch.no_grad():
             vectors.table.copy_(table.to(vectors.table.dtype))
+            if gate_table is not None:
+                vectors.gate_table.copy_(gate_table.to(vectors.gate_table.dtype))
         return vectors

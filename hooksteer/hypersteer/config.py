@@ -25,6 +25,7 @@ LOSSES: tuple[str, ...] = ("distill", "ce")
 H_LAYOUTS: tuple[str, ...] = ("steering_last", "steering_first")
 STEERED_POSITIONS: tuple[str, ...] = ("all", "prompt")
 TOKEN_WEIGHTS: tuple[str, ...] = ("uniform", "teacher_shift")
+GATE_MODES: tuple[str, ...] = ("none", "shared", "concept")
 
 Variant = Literal["no_context", "in_context", "cross_attention"]
 
@@ -92,6 +93,11 @@ class HyperSteerConfig:
             below the magnitude that steers best (0.2–0.3 × the residual norm); trained at such a length it fits the
             training prompts better, but measured on this model neither new prompts nor the steering score
             (``benchmarks/oracle_forms.py``, README).
+        gate: per-token gates at every site, Δ_t = λ(h_t)·z with λ(h) = ReLU(b + w·h/rms(h)) read from each token's
+            own activation (A-PSR's gate; :mod:`hooksteer.hypersteer.gating`): ``"none"`` (default; a constant
+            vector), ``"shared"`` (one trained gate per site for every steering prompt) or ``"concept"`` (a gate
+            per steering prompt: H's gate head writes it beside the vector). Gates start at w = 0, b = 1, i.e. at
+            constant steering. Needs ``prior_gain=None``.
 
     Objective:
         loss: ``"distill"`` (default) — KL from the prompt-steered model's next-token distributions to the
@@ -142,6 +148,7 @@ class HyperSteerConfig:
     h_layout: str = "steering_last"
     positions: str = "all"
     delta_norm: float | None = None
+    gate: str = "none"
     loss: str = "distill"
     token_weights: str = "uniform"
 
@@ -199,6 +206,11 @@ class HyperSteerConfig:
         return [f"blocks.{layer}.hook_resid_post" for layer in self.sites]
 
     @property
+    def gated(self) -> bool:
+        """Whether every site's steering has a per-token gate (``gate`` is not ``"none"``)."""
+        return self.gate != "none"
+
+    @property
     def n_sites(self) -> int:
         """How many sites receive a Δ (1 unless ``layers`` names several)."""
         return len(self.layers) if self.layers else 1
@@ -242,6 +254,10 @@ class HyperSteerConfig:
                                             "prior_gain=None")
         if self.variant not in VARIANTS:
             raise HyperSteerConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.gate not in GATE_MODES:
+            raise HyperSteerConfigError(f"gate must be one of {GATE_MODES}, got {self.gate!r}")
+        if self.gate != "none" and self.prior_gain is not None:
+            raise HyperSteerConfigError("gates need prior_gain=None (the direction prior writes an ungated vector)")
         if self.pooling not in POOLING_MODES:
             raise HyperSteerConfigError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.positions not in STEERED_POSITIONS:

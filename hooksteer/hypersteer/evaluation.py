@@ -55,8 +55,9 @@ from hooksteer.evaluate.methods import (
     residual_norm,
 )
 from hooksteer.evaluate.methods.common import _generate
-from hooksteer.hooks import PositionSpec, PositionTracker, add_vector, apply_steering_hooks, check_hook_name
+from hooksteer.hooks import PositionSpec, PositionTracker, apply_steering_hooks, check_hook_name
 from hooksteer.hypersteer.bounds import ConceptVectors
+from hooksteer.hypersteer.gating import scale_vectors, site_steering_hooks, split_params
 from hooksteer.hypersteer.model import HyperSteer, base_signature
 from hooksteer.vectors import check_finite
 
@@ -101,16 +102,20 @@ class HyperSteerDirections:
         for i in range(0, len(prompts), self.batch_size):
             chunk = prompts[i : i + self.batch_size]
             if self.hyper.needs_base_prompt:
-                rows.append(self.hyper.vectors([self.steering_prompt] * len(chunk), chunk))
+                rows.append(self.hyper.steering_params([self.steering_prompt] * len(chunk), chunk))
             else:  # H(s) does not depend on x: one pass, repeated
-                one = self.hyper.vectors(self.steering_prompt)
+                one = self.hyper.steering_params(self.steering_prompt)
                 rows.append(one.expand(len(chunk), *one.shape[1:]))
         deltas = torch.cat(rows).float().cpu()
-        norms = deltas.flatten(1).norm(dim=-1)  # over every site's vector together
+        vectors = split_params(deltas, int(self.hyper.base_model.cfg.d_model))[0]
+        norms = vectors.flatten(1).norm(dim=-1)  # over every site's vector together (gates left out)
         self.last_norms = norms.tolist()
         self.calls += 1
         self.seconds += time.perf_counter() - start
         if self.normalise:
+            if vectors.shape != deltas.shape:
+                raise ValueError("gated steering parameters cannot be normalised to unit vectors; use "
+                                 "magnitude='trained'")
             if bool((norms == 0).any()):
                 raise ValueError("HyperSteer produced an all-zero vector: it cannot be normalised "
                                  "(untrained H with head_init_std=0?); use magnitude='trained'")
@@ -171,7 +176,10 @@ class HyperSteerMethod:
         steering_prompt = concept.steering_prompts[self.prompt_index]
         hook_name = self.hyper.hook_name
         trained = self.magnitude == "trained"
-        several = self.hyper.config.n_sites > 1
+        several = self.hyper.config.n_sites > 1 or self.hyper.config.gated
+        if self.hyper.config.gated and self.magnitude != "trained":
+            raise ValueError(f"{self.name} writes gated vectors (gate={self.hyper.config.gate!r}): their strength is "
+                             "the trained one (λ·z); use magnitude='trained'")
         if several and self.magnitude == "resid_norm":
             raise ValueError(f"{self.name} steers {self.hyper.config.n_sites} sites: magnitude='resid_norm' (a "
                              "fraction of one site's residual norm) does not apply; use magnitude='trained'")
@@ -207,7 +215,7 @@ class HyperSteerMethod:
     def config(self) -> dict[str, Any]:
         cfg = self.hyper.config
         return {"name": self.name, "class": type(self).__name__, "variant": self._kind(), "n_blocks": cfg.n_blocks,
-                "layer": cfg.layer, "layers": cfg.layers, "hook_name": self.hyper.hook_name, "loss": cfg.loss,
+                "layer": cfg.layer, "layers": cfg.layers, "gate": cfg.gate, "hook_name": self.hyper.hook_name, "loss": cfg.loss,
                 "magnitude": self.magnitude, "factors": self.factors, "prompt_index": self.prompt_index,
                 "positions": self.positions if isinstance(self.positions, str) else [int(p) for p in self.positions],  # type: ignore[union-attr]
                 "texts_for": getattr(self.texts_for, "__name__", None) if self.texts_for else "default_texts_for",
@@ -235,7 +243,8 @@ class _RecordingSteerer(VectorSteerer):
 
 class _MultiSiteSteerer(_RecordingSteerer):
     """H's ``(n, n_sites, d_model)`` vectors added at every site at once (``HyperSteerConfig.layers``), each row of a
-    batch with its own vectors and factor; hooks share one position tracker, so cached generation stays aligned."""
+    batch with its own vectors and factor; hooks share one position tracker, so cached generation stays aligned.
+    Gated rows ``[z | w | b]`` add ``λ(h_t)·factor·z`` (:func:`~hooksteer.hypersteer.gating.site_steering_hooks`)."""
 
     def __init__(self, model: nn.Module, hook_names: Sequence[str], direction: HyperSteerDirections, magnitude: float,
                  *, positions: PositionSpec = "all", info: dict[str, Any] | None = None) -> None:
@@ -253,9 +262,12 @@ class _MultiSiteSteerer(_RecordingSteerer):
         check_finite(rows, "per-prompt directions")
         return rows.float()
 
+    def _scaled(self, directions: Tensor, scale: Tensor) -> Tensor:
+        return scale_vectors(directions, scale, int(self.model.cfg.d_model))
+
     def _generate_rows(self, prompts: list[str], directions: Tensor, settings: Any, seed: int) -> list[str]:
         tracker = PositionTracker()
-        hooks = [(name, add_vector(directions[:, i], 1.0, positions=self.positions, tracker=tracker))
-                 for i, name in enumerate(self.hook_names)]
+        hooks = site_steering_hooks(self.hook_names, directions, int(self.model.cfg.d_model),
+                                    positions=self.positions, tracker=tracker)
         with apply_steering_hooks(self.model, hooks, tracker):
             return _generate(self.model, prompts, settings, seed)

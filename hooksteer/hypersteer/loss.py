@@ -17,7 +17,8 @@ hardly do.
 
 With several sites (``HyperSteerConfig.layers``) Δ has shape ``(batch, n_sites, d_model)``: its first row is added
 to the cached residual at the lowest site, the others by hooks at ``blocks.{l}.hook_resid_post`` while the blocks
-above run (:func:`site_hooks`); every function taking ``layer`` also takes the list of sites.
+above run (:func:`site_hooks`); every function taking ``layer`` also takes the list of sites. With gates
+(``HyperSteerConfig.gate``) each site's row is ``[z | w | b]`` and adds ``λ(h_t)·z`` (:mod:`.gating`).
 
 Δ goes to every position (``positions="all"``) or to the base prompt's tokens only (``positions="prompt"``,
 :func:`steered_positions`): then the answer reads Δ only through attention to the prompt, as it reads a steering
@@ -43,6 +44,7 @@ from torch import Tensor
 from hooksteer.distill.loss import topk_kl
 from hooksteer.hooks import add_vector
 from hooksteer.hypersteer.data import HyperBatch
+from hooksteer.hypersteer.gating import add_site_params
 
 
 def steered_positions(batch: HyperBatch, positions: str = "all") -> Bool[Tensor, "batch pos"] | None:
@@ -103,10 +105,8 @@ def _upper_sites(model: Any, layers: list[int], deltas: list[Tensor], steered: T
 
 
 def _add_delta(resid: Tensor, delta: Tensor, steered: Tensor | None) -> Tensor:
-    added = delta[:, None, :].to(resid.dtype)
-    if steered is None:
-        return resid + added
-    return resid + added * steered[:, : resid.shape[1], None].to(device=resid.device, dtype=resid.dtype)
+    """One site's steering added to ``resid``: a vector row, or a gated row ``[z | w | b]`` (:mod:`.gating`)."""
+    return add_site_params(resid, delta, steered)
 
 
 def steered_logits_above_site(
@@ -133,12 +133,17 @@ def steered_logits_full(
     device = next(model.parameters()).device
     layers = site_list(layer)
     deltas = per_site(delta, layers)
-    if steered is None and len(layers) == 1:
+    if steered is None and len(layers) == 1 and deltas[0].shape[-1] == resid_width(model):
         hooks = [(f"blocks.{layers[0]}.hook_resid_post", add_vector(deltas[0], 1.0))]
     else:
         hooks = site_hooks(layers, deltas, steered)
     with model.hooks(fwd_hooks=hooks):
         return model(tokens.to(device), padding_side="right")
+
+
+def resid_width(model: Any) -> int:
+    """The base model's residual width (``d_model``)."""
+    return int(model.cfg.d_model)
 
 
 def target_logits_above_site(model: Any, resid: Tensor, layer: int, mask: Tensor) -> Tensor:

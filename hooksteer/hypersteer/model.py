@@ -56,6 +56,8 @@ from hooksteer.hypersteer.data import (
     resid_at_layer,
     steering_ids,
 )
+from hooksteer.hypersteer.deltas import prior_direction, site_vectors, with_norm
+from hooksteer.hypersteer.gating import initial_gate, split_params
 from hooksteer.vectors import SteeringSet, SteeringVector
 
 FORMAT = "hooksteer.hypersteer"
@@ -74,42 +76,6 @@ def base_signature(model: Any) -> dict[str, Any]:
     cfg = model.cfg
     return {"model_name": str(getattr(cfg, "model_name", "")), "d_model": int(cfg.d_model),
             "n_layers": int(cfg.n_layers), "d_vocab": int(cfg.d_vocab), "n_heads": int(cfg.n_heads)}
-
-
-def prior_direction(centred: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
-    """Unit rows of the centred head input (a row equal to the mean gives 0): the direction prior's Δ per unit gain."""
-    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-
-
-def with_norm(delta: Float[Tensor, "batch d_model"], norm: float | None) -> Float[Tensor, "batch d_model"]:
-    """``delta`` with every row rescaled to L2 norm ``norm`` (``None``: unchanged), differentiable in the direction.
-
-    Example:
-        >>> with_norm(torch.tensor([[3.0, 4.0]]), 10.0)
-        tensor([[6., 8.]])
-    """
-    if norm is None:
-        return delta
-    return delta * (float(norm) / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-
-
-def site_vectors(hook_names: Sequence[str], delta: Float[Tensor, " d_model"] | Float[Tensor, "n_sites d_model"], *,
-                 method: str, source: dict[str, Any]) -> SteeringVector | SteeringSet:
-    """One steering prompt's Δ as a :class:`SteeringVector` (one site) or a :class:`SteeringSet` with a vector per
-    site (several sites act simultaneously).
-
-    Example:
-        >>> s = site_vectors(["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"], torch.ones(2, 4),
-        ...                  method="hypersteer", source={})
-        >>> sorted(s.by_hook())
-        ['blocks.1.hook_resid_post', 'blocks.2.hook_resid_post']
-    """
-    if len(hook_names) == 1:
-        return SteeringVector(hook_names[0], delta.reshape(-1), method=method, source=source)
-    if delta.ndim != 2 or delta.shape[0] != len(hook_names):
-        raise ValueError(f"Δ of shape {tuple(delta.shape)} does not fit {len(hook_names)} sites")
-    return SteeringSet(SteeringVector(name, row, method=method, source=source)
-                       for name, row in zip(hook_names, delta, strict=True))
 
 
 class HyperSteer(nn.Module):
@@ -148,6 +114,10 @@ class HyperSteer(nn.Module):
         )
         self.ln_final = copy.deepcopy(model.ln_final) if cfg.normalization_type is not None else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.d_model * self.config.n_sites)
+        if self.config.gate == "shared":  # one [w | b] per site for every steering prompt
+            self.gate_params = nn.Parameter(initial_gate((self.config.n_sites,), cfg.d_model))
+        elif self.config.gate == "concept":  # H writes a [w | b] per site for each steering prompt
+            self.gate_head = nn.Linear(cfg.d_model, (cfg.d_model + 1) * self.config.n_sites)
         if self.config.prior_gain is not None:
             self.prior_gain = nn.Parameter(torch.tensor(float(self.config.prior_gain)))
         if self.config.center:
@@ -183,6 +153,9 @@ class HyperSteer(nn.Module):
         std = self.config.head_init_std if self.config.head_weight else 0.0
         self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * std)
         self.head.bias.zero_()
+        if self.config.gate == "concept":  # starts at λ = 1 for every prompt: constant steering
+            self.gate_head.weight.zero_()
+            self.gate_head.bias.copy_(initial_gate((self.config.n_sites,), self.gate_head.in_features).reshape(-1))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -214,10 +187,11 @@ class HyperSteer(nn.Module):
         context: Float[Tensor, "batch ctx d_model"] | None = None,
         context_mask: Bool[Tensor, "batch ctx"] | None = None,
         pool_mask: Bool[Tensor, "batch pos"] | None = None,
-    ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
+    ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites width"]:
         """Δ for each row: H's blocks, pooling (mean over ``pool_mask``, or the last real token), final norm,
         centring (``center=True``; in training mode the running mean is updated first) and head; ``(batch,
-        n_sites, d_model)`` when ``config.layers`` names several sites.
+        n_sites, d_model)`` when ``config.layers`` names several sites; with gates (``config.gate``) every site's
+        row is ``[z | w | b]``, ``(batch, n_sites, 2·d_model + 1)`` (:mod:`~hooksteer.hypersteer.gating`).
 
         Args:
             h_ids: right-padded input tokens of H (steering prompt; with the base prompt for ``in_context``).
@@ -234,11 +208,18 @@ class HyperSteer(nn.Module):
                 self._update_center(features.detach())
             features = features - self.center_mean.to(features.dtype)
         delta = self.head(features)
-        if self.config.n_sites > 1:
+        if self.config.n_sites > 1 or self.config.gated:
             delta = delta.view(delta.shape[0], self.config.n_sites, -1)
         if self.config.prior_gain is not None:
             delta = delta + self.prior_gain.to(features.dtype) * prior_direction(features)
-        return with_norm(delta, self.config.delta_norm)
+        delta = with_norm(delta, self.config.delta_norm)
+        if self.config.gate == "shared":
+            gate = self.gate_params.to(delta.dtype).expand(delta.shape[0], -1, -1)
+        elif self.config.gate == "concept":
+            gate = self.gate_head(features).view(delta.shape[0], self.config.n_sites, -1)
+        else:
+            return delta
+        return torch.cat([delta, gate], dim=-1)
 
     def pooled_features(
         self,
@@ -321,6 +302,20 @@ class HyperSteer(nn.Module):
         Example:
             >>> deltas = hyper.vectors("Talk about cats.", ["Hi!", "Describe Paris."])   # doctest: +SKIP
             >>> hook = hs.add_vector(deltas, 4.0)   # each row of a 2-prompt batch gets its own vector  # doctest: +SKIP
+
+        With gates (``config.gate``) these are the gated vectors ``z`` alone; :meth:`steering_params` adds the gates.
+        """
+        return split_params(self.steering_params(steering_prompt, base_prompt), self.signature["d_model"])[0]
+
+    @torch.no_grad()
+    def steering_params(
+        self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
+    ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites width"]:
+        """Everything H writes per row (:meth:`forward` on the texts): the vectors, and with gates ``[z | w | b]``
+        per site (:func:`~hooksteer.hypersteer.gating.site_steering_hooks` turns it into hooks).
+
+        Example:
+            >>> params = hyper.steering_params("Talk about cats.")    # doctest: +SKIP
         """
         return self._run_on_texts(steering_prompt, base_prompt, self)
 
@@ -376,6 +371,10 @@ class HyperSteer(nn.Module):
         Example:
             >>> v = hyper.vector("Mention volcanoes.", "Tell me about your day.")   # doctest: +SKIP
         """
+        if self.config.gated:
+            raise ValueError(f"this HyperSteer writes gated vectors (gate={self.config.gate!r}), which a constant "
+                             "SteeringVector cannot hold; steer with hooksteer.hypersteer.gating.site_steering_hooks("
+                             "config.hook_names, hyper.steering_params(...), d_model) instead")
         steer, base, single = self._prepare(steering_prompt, base_prompt)
         deltas = self.vectors(steer, base).cpu()
         out = []

@@ -156,7 +156,7 @@ def fit_head_ridge(hyper: Any, steering_prompts: Sequence[str],
     features = hyper.head_inputs(prompts, base_prompts).cpu()
     targets = targets.detach().float().cpu()
     if getattr(hyper.config, "prior_gain", None) is not None:  # the head fits what the direction prior leaves
-        from hooksteer.hypersteer.model import prior_direction
+        from hooksteer.hypersteer.deltas import prior_direction
 
         targets = targets - float(hyper.prior_gain.detach()) * prior_direction(features - features.mean(0))
     cv: dict[float, float] = {}

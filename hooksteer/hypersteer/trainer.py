@@ -101,20 +101,22 @@ def linear_schedule(warmup_steps: int, total_steps: int):
 
 def parameter_groups(hyper: HyperSteer | ConceptVectors) -> list[dict[str, Any]]:
     """AdamW parameter groups: H's blocks and embeddings at ``config.lr``, the head's weight at ``head_lr`` and
-    its bias (the part of Δ shared by every steering prompt) and the direction prior's gain at ``head_bias_lr``;
-    a vector table at ``lr``.
+    its bias (the part of Δ shared by every steering prompt) and the direction prior's gain at ``head_bias_lr``
+    (a gate head like the head; shared gates like its bias); a vector table and its gates at ``lr``.
 
     The shared part of a useful vector is large (tens of units of norm at a 243-norm residual), far more than
     a bias can travel at a block-sized learning rate, hence its own rate.
     """
     cfg = hyper.config
     if isinstance(hyper, ConceptVectors):
-        return [{"params": [hyper.table], "lr": cfg.lr}]
+        return [{"params": list(hyper.parameters()), "lr": cfg.lr}]
     groups: dict[str, list[Tensor]] = {"body": [], "head_weight": [], "head_bias": []}
     for name, param in hyper.named_parameters():
         if not param.requires_grad:
             continue
-        key = {"head.weight": "head_weight", "head.bias": "head_bias", "prior_gain": "head_bias"}.get(name, "body")
+        key = {"head.weight": "head_weight", "head.bias": "head_bias", "prior_gain": "head_bias",
+               "gate_head.weight": "head_weight", "gate_head.bias": "head_bias", "gate_params": "head_bias"
+               }.get(name, "body")
         groups[key].append(param)
     rates = {"body": cfg.lr, "head_weight": cfg.head_lr if cfg.head_lr is not None else cfg.lr,
              "head_bias": cfg.head_bias_lr if cfg.head_bias_lr is not None else cfg.lr}

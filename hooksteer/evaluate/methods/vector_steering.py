@@ -64,13 +64,16 @@ class VectorSteerer:
         for k, chunk in enumerate(_chunks(len(rows), settings.batch_size)):
             picked = [rows[r] for r in chunk]
             scale = torch.tensor([float(factors[j]) * self.magnitude for j, _ in picked])  # type: ignore[arg-type]
-            batch_directions = directions[[i for _, i in picked]]
-            batch_directions = batch_directions * scale.view(-1, *([1] * (batch_directions.ndim - 1)))
+            batch_directions = self._scaled(directions[[i for _, i in picked]], scale)
             texts = self._generate_rows([prompts[i] for _, i in picked], batch_directions, settings,
                                         derive_seed(seed, k))
             for (j, i), text in zip(picked, texts, strict=True):
                 outputs[j][i] = text
         return outputs
+
+    def _scaled(self, directions: Tensor, scale: Float[Tensor, " n"]) -> Tensor:
+        """Each row's direction times its ``factor · magnitude``."""
+        return directions * scale.view(-1, *([1] * (directions.ndim - 1)))
 
     def _generate_rows(self, prompts: list[str], directions: Tensor, settings: GenerationSettings,
                        seed: int) -> list[str]:
