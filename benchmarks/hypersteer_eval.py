@@ -107,6 +107,10 @@ class HyperSteerEvalSettings:
     layers: str | None = field(default=None, metadata={
         "help": "several injection sites, a range A-B or A+B+… (e.g. 10-29): H, the oracle and the floor write a "
                 "vector for each layer, all added at once (scored at their trained norm only); none: --layer alone"})
+    on_policy: bool = field(default=False, metadata={
+        "help": "also train each (non-ridge) H a second round, as many steps again, on the training pairs' prompted "
+                "answers plus its own answers scored by the prompted teacher (one round of on-policy distillation; "
+                "scored as hypersteer-VARIANT-onpolicy)"})
     gate: str = field(default="none", metadata={
         "help": "per-token gates on H's, the oracle's and the floor's vectors at every site (A-PSR's λ(h); scored at "
                 "their trained norm only): none, shared (one gate per site for every concept) or concept (H writes a "
@@ -325,6 +329,19 @@ def teacher_data(s: HyperSteerEvalSettings, model: Any, generator: Any, concepts
                            top_k=s.top_k, batch_size=s.teacher_batch)
     return build_distill_teacher(model, [(c, p) for c in concepts for p in prompts], config, cache_dir=cache,
                                  generator=generator, progress=not tiny)
+
+
+def on_policy_data(s: Any, model: Any, generator: Any, concepts: Sequence[Any], prompts: Sequence[Any],
+                   student: Any, tiny: bool) -> Any:
+    """The student's own greedy answers on every (concept, prompt) pair, scored by the prompted teacher (the same
+    teacher settings as :func:`teacher_data`; :mod:`hooksteer.hypersteer.on_policy`)."""
+    from hooksteer.distill import DistillConfig
+    from hooksteer.hypersteer.on_policy import build_on_policy_teacher
+
+    config = DistillConfig(response=s.response, teacher_context=s.teacher_context, max_new_tokens=s.teacher_tokens,
+                           top_k=s.top_k, batch_size=s.teacher_batch)
+    return build_on_policy_teacher(model, [(c, p) for c in concepts for p in prompts], student, config,
+                                   generator=generator, progress=not tiny)
 
 
 def fixed_length(s: HyperSteerEvalSettings, resid_norm: float | None) -> float | None:
@@ -633,6 +650,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             training[name] = train(hyper, train_data.records, eval_by_role["held_out"], out / f"hyper-{parsed.name}",
                                    tiny)
         modules[name] = hyper
+        if getattr(s, "on_policy", False) and not parsed.ridge:
+            log(f"HyperSteer {spec}: its own answers on the {len(train_data)} training pairs, then a second round ...")
+            second = HyperSteer(model, hyper_config(s, spec, len(train_data), resid_norm))
+            second.load_state_dict(hyper.state_dict())
+            own = on_policy_data(s, model, generator, train_concepts, train_prompts, hyper, tiny)
+            training[f"{name}-onpolicy"] = {**train(second, [*train_data.records, *own.records],
+                                                    eval_by_role["held_out"], out / f"hyper-{parsed.name}-onpolicy",
+                                                    tiny), "on_policy": own.stats}
+            modules[f"{name}-onpolicy"] = second
     log("training the floor (one shared vector) ...")
     floor = ConceptVectors.floor(model, bound_config(s, len(train_data), s.epochs, resid_norm))
     training["floor"] = train(floor, train_data.records, eval_by_role["held_out"], out / "floor", tiny)

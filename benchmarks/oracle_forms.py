@@ -335,18 +335,6 @@ def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int, resid_nor
                                 "norm_factor": form.norm_factor, "resid_norm": resid_norm})})
 
 
-def on_policy_data(s: OracleFormsSettings, model: Any, generator: Any, concepts: Sequence[Any],
-                   prompts: Sequence[Any], student: Any, tiny: bool) -> Any:
-    """The student's own greedy answers on every (concept, prompt) pair, scored by the prompted teacher."""
-    from hooksteer.distill import DistillConfig
-    from hooksteer.hypersteer.on_policy import build_on_policy_teacher
-
-    config = DistillConfig(response=s.response, teacher_context=s.teacher_context, max_new_tokens=s.teacher_tokens,
-                           top_k=s.top_k, batch_size=s.teacher_batch)
-    return build_on_policy_teacher(model, [(c, p) for c in concepts for p in prompts], student, config,
-                                   generator=generator, progress=not tiny)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
@@ -412,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             oracle.load_state_dict(first.state_dict())
             if form.round2 == "onpolicy":
                 log(f"{form.name}: answers of {form.first_round.name} on its {len(oracle_data)} training pairs ...")
-                own = on_policy_data(s, model, generator, held_out, train_prompts, first, tiny)
+                own = hypersteer_eval.on_policy_data(s, model, generator, held_out, train_prompts, first, tiny)
                 records += own.records
                 extra = {"on_policy": own.stats}
         log(f"training {form.name} ({len(records)} pairs) ...")

@@ -258,3 +258,19 @@ def test_gates_reach_h_and_both_bounds(tmp_path):
     scored = set(report["scores"]["held_out"])
     assert {"hypersteer-no_context@trained", "oracle@trained", "floor@trained"} <= scored
     assert not any(name.endswith("@resid") for name in scored)  # a gated vector's strength is λ·z
+
+
+def test_on_policy_adds_a_second_round_of_h_on_its_own_answers(tmp_path):
+    from hooksteer.hypersteer import HyperSteer
+    from hooksteer.testing import tiny_model
+
+    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "no_context", "no_context:1:ridge",
+                                "--on-policy", "--no-held-in"])
+    first, second = (report["training"][name] for name in ("hypersteer-no_context", "hypersteer-no_context-onpolicy"))
+    assert second["n_train_examples"] == 2 * first["n_train_examples"]  # prompted + own answers
+    assert second["on_policy"]["n_pairs"] == first["n_train_examples"] and second["steps"] == first["steps"]
+    assert "hypersteer-no_context-ridge1-onpolicy" not in report["training"]  # a ridge head has no second round
+    model = tiny_model("llama", seed=0)
+    a, b = (HyperSteer.load(tmp_path / folder, model) for folder in ("hyper-no_context", "hyper-no_context-onpolicy"))
+    assert not torch.allclose(a.vectors("Write about rivers."), b.vectors("Write about rivers."))
+    assert "hypersteer-no_context-onpolicy@trained" in report["scores"]["held_out"]
