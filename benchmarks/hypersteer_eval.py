@@ -312,6 +312,10 @@ def estimate_seconds(s: HyperSteerEvalSettings, device: str) -> dict[str, float]
     step_seconds *= max(1, 29 - lowest) / 9  # the rate was measured above layer 20 of SmolLM2's 30
     specs = [parse_variant(v, s.n_blocks) for v in s.variants]
     trained = sum(not spec.ridge for spec in specs)
+    on_policy = trained if getattr(s, "on_policy", False) else 0  # a second round per trained H, and its answers
+    trained += on_policy
+    generations += evaluated * s.eval_prompts * len(s.trained_factors) * on_policy
+    pairs += n_train * on_policy  # its own answers, generated and scored by the teacher like a teacher pair
     if any(spec.ridge for spec in specs):  # the training concepts' oracle, the ridge heads' targets
         bound_steps += steps_for(n_train, s.bound_epochs, s.batch_size)
     return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"],
