@@ -229,3 +229,13 @@ def test_the_evaluation_steers_with_the_gates_and_a_factor_scales_only_the_vecto
                                                             rel=1e-4)
     with pytest.raises(ValueError, match="magnitude='trained'"):
         HyperSteerMethod(oracle, magnitude=3.0).prepare(tiny_llama, CONCEPTS[0], CONCEPTS[1:])
+
+
+def test_one_gated_site_keeps_the_one_site_vector_shape(tiny_llama):
+    oracle = ConceptVectors(tiny_llama, STEER[:2], HyperSteerConfig(layer=2, gate="shared"), init_std=1.0)
+    hyper = HyperSteer(tiny_llama, HyperSteerConfig(variant="no_context", n_blocks=1, layer=2, gate="concept"))
+    for module in (oracle, hyper):
+        assert module.vectors(STEER[:2]).shape == (2, D)  # like an ungated one-site module
+        assert module.steering_params(STEER[:2]).shape == (2, 1, 2 * D + 1)
+        with pytest.raises(ValueError, match="steer_with"):
+            module.vector(STEER[0])

@@ -147,7 +147,8 @@ class ConceptVectors(nn.Module):
                 ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
         """Per-row vectors ``(batch, d_model)`` (``(batch, n_sites, d_model)`` for several sites), like
         :meth:`HyperSteer.vectors` (the base prompt is ignored; gated vectors without their gates)."""
-        return split_params(self.steering_params(steering_prompt, base_prompt), int(self.table.shape[-1]))[0]
+        vectors = split_params(self.steering_params(steering_prompt, base_prompt), int(self.table.shape[-1]))[0]
+        return vectors[:, 0] if self.config.n_sites == 1 and vectors.ndim == 3 else vectors
 
     @torch.no_grad()
     def steering_params(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None
@@ -164,8 +165,8 @@ class ConceptVectors(nn.Module):
         :class:`~hooksteer.vectors.SteeringSet` of one vector per site when there are several sites)."""
         if self.config.gated:
             raise ValueError(f"these vectors are gated (gate={self.config.gate!r}), which a constant SteeringVector "
-                             "cannot hold; steer with hooksteer.hypersteer.gating.site_steering_hooks("
-                             "config.hook_names, vectors.steering_params(...), d_model) instead")
+                             "cannot hold; steer with hooksteer.hypersteer.steer_with(vectors, steering_prompt) "
+                             "instead")
         single = isinstance(steering_prompt, str)
         steer = [steering_prompt] if single else list(steering_prompt)
         deltas = self.vectors(steer).cpu()

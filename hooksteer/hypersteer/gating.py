@@ -175,7 +175,7 @@ def steer_with(hyper: Any, steering_prompt: str, base_prompt: str | None = None,
 
     Example:
         >>> with steer_with(hyper, "Write about volcanoes."):                      # doctest: +SKIP
-        ...     print(hs.generate_texts(model, ["Tell me about your day."], max_new_tokens=30))
+        ...     print(generate_texts(model, ["Tell me about your day."], max_new_tokens=30))
     """
     model = hyper.base_model if model is None else model
     params = hyper.steering_params(steering_prompt, base_prompt)

@@ -305,7 +305,8 @@ class HyperSteer(nn.Module):
 
         With gates (``config.gate``) these are the gated vectors ``z`` alone; :meth:`steering_params` adds the gates.
         """
-        return split_params(self.steering_params(steering_prompt, base_prompt), self.signature["d_model"])[0]
+        vectors = split_params(self.steering_params(steering_prompt, base_prompt), self.signature["d_model"])[0]
+        return vectors[:, 0] if self.config.n_sites == 1 and vectors.ndim == 3 else vectors
 
     @torch.no_grad()
     def steering_params(
@@ -373,8 +374,8 @@ class HyperSteer(nn.Module):
         """
         if self.config.gated:
             raise ValueError(f"this HyperSteer writes gated vectors (gate={self.config.gate!r}), which a constant "
-                             "SteeringVector cannot hold; steer with hooksteer.hypersteer.gating.site_steering_hooks("
-                             "config.hook_names, hyper.steering_params(...), d_model) instead")
+                             "SteeringVector cannot hold; steer with hooksteer.hypersteer.steer_with(hyper, "
+                             "steering_prompt) instead")
         steer, base, single = self._prepare(steering_prompt, base_prompt)
         deltas = self.vectors(steer, base).cpu()
         out = []
