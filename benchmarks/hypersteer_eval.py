@@ -325,13 +325,19 @@ def estimate_seconds(s: HyperSteerEvalSettings, device: str) -> dict[str, float]
 
 
 # ----------------------------------------------------------------------------------------------- steps
+def distill_config(s: Any) -> Any:
+    """The teacher's settings (response, context, length, top-k, batch) from a benchmark's settings."""
+    from hooksteer.distill import DistillConfig
+
+    return DistillConfig(response=s.response, teacher_context=s.teacher_context, max_new_tokens=s.teacher_tokens,
+                         top_k=s.top_k, batch_size=s.teacher_batch)
+
+
 def teacher_data(s: HyperSteerEvalSettings, model: Any, generator: Any, concepts: Sequence[Any],
                  prompts: Sequence[Any], cache: Path, tiny: bool) -> Any:
-    from hooksteer.distill import DistillConfig, build_distill_teacher
+    from hooksteer.distill import build_distill_teacher
 
-    config = DistillConfig(response=s.response, teacher_context=s.teacher_context, max_new_tokens=s.teacher_tokens,
-                           top_k=s.top_k, batch_size=s.teacher_batch)
-    return build_distill_teacher(model, [(c, p) for c in concepts for p in prompts], config, cache_dir=cache,
+    return build_distill_teacher(model, [(c, p) for c in concepts for p in prompts], distill_config(s), cache_dir=cache,
                                  generator=generator, progress=not tiny)
 
 
@@ -339,12 +345,9 @@ def on_policy_data(s: Any, model: Any, generator: Any, concepts: Sequence[Any], 
                    student: Any, tiny: bool) -> Any:
     """The student's own greedy answers on every (concept, prompt) pair, scored by the prompted teacher (the same
     teacher settings as :func:`teacher_data`; :mod:`hooksteer.hypersteer.on_policy`)."""
-    from hooksteer.distill import DistillConfig
     from hooksteer.hypersteer.on_policy import build_on_policy_teacher
 
-    config = DistillConfig(response=s.response, teacher_context=s.teacher_context, max_new_tokens=s.teacher_tokens,
-                           top_k=s.top_k, batch_size=s.teacher_batch)
-    return build_on_policy_teacher(model, [(c, p) for c in concepts for p in prompts], student, config,
+    return build_on_policy_teacher(model, [(c, p) for c in concepts for p in prompts], student, distill_config(s),
                                    generator=generator, progress=not tiny)
 
 

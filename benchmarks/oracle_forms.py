@@ -313,6 +313,7 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
     per_method = s.held_out * s.eval_prompts * rate["generation"]
     generations = per_method * (len(s.forms) * len(s.trained_factors) + len(s.diffmean_layers) * len(s.factors)
                                 + len(s.resid_forms) * len(s.factors) + 2)
+    pairs += sum(f.round2 == "onpolicy" for f in map(parse_form, s.forms)) * s.held_out * n_train  # own answers
     return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"], "train": train,
             "evaluate": generations * 2.5}  # judge and fluency scoring about 1.5× the generation time
 

@@ -135,23 +135,25 @@ def _teacher_logprobs(model: Any, prompts: list[torch.Tensor], responses: list[t
 
 def _make_batch(model: Any, generator: Any, pairs: Sequence[tuple[Concept, BasePrompt]],
                 config: DistillConfig) -> tuple[list[DistillRecord], int]:
-    from hooksteer.generation import generate_tokens, is_bridge
+    from hooksteer.generation import generate_tokens
 
     answer_texts = ([teacher_prompt(model, c, b, config) for c, b in pairs] if config.response == "prompted"
                     else [student_prompt(model, b.text) for _, b in pairs])
     rows = generate_tokens(generator, answer_texts, max_new_tokens=config.max_new_tokens, do_sample=False)
-    return records_from_answers(model, generator if is_bridge(generator) else model, pairs, rows, config)
+    return records_from_answers(model, generator, pairs, rows, config)
 
 
-def records_from_answers(model: Any, scorer: Any, pairs: Sequence[tuple[Concept, BasePrompt]],
+def records_from_answers(model: Any, generator: Any, pairs: Sequence[tuple[Concept, BasePrompt]],
                          rows: Sequence[torch.Tensor], config: DistillConfig) -> tuple[list[DistillRecord], int]:
     """Distillation records for given answers: each generated row (cut at the model's end-of-text token and at
-    ``config.max_new_tokens``) is scored by the prompted teacher (``scorer``: ``model`` or the bridge of the same
-    weights); returns the records and the tokens processed.
+    ``config.max_new_tokens``) is scored by the prompted teacher (on ``generator`` when it is the bridge of the same
+    weights, the faster path; else on ``model``); returns the records and the tokens processed.
 
     Example:
         >>> records, _ = records_from_answers(model, model, [(concept, prompt)], [answer_ids], DistillConfig())  # doctest: +SKIP
     """
+    from hooksteer.generation import is_bridge
+
     teacher_texts = [teacher_prompt(model, c, b, config) for c, b in pairs]
     eos = getattr(model.tokenizer, "eos_token_id", None)
     responses, finished = [], []
@@ -162,7 +164,7 @@ def records_from_answers(model: Any, scorer: Any, pairs: Sequence[tuple[Concept,
         responses.append(ids)
         finished.append(done)
     prompts = [tokenize(model, text).cpu() for text in teacher_texts]
-    teacher = _teacher_logprobs(scorer, prompts, responses, config.top_k)
+    teacher = _teacher_logprobs(generator if is_bridge(generator) else model, prompts, responses, config.top_k)
     records = []
     for (concept, base), ids, done, (top_ids, top_values) in zip(pairs, responses, finished, teacher, strict=True):
         text_ids = ids[:-1] if done else ids

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from hooksteer.hypersteer.config import HyperSteerConfig
 from hooksteer.hypersteer.deltas import site_vectors, with_norm
-from hooksteer.hypersteer.gating import initial_gate, split_params
+from hooksteer.hypersteer.gating import initial_gate, vectors_of
 from hooksteer.hypersteer.model import HyperSteerFileError, base_signature
 from hooksteer.vectors import SteeringSet, SteeringVector
 
@@ -147,8 +147,8 @@ class ConceptVectors(nn.Module):
                 ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
         """Per-row vectors ``(batch, d_model)`` (``(batch, n_sites, d_model)`` for several sites), like
         :meth:`HyperSteer.vectors` (the base prompt is ignored; gated vectors without their gates)."""
-        vectors = split_params(self.steering_params(steering_prompt, base_prompt), int(self.table.shape[-1]))[0]
-        return vectors[:, 0] if self.config.n_sites == 1 and vectors.ndim == 3 else vectors
+        return vectors_of(self.steering_params(steering_prompt, base_prompt), int(self.table.shape[-1]),
+                          self.config.n_sites)
 
     @torch.no_grad()
     def steering_params(self, steering_prompt: str | Sequence[str], base_prompt: str | Sequence[str] | None = None

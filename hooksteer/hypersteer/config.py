@@ -93,7 +93,7 @@ class HyperSteerConfig:
             below the magnitude that steers best (0.2–0.3 × the residual norm); trained at such a length it fits the
             training prompts better, but measured on this model neither new prompts nor the steering score
             (``benchmarks/oracle_forms.py``, README).
-        gate: per-token gates at every site, Δ_t = λ(h_t)·z with λ(h) = ReLU(b + w·h/rms(h)) read from each token's
+        gate: per-token gates at every site, Δ_t = λ(h_t)·z with λ(h) = ReLU(b + mean(w ⊙ h/rms(h))) read from each token's
             own activation (A-PSR's gate; :mod:`hooksteer.hypersteer.gating`): ``"none"`` (default; a constant
             vector), ``"shared"`` (one trained gate per site for every steering prompt) or ``"concept"`` (a gate
             per steering prompt: H's gate head writes it beside the vector). Gates start at w = 0, b = 1, i.e. at

@@ -39,7 +39,7 @@ from hooksteer.hooks import AddGated, PositionSpec, PositionTracker, add_vector,
 from hooksteer.hypersteer.config import GATE_MODES
 
 __all__ = ["GATE_MODES", "RowGate", "add_site_params", "gate_values", "initial_gate", "is_gated", "split_params",
-           "site_steering_hooks", "scale_vectors", "steer_with"]
+           "site_steering_hooks", "scale_vectors", "steer_with", "vectors_of"]
 
 _EPS = 1e-6
 
@@ -68,6 +68,19 @@ def split_params(params: Float[Tensor, "... width"], d_model: int
     if not is_gated(params, d_model):
         return params, None
     return params[..., :d_model], params[..., d_model:]
+
+
+def vectors_of(params: Float[Tensor, "batch ... width"], d_model: int, n_sites: int
+               ) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
+    """The vectors ``z`` of per-row steering parameters, without their gates: ``(batch, d_model)`` for one site (as an
+    ungated one-site module writes), ``(batch, n_sites, d_model)`` for several.
+
+    Example:
+        >>> vectors_of(torch.zeros(3, 1, 2 * 4 + 1), 4, 1).shape
+        torch.Size([3, 4])
+    """
+    z = split_params(params, d_model)[0]
+    return z[:, 0] if n_sites == 1 and z.ndim == 3 else z
 
 
 def initial_gate(shape: Sequence[int], d_model: int) -> Float[Tensor, "... gate"]:

@@ -44,7 +44,7 @@ from torch import Tensor
 from hooksteer.distill.loss import topk_kl
 from hooksteer.hooks import add_vector
 from hooksteer.hypersteer.data import HyperBatch
-from hooksteer.hypersteer.gating import add_site_params
+from hooksteer.hypersteer.gating import add_site_params, is_gated
 
 
 def steered_positions(batch: HyperBatch, positions: str = "all") -> Bool[Tensor, "batch pos"] | None:
@@ -133,17 +133,12 @@ def steered_logits_full(
     device = next(model.parameters()).device
     layers = site_list(layer)
     deltas = per_site(delta, layers)
-    if steered is None and len(layers) == 1 and deltas[0].shape[-1] == resid_width(model):
+    if steered is None and len(layers) == 1 and not is_gated(deltas[0], int(model.cfg.d_model)):
         hooks = [(f"blocks.{layers[0]}.hook_resid_post", add_vector(deltas[0], 1.0))]
     else:
         hooks = site_hooks(layers, deltas, steered)
     with model.hooks(fwd_hooks=hooks):
         return model(tokens.to(device), padding_side="right")
-
-
-def resid_width(model: Any) -> int:
-    """The base model's residual width (``d_model``)."""
-    return int(model.cfg.d_model)
 
 
 def target_logits_above_site(model: Any, resid: Tensor, layer: int, mask: Tensor) -> Tensor:

@@ -57,7 +57,7 @@ from hooksteer.hypersteer.data import (
     steering_ids,
 )
 from hooksteer.hypersteer.deltas import prior_direction, site_vectors, with_norm
-from hooksteer.hypersteer.gating import initial_gate, split_params
+from hooksteer.hypersteer.gating import initial_gate, vectors_of
 from hooksteer.vectors import SteeringSet, SteeringVector
 
 FORMAT = "hooksteer.hypersteer"
@@ -305,8 +305,8 @@ class HyperSteer(nn.Module):
 
         With gates (``config.gate``) these are the gated vectors ``z`` alone; :meth:`steering_params` adds the gates.
         """
-        vectors = split_params(self.steering_params(steering_prompt, base_prompt), self.signature["d_model"])[0]
-        return vectors[:, 0] if self.config.n_sites == 1 and vectors.ndim == 3 else vectors
+        return vectors_of(self.steering_params(steering_prompt, base_prompt), self.signature["d_model"],
+                          self.config.n_sites)
 
     @torch.no_grad()
     def steering_params(

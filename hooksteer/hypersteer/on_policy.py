@@ -46,7 +46,7 @@ def build_on_policy_teacher(model: Any, pairs: Sequence[tuple[Concept, BasePromp
     """
     from tqdm.auto import tqdm
 
-    from hooksteer.generation import generate_tokens, is_bridge
+    from hooksteer.generation import generate_tokens
 
     config = config or DistillConfig()
     generator = generator if generator is not None else model
@@ -63,7 +63,7 @@ def build_on_policy_teacher(model: Any, pairs: Sequence[tuple[Concept, BasePromp
         with apply_steering_hooks(generator, hooks, tracker):
             rows = generate_tokens(generator, [student_prompt(model, b.text) for _, b in batch],
                                    max_new_tokens=config.max_new_tokens, do_sample=False)
-        made, tokens = records_from_answers(model, generator if is_bridge(generator) else model, batch, rows, config)
+        made, tokens = records_from_answers(model, generator, batch, rows, config)
         records += made
         processed += tokens
         bar.update(len(batch))
