@@ -61,7 +61,7 @@ import common  # noqa: E402
 from common import fmt, log  # noqa: E402
 
 DEFAULT_OUT = REPO / "runs" / "benchmarks" / "hypersteer_eval"
-VARIANT_CHOICES = ("no_context", "in_context", "cross_attention")
+VARIANT_CHOICES = ("no_context", "in_context", "cross_attention", "read_off")
 
 
 @dataclass
@@ -95,7 +95,10 @@ class HyperSteerEvalSettings:
                 "e.g. no_context:12:frozen (H reads the base model's own frozen layer-12 features); flags: frozen, "
                 "ridge (the head fitted in closed form to the training concepts' oracle vectors instead of trained "
                 "end to end), prior (the direction prior, Δ += g·(x − μ)/‖x − μ‖, g from --prior-gain), noweight "
-                "(with prior: no head weight, Δ = b + g·(x − μ)/‖x − μ‖)"})
+                "(with prior: no head weight, Δ = b + g·(x − μ)/‖x − μ‖); read_off (no blocks or flags): each concept's "
+                "vectors read off the model (its mean prompted-minus-unprompted activation difference on its train "
+                "prompts' answers, site by site), with a gain and a bias per site trained at --bound-lr "
+                "(hooksteer.hypersteer.ReadOffSteer)"})
     curve_variants: list[str] | None = field(default=None, metadata={
         "help": "variants retrained for the scale curve (none: all of --variants)"})
     n_blocks: int = field(default=2, metadata={"help": "H blocks"})
@@ -199,6 +202,14 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
             problems.append(f"--variants must name each variant once, got {s.variants}")
         if s.curve_variants and not set(s.curve_variants) <= set(s.variants):
             problems.append("--curve-variants must be among --variants")
+        if any(spec.variant == "read_off" for spec in specs):
+            clash = [flag for flag, on in (("--gate", getattr(s, "gate", "none") != "none"),
+                                           ("--delta-norm-factor", s.delta_norm_factor is not None),
+                                           ("--positions prompt", getattr(s, "positions", "all") != "all"),
+                                           ("--loss ce", s.loss != "distill")) if on]
+            if clash:
+                problems.append(f"the read_off variant reads ungated vectors of free length at every token off the "
+                                f"prompted model's answers: leave out {', '.join(clash)}")
     if any(n < 2 or n >= s.train_concepts for n in s.curve):
         problems.append("--curve sizes must be >= 2 and < --train-concepts")
     for name in ("factors", "trained_factors"):
@@ -284,6 +295,11 @@ def parse_variant(spec: str, default_blocks: int) -> VariantSpec:
                          "steering prompt)")
     if "noweight" in flags and ("prior" not in flags or ridge):
         raise ValueError(f"--variants: {spec!r}: noweight needs prior (and no ridge head)")
+    if parts[0] == "read_off":
+        if len(parts) > 1:
+            raise ValueError(f"--variants: {spec!r}: read_off has no blocks and no flags (it reads its vectors off "
+                             "the base model itself)")
+        return VariantSpec("read_off", 0, True)
     return VariantSpec(parts[0], blocks, "frozen" in flags or ridge, ridge, "prior" in flags, "noweight" in flags)
 
 
@@ -318,8 +334,10 @@ def estimate_seconds(s: HyperSteerEvalSettings, device: str) -> dict[str, float]
     pairs += n_train * on_policy  # its own answers, generated and scored by the teacher like a teacher pair
     if any(spec.ridge for spec in specs):  # the training concepts' oracle, the ridge heads' targets
         bound_steps += steps_for(n_train, s.bound_epochs, s.batch_size)
+    # a read_off H first reads every concept's vectors: three passes over its train pairs (about one training step each)
+    read_off = sum(spec.variant == "read_off" for spec in specs) * (n_train + evaluated * s.train_prompts)
     return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"],
-            "train": (h_steps * trained + bound_steps) * step_seconds,
+            "train": (h_steps * trained + bound_steps + read_off / s.batch_size) * step_seconds,
             "evaluate": generations * rate["generation"],
             "curve": curve_steps * step_seconds + curve_generations * rate["generation"]}
 
@@ -374,6 +392,9 @@ def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int, resid_no
 
     variant, n_blocks, frozen, ridge, prior, noweight = parse_variant(spec, s.n_blocks)
     steps = 0 if ridge else s.steps or steps_for(n_examples, s.epochs, s.batch_size)
+    if variant == "read_off":  # a gain and a bias per site, trained like the floor's vector
+        return dataclasses.replace(bound_config(s, n_examples, s.epochs), max_steps=steps,
+                                   extra={"trained_steps": steps, "hyper": "read_off"})
     extra: dict[str, Any] = {"trained_steps": steps, **({"head_fit": "ridge", "ridge_targets": n_examples} if ridge
                                                           else {})}
     # without a head weight H is the floor's shared vector plus the prior's gain: both train at the bounds' rate
@@ -437,8 +458,10 @@ def reloaded_or_made(module: Any, out: Path, make: Any) -> dict[str, Any]:
     return info
 
 
-def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out: Path, tiny: bool) -> dict[str, Any]:
-    """Train ``module`` with the HyperSteer trainer, save it to ``out``, and return its training record.
+def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out: Path, tiny: bool,
+          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``module`` with the HyperSteer trainer, save it to ``out``, and return its training record (with
+    ``extra`` added to it).
 
     A module that an earlier run with the same ``--out`` and settings already trained and saved is reloaded instead
     (a benchmark stopped during evaluation resumes without retraining)."""
@@ -456,9 +479,31 @@ def train(module: Any, records: Sequence[Any], eval_records: Sequence[Any], out:
             p.numel() for p in module.parameters() if p.requires_grad),
             "tokens_per_second": tokens / max(result.seconds, 1e-9),
             "eval_loss_start": history["eval_loss"][0]["eval_loss"] if history["eval_loss"] else None,
-            "eval_loss_end": history["eval_loss"][-1]["eval_loss"] if history["eval_loss"] else None}
+            "eval_loss_end": history["eval_loss"][-1]["eval_loss"] if history["eval_loss"] else None,
+            **(extra or {})}
 
     return reloaded_or_made(module, out, make)
+
+
+def read_off_hyper(s: HyperSteerEvalSettings, model: Any, spec: str, records: Sequence[Any], n_train: int,
+                   concepts: Sequence[Any], out: Path, progress: bool = True) -> tuple[Any, dict[str, Any]]:
+    """A :class:`~hooksteer.hypersteer.ReadOffSteer` holding the read-off vectors of every steering prompt of
+    ``records`` (training concepts and the evaluated concepts' train prompts), gain 1 and bias 0, and the seconds the
+    reading took; when ``out`` holds it already (same settings), the reading is skipped and :func:`train` reloads it."""
+    from hooksteer.hypersteer import ReadOffSteer, prompt_difference_vectors
+
+    config = hyper_config(s, spec, n_train)
+    keys = list(dict.fromkeys(r.steering_prompt for r in records))
+    hyper = ReadOffSteer(model, keys, config)
+    if saved_training(hyper, out) is not None:
+        return hyper, {}
+    started = time.perf_counter()
+    hyper.set_vectors(prompt_difference_vectors(model, records, hyper.config.sites, distill_config=distill_config(s),
+                                                concepts={c.id: c for c in concepts}, batch_size=s.batch_size,
+                                                progress=progress))
+    seconds = time.perf_counter() - started
+    return hyper, {"read_off_seconds": seconds, "read_off_seconds_per_concept": seconds / len(keys),
+                   "read_off_pairs_per_concept": len(records) / len(keys)}
 
 
 def fit_ridge_head(hyper: Any, oracle_train: Any, keys: Sequence[str], out: Path, seed: int) -> dict[str, Any]:
@@ -528,9 +573,10 @@ def methods_for(s: HyperSteerEvalSettings, modules: dict[str, Any], texts_for: A
 def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: Any, train_data: Any,
                  train_concepts: Sequence[Any], held_out: Sequence[Any], eval_prompts: Sequence[Any],
                  eval_records: list[Any], texts_for: Any, out: Path, tiny: bool, oracle_train: Any = None,
-                 resid_norm: float | None = None) -> list[dict[str, Any]]:
+                 resid_norm: float | None = None, read_off_records: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """H retrained on nested subsets of the training concepts (a ridge head refitted to their oracle vectors):
-    held-out eval KL and steering score per size."""
+    held-out eval KL and steering score per size. ``read_off_records``: the held-out concepts' train-prompt records,
+    from which a read_off H reads their vectors."""
     from hooksteer.evaluate.protocol import evaluate
     from hooksteer.evaluate.stats import bootstrap_ci, per_concept_scores
     from hooksteer.hypersteer import HyperSteer
@@ -546,7 +592,12 @@ def curve_points(s: HyperSteerEvalSettings, model: Any, generator: Any, judge: A
             variant = parsed.name
             log(f"curve: {spec} on {size} concepts ({len(records)} examples) ...")
             torch.manual_seed(s.seed)
-            if parsed.ridge:
+            if parsed.variant == "read_off":  # the held-out concepts' vectors from their train prompts' answers
+                hyper, read = read_off_hyper(s, model, spec, [*records, *read_off_records], len(records),
+                                             [*train_concepts, *held_out], out / f"{variant}-{size}",
+                                             progress=not tiny)
+                info = train(hyper, records, [], out / f"{variant}-{size}", tiny, extra=read)
+            elif parsed.ridge:
                 keys = [c.steering_prompt for c in train_concepts[:size]]
                 hyper = HyperSteer(model, hyper_config(s, spec, len(keys), resid_norm))
                 info = fit_ridge_head(hyper, oracle_train, keys, out / f"{variant}-{size}", s.seed)
@@ -647,7 +698,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parsed = parse_variant(spec, s.n_blocks)
         name = f"hypersteer-{parsed.name}"
         torch.manual_seed(s.seed)
-        if parsed.ridge:
+        if parsed.variant == "read_off":
+            log(f"HyperSteer {spec}: reading the vectors of {len(train_concepts)} training + {len(held_out) + len(held_in)}"
+                f" evaluated concepts off the model, then training its gains and biases ...")
+            hyper, info = read_off_hyper(s, model, spec, [*train_data.records, *oracle_records], len(train_data),
+                                         [*train_concepts, *held_out, *held_in], out / f"hyper-{parsed.name}",
+                                         progress=not tiny)
+            training[name] = train(hyper, train_data.records, eval_by_role["held_out"], out / f"hyper-{parsed.name}",
+                                   tiny, extra=info)
+        elif parsed.ridge:
             log(f"fitting the head of HyperSteer {spec} to the oracle vectors of {len(train_keys)} training concepts ...")
             hyper = HyperSteer(model, hyper_config(s, spec, len(train_keys), resid_norm))
             training[name] = fit_ridge_head(hyper, oracle_train, train_keys, out / f"hyper-{parsed.name}", s.seed)
@@ -657,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             training[name] = train(hyper, train_data.records, eval_by_role["held_out"], out / f"hyper-{parsed.name}",
                                    tiny)
         modules[name] = hyper
-        if getattr(s, "on_policy", False) and not parsed.ridge:
+        if getattr(s, "on_policy", False) and not parsed.ridge and parsed.variant != "read_off":
             log(f"HyperSteer {spec}: its own answers on the {len(train_data)} training pairs, then a second round ...")
             second = HyperSteer(model, hyper_config(s, spec, len(train_data), resid_norm))
             second.load_state_dict(hyper.state_dict())
@@ -708,7 +767,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     curve: list[dict[str, Any]] = []
     if s.curve:
         curve = curve_points(s, model, generator, judge, train_data, train_concepts, held_out, eval_prompts,
-                             eval_by_role["held_out"], texts_for, out / "curve", tiny, oracle_train, resid_norm)
+                             eval_by_role["held_out"], texts_for, out / "curve", tiny, oracle_train, resid_norm,
+                             read_off_records=[r for r in oracle_records if r.concept_id in held_out_ids])
 
     # ---- timing
     pairs = [(c.steering_prompts[0], p.text) for c in held_out for p in eval_prompts][: s.timing_vectors]
@@ -789,6 +849,12 @@ def markdown(report: dict[str, Any]) -> str:
                  f"tokens/s. Training tokens/s: " + ", ".join(f"{k} {fmt(v.get('tokens_per_second'), 0)}"
                                                              for k, v in report["training"].items()) + ". New vector: "
                  + ", ".join(f"{k} {v['seconds_per_vector']:.3f} s" for k, v in report["timing"].items()) + ".")
+    for name, info in report["training"].items():
+        if info.get("read_off_seconds_per_concept") is not None:  # a new concept's vectors must be read off first
+            lines.append(f"{name} reads a new concept's vectors off the model in "
+                         f"{fmt(info['read_off_seconds_per_concept'])} s (from the prompted model's answers to "
+                         f"{fmt(info.get('read_off_pairs_per_concept'), 0)} train prompts, which the teacher writes at "
+                         f"{fmt(t.get('seconds_per_pair'))} s per pair); the lookup above comes after that.")
     return "\n".join(lines) + "\n"
 
 

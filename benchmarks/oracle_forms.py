@@ -99,7 +99,9 @@ class OracleFormsSettings:
                 "the residual norm at the layer (direction only); gate adds a per-token gate λ(h)=ReLU(b+mean(w⊙ĥ)) "
                 "per concept and layer (A-PSR's), sgate one per layer for every concept; again / onpolicy: a second "
                 "round of as many steps from the same form's oracle (in the run), on the prompted answers again / on "
-                "them plus the oracle's own answers scored by the teacher; shift weights each answer "
+                "them plus the oracle's own answers scored by the teacher; diff: each concept's vectors read off the "
+                "model (its mean prompted-minus-unprompted activation difference on its train answers, site by site), "
+                "not trained; diffkl: trained from those; shift weights each answer "
                 "token's KL by "
                 "KL(teacher ‖ unsteered) there; lrRATE: this form's learning rate (default --bound-lr)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
@@ -116,6 +118,9 @@ class OracleFormsSettings:
     factors: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.45],
                                  metadata={"help": "factors of DiffMean and of --resid-forms (× mean residual norm "
                                                    "at the site)"})
+    read_off_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0], metadata={
+        "help": "eval KL of each diff form's vectors scaled by these, and of their concept-specific part (minus the "
+                "mean over concepts) scaled alike (no generation: which length and which part fit the teacher)"})
     compare_to: list[str] = field(default_factory=list, metadata={
         "help": "evaluated methods (e.g. oracle-L20-all@resid) every oracle row is also compared with, paired over "
                 "concepts, besides prompt and 0.9 × prompt steering"})
@@ -143,6 +148,7 @@ class Form(NamedTuple):
     layers: tuple[int, ...] | None = None
     gate: str = "none"
     round2: str = "none"
+    init: str = "zero"
 
     @property
     def first_round(self) -> Form:
@@ -163,10 +169,11 @@ class Form(NamedTuple):
             name += "-shift"
         name += {"none": "", "concept": "-gate", "shared": "-sgate"}[self.gate]
         name += "" if self.lr is None else f"-lr{self.lr:g}"
+        name += {"zero": "", "diff": "-diff", "diffkl": "-diffkl"}[self.init]
         return name + {"none": "", "again": "-again", "onpolicy": "-onpolicy"}[self.round2]
 
 
-FORM_SYNTAX = "LAYERS:POSITIONS[:nFACTOR][:shift][:gate|:sgate][:lrRATE][:again|:onpolicy]"
+FORM_SYNTAX = "LAYERS:POSITIONS[:nFACTOR][:shift][:gate|:sgate][:lrRATE][:again|:onpolicy][:diff|:diffkl]"
 
 
 def _positive(text: str) -> float | None:
@@ -185,17 +192,22 @@ def parse_form(spec: str) -> Form:
     every concept; :mod:`hooksteer.hypersteer.gating`); ``again`` / ``onpolicy`` train a second round, as many
     steps again, starting from the same form's trained oracle (which must be in the run), on the prompted answers
     again / on them plus the oracle's *own* answers scored by the prompted teacher (one round of on-policy
-    distillation, :mod:`hooksteer.hypersteer.on_policy`); ``shift`` weights
+    distillation, :mod:`hooksteer.hypersteer.on_policy`); ``diff`` reads each concept's vectors off the model
+    instead of training them — the steering prompt's mean activation difference on its train answers, site by site
+    (:func:`hooksteer.hypersteer.prompt_difference_vectors`; positions ``all``, no gate, no fixed length) — and
+    ``diffkl`` starts the usual training from them; ``shift`` weights
     each answer token by how far the steering prompt moved the prediction there; ``lrRATE`` sets this form's
     learning rate.
 
     Example:
         >>> parse_form("10:all")
-        Form(layer=10, positions='all', norm_factor=None, token_weights='uniform', lr=None, layers=None, gate='none', round2='none')
+        Form(layer=10, positions='all', norm_factor=None, token_weights='uniform', lr=None, layers=None, gate='none', round2='none', init='zero')
         >>> parse_form("10-29:all:gate").name, parse_form("10-29:all:sgate").gate
         ('oracle-L10-29-all-gate', 'shared')
         >>> parse_form("10-29:all:onpolicy").name, parse_form("10-29:all:onpolicy").first_round.name
         ('oracle-L10-29-all-onpolicy', 'oracle-L10-29-all')
+        >>> parse_form("10-29:all:diff").name, parse_form("10-29:all:diffkl").init
+        ('oracle-L10-29-all-diff', 'diffkl')
         >>> parse_form("10-29:all:shift").name
         'oracle-L10-29-all-shift'
         >>> parse_form("0+20:prompt").sites
@@ -219,6 +231,8 @@ def parse_form(spec: str) -> Form:
             key, value = "gate", "concept" if option == "gate" else "shared"
         elif option in ("again", "onpolicy"):
             key, value = "round2", option
+        elif option in ("diff", "diffkl"):
+            key, value = "init", option
         elif option.startswith("lr"):
             key, value = "lr", _positive(option[2:])
         elif option.startswith("n"):
@@ -230,6 +244,14 @@ def parse_form(spec: str) -> Form:
         options[key] = value
     if len(layers) > 1 and "norm_factor" in options:
         raise ValueError(f"form {spec!r}: nFACTOR (a fixed length from one layer's residual norm) needs a single layer")
+    init = options.get("init", "zero")
+    if init != "zero":
+        clash = [key for key in ("norm_factor", "gate", "round2") if key in options]
+        clash += ["positions prompt"] if parts[1] != "all" else []
+        clash += [key for key in ("token_weights", "lr") if key in options and init == "diff"]
+        if clash:
+            raise ValueError(f"form {spec!r}: {init} (vectors read off the model, at every token) cannot be combined "
+                             f"with {', '.join(clash)}")
     return Form(layers[0], parts[1], **options, layers=tuple(layers) if len(layers) > 1 else None)
 
 
@@ -296,6 +318,8 @@ def validate(s: OracleFormsSettings) -> list[str]:
         values = getattr(s, name)
         if not values or any(not (math.isfinite(v) and v > 0) for v in values):
             problems.append(f"--{name.replace('_', '-')} must be positive numbers")
+    if any(not (math.isfinite(v) and v >= 0) for v in s.read_off_scales):
+        problems.append("--read-off-scales must be numbers >= 0")
     if s.bound_epochs <= 0 or s.bound_lr <= 0:
         problems.append("--bound-epochs and --bound-lr must be > 0")
     return problems
@@ -309,7 +333,10 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
     pairs = s.held_out * (n_train + s.eval_prompts)
     steps = hypersteer_eval.steps_for(s.held_out * n_train, s.bound_epochs, s.batch_size)
     step_seconds = rate["train_token"] * s.batch_size * (45 + s.teacher_tokens) * 3
-    train = sum(steps * step_seconds * (n_layers - 1 - f.layer) / (n_layers / 3) for f in map(parse_form, s.forms))
+    train = sum(steps * step_seconds * (n_layers - 1 - f.layer) / (n_layers / 3) for f in map(parse_form, s.forms)
+                if f.init != "diff")
+    read_off = {tuple(f.sites) for f in map(parse_form, s.forms) if f.init != "zero"}  # 3 passes over the pairs
+    train += len(read_off) * s.held_out * n_train * (45 + s.teacher_tokens) * 3 * rate["train_token"] / 3
     per_method = s.held_out * s.eval_prompts * rate["generation"]
     generations = per_method * (len(s.forms) * len(s.trained_factors) + len(s.diffmean_layers) * len(s.factors)
                                 + len(s.resid_forms) * len(s.factors) + 2)
@@ -332,8 +359,33 @@ def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int, resid_nor
                             delta_norm=delta_norm, token_weights=form.token_weights, gate=form.gate,
                             lr=form.lr or s.bound_lr, loss="distill", batch_size=s.batch_size, max_steps=steps, warmup_steps=0,
                             seed=s.seed, eval_every=0, log_every=max(1, min(10, steps)), save_every=0,
-                            extra={"trained_steps": steps, **({} if delta_norm is None else {
+                            extra={"trained_steps": 0 if form.init == "diff" else steps,
+                                   **({} if form.init == "zero" else {"init": form.init}),
+                                   **({} if delta_norm is None else {
                                 "norm_factor": form.norm_factor, "resid_norm": resid_norm})})
+
+
+def read_off_kl(vectors: Any, records: Sequence[Any], scales: Sequence[float]) -> dict[str, Any]:
+    """Eval KL of a read-off table scaled by each of ``scales``, and of its concept-specific part (each row minus the
+    mean row) scaled alike; ``shared_share``: the mean row's norm over a row's mean norm. The table is restored."""
+    import torch
+
+    from hooksteer.hypersteer.trainer import mean_loss
+
+    base = vectors.table.detach().clone()
+    shared = base.mean(dim=0, keepdim=True)
+    out: dict[str, Any] = {"shared_share": float(shared.flatten().norm() / base.flatten(1).norm(dim=1).mean()),
+                           "scaled": {}, "centred": {}}
+    try:
+        for scale in scales:
+            for part, table in (("scaled", base), ("centred", base - shared)):
+                with torch.no_grad():
+                    vectors.table.copy_(table * scale)
+                out[part][f"{scale:g}"] = mean_loss(vectors, records)
+    finally:
+        with torch.no_grad():
+            vectors.table.copy_(base)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -363,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from hooksteer.evaluate.methods import DiffMeanMethod, NoSteering, PromptSteering, pool_texts_for
     from hooksteer.evaluate.protocol import evaluate
     from hooksteer.hypersteer.bounds import ConceptVectors
+    from hooksteer.hypersteer.contrast import prompt_difference_vectors
     from hooksteer.hypersteer.diagnostics import vector_separation
     from hooksteer.hypersteer.evaluation import HyperSteerMethod
 
@@ -391,11 +444,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log("residual norms for fixed-length forms: " + ", ".join(f"L{k} {v:.1f}" for k, v in resid_norms.items()))
     oracles: dict[str, Any] = {}
     training: dict[str, Any] = {}
+    read_off: dict[tuple[int, ...], tuple[dict[str, Any], float]] = {}
+
+    def read_off_vectors(sites: Sequence[int]) -> tuple[dict[str, Any], float]:
+        """Each concept's activation differences at ``sites`` on its train pairs (computed once per set of sites)."""
+        if tuple(sites) not in read_off:
+            log(f"reading the activation differences at layers {common.layer_spec(list(sites))} off the model ...")
+            started = time.perf_counter()
+            vectors = prompt_difference_vectors(model, oracle_data, sites, concepts={c.id: c for c in held_out},
+                                                batch_size=s.batch_size, progress=not tiny)
+            read_off[tuple(sites)] = vectors, time.perf_counter() - started
+        return read_off[tuple(sites)]
+
     for form in sorted(forms, key=lambda f: f.round2 != "none"):  # first rounds before the second rounds
         torch.manual_seed(s.seed)
         config = oracle_config(s, form, len(oracle_data), resid_norms.get(form.layer))
         oracle = ConceptVectors.oracle(model, keys, config)
         records, extra = list(oracle_data.records), {}
+        if form.init != "zero" and hypersteer_eval.saved_training(oracle, out / form.name) is None:
+            vectors, seconds = read_off_vectors(form.sites)
+            oracle.set_vectors(vectors)
+            extra = {"read_off_seconds": seconds, "read_off_seconds_per_concept": seconds / len(set(keys))}
+        if form.init == "diff":  # read off, not trained
+            training[form.name] = hypersteer_eval.reloaded_or_made(
+                oracle, out / form.name, lambda extra=extra: {"steps": 0, "seconds": extra["read_off_seconds"],
+                                                              "n_train_examples": len(oracle_data), **extra})
+            oracles[form.name] = oracle
+            continue
         if form.round2 != "none":
             first = oracles[form.first_round.name]
             oracle.load_state_dict(first.state_dict())
@@ -410,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     log("eval KL and vector diagnostics ...")
     kl = hypersteer_eval.eval_kl(oracles, {"held_out": list(eval_data.records)})
+    read_off = {f.name: read_off_kl(oracles[f.name], list(eval_data.records), s.read_off_scales)
+                for f in forms if f.init == "diff" and s.read_off_scales}
     steering = [c.steering_prompts[0] for c in held_out]
     diagnostics = {name: vector_separation(o, steering, [p.text for p in eval_prompts]) for name, o in oracles.items()}
 
@@ -443,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  "held_out": [c.id for c in held_out], "eval_prompts": [p.text for p in eval_prompts],
                  "train_prompts": [p.text for p in train_prompts],
                  "teacher": {"oracle": oracle_data.stats, "eval": eval_data.stats}},
-        "training": training, "eval_kl": kl, "diagnostics": diagnostics, "scores": scores,
+        "training": training, "eval_kl": kl, "read_off_kl": read_off, "diagnostics": diagnostics, "scores": scores,
         "comparisons": comparisons, "answer_lengths": lengths, "per_concept": per_concept,
         "resid_norms": {str(k): v for k, v in resid_norms.items()},
         "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
@@ -477,8 +554,14 @@ def markdown(report: dict[str, Any]) -> str:
         body.append([name, fmt(kl.get("held_out")), fmt(diag.get("between_concepts")),
                      fmt(diag.get("mean_norm"), 1), str(train.get("steps", "—")), fmt(train.get("seconds"), 0)])
     lines += ["## Eval KL (never-trained pairs) and vectors", "",
-              table(body, ("form", "eval KL", "cos between concepts", "‖Δ‖", "steps", "train s")), "",
-              "## Answer length (words, chosen factor, report half) vs unsteered", "",
+              table(body, ("form", "eval KL", "cos between concepts", "‖Δ‖", "steps", "train s")), ""]
+    for name, info in report.get("read_off_kl", {}).items():
+        scales = list(info["scaled"])
+        lines += [f"### {name}: eval KL at other lengths", "",
+                  f"The mean over concepts is {fmt(info['shared_share'])} of a concept's norm.", "",
+                  table([[part, *(fmt(info[part][k]) for k in scales)] for part in ("scaled", "centred")],
+                        ("vectors × scale", *scales)), ""]
+    lines += ["## Answer length (words, chosen factor, report half) vs unsteered", "",
               common.length_table(report["answer_lengths"]), "", "## Seconds", "",
               f"Teacher {fmt(report['seconds']['teacher'], 0)} s, evaluation {fmt(report['seconds']['evaluate'], 0)} s, "
               f"total {fmt(report['seconds']['total'], 0)} s; training: "

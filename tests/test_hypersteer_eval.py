@@ -274,3 +274,31 @@ def test_on_policy_adds_a_second_round_of_h_on_its_own_answers(tmp_path):
     a, b = (HyperSteer.load(tmp_path / folder, model) for folder in ("hyper-no_context", "hyper-no_context-onpolicy"))
     assert not torch.allclose(a.vectors("Write about rivers."), b.vectors("Write about rivers."))
     assert "hypersteer-no_context-onpolicy@trained" in report["scores"]["held_out"]
+
+
+def test_read_off_variant_reads_held_out_vectors_from_their_train_prompts_and_trains_gains(tmp_path):
+    from hooksteer.hypersteer import ReadOffSteer
+    from hooksteer.testing import tiny_model
+
+    report = _benchmark().main(["--tiny", "--out", str(tmp_path), "--variants", "read_off", "--layers", "0+2",
+                                "--no-held-in", "--curve", "2"])
+    info = report["training"]["hypersteer-read_off"]
+    assert info["steps"] > 0 and info["read_off_seconds_per_concept"] > 0 and info["read_off_pairs_per_concept"] >= 2
+    hyper = ReadOffSteer.load(tmp_path / "hyper-read_off", tiny_model("llama", seed=0))
+    assert not torch.allclose(hyper.site_gain.detach(), torch.ones(2))  # trained on the training concepts
+    assert len(hyper.keys) == len(set(hyper.keys)) > report["data"]["n_held_out"]  # training + held-out concepts
+    assert "hypersteer-read_off@trained" in report["scores"]["held_out"]
+    assert report["diagnostics"]["hypersteer-read_off"]["between_concepts"] < 1.0
+    assert [p["variant"] for p in report["curve"]] == ["read_off"]
+    assert "reads a new concept's vectors off the model" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("flags", [["--gate", "shared"], ["--positions", "prompt"], ["--loss", "ce"],
+                                   ["--delta-norm-factor", "0.3"]])
+def test_read_off_variant_refuses_what_it_cannot_read(tmp_path, flags, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _benchmark().main(["--tiny", "--out", str(tmp_path / "x"), "--variants", "read_off", *flags])
+    assert stop.value.code == 2 and not (tmp_path / "x").exists()
+    assert "read_off" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no blocks and no flags"):
+        _benchmark().parse_variant("read_off:2:frozen", 2)

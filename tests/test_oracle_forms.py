@@ -166,3 +166,37 @@ def test_second_rounds_start_from_their_first_round_and_on_policy_adds_own_answe
     assert training["oracle-L1-2-all-onpolicy"]["on_policy"]["n_pairs"] == first
     assert training["oracle-L1-2-all-onpolicy"]["steps"] == training["oracle-L1-2-all"]["steps"]
     assert {"oracle-L1-2-all-onpolicy", "oracle-L1-2-all-again"} <= set(report["scores"]["held_out"])
+
+
+def test_read_off_forms_hold_the_activation_differences_and_diffkl_trains_from_them(tmp_path, monkeypatch):
+    from hooksteer.hypersteer import ConceptVectors
+    from hooksteer.testing import tiny_model
+
+    bench = _bench()
+    assert bench.parse_form("0-2:all:diff").name == "oracle-L0-2-all-diff"
+    for bad in ("2:prompt:diff", "2:all:diff:gate", "2:all:diff:lr0.1", "2:all:diffkl:n0.3", "2:all:diff:again",
+                "2:all:diff:diffkl"):
+        with pytest.raises(ValueError):
+            bench.parse_form(bad)
+    out = tmp_path / "diff"
+    forms = ["--forms", "2:all", "0-2:all:diff", "0-2:all:diffkl"]
+    report = bench.main(["--tiny", "--out", str(out), *forms])
+    read_info, trained_info = (report["training"][f"oracle-L0-2-all-{kind}"] for kind in ("diff", "diffkl"))
+    assert read_info["steps"] == 0 and trained_info["steps"] > 0
+    assert read_info["read_off_seconds_per_concept"] > 0 and trained_info["read_off_seconds"] > 0
+    model = tiny_model("llama", seed=0)
+    read, trained = (ConceptVectors.load(out / f"oracle-L0-2-all-{kind}", model) for kind in ("diff", "diffkl"))
+    assert read.keys == trained.keys and read.table.shape == (3, 3, 32)
+    assert float(read.table.detach().norm()) > 0 and not torch.allclose(read.table[0], read.table[1])  # one per concept
+    assert not torch.allclose(read.table, trained.table)  # diffkl trained on from the read-off start
+    assert report["diagnostics"]["oracle-L0-2-all-diff"]["between_concepts"] < 1.0
+    lengths = report["read_off_kl"]["oracle-L0-2-all-diff"]  # eval KL at other lengths, table left as it was
+    assert set(report["read_off_kl"]) == {"oracle-L0-2-all-diff"} and list(lengths["scaled"]) == ["1", "2", "3", "5"]
+    assert lengths["scaled"]["1"] == pytest.approx(report["eval_kl"]["oracle-L0-2-all-diff"]["held_out"], rel=1e-4)
+    assert lengths["scaled"]["1"] != lengths["scaled"]["5"] and 0 < lengths["shared_share"] < 1
+    assert "eval KL at other lengths" in (out / "results.md").read_text()
+    assert {"oracle-L0-2-all-diff", "oracle-L0-2-all-diffkl"} <= set(report["scores"]["held_out"])
+    evaluated = record_evaluated_methods(monkeypatch)  # a rerun reloads both, reads nothing off, evaluates nothing
+    again = bench.main(["--tiny", "--out", str(out), *forms])
+    assert all("reused_from" in info for info in again["training"].values()) and set(evaluated) == set()
+    assert again["scores"]["held_out"] == report["scores"]["held_out"]

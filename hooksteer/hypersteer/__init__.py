@@ -9,7 +9,9 @@ Modules: :mod:`.config` (settings), :mod:`.blocks` (H's blocks, cross-attention)
 (:class:`HyperSteer`: forward, ``vector()``, save/load), :mod:`.deltas` (what a Δ becomes: fixed length, steering
 vectors per site), :mod:`.gating` (per-token gates, ``HyperSteerConfig.gate``; :func:`steer_with` steers with
 whatever H writes), :mod:`.bounds` (:class:`ConceptVectors`: the
-oracle and floor that H is measured against), :mod:`.data` (tokenisation, batches, frozen activation
+oracle and floor that H is measured against), :mod:`.contrast` (vectors read off the model: what the steering
+prompt changes in the activations, :func:`prompt_difference_vectors`), :mod:`.read_off` (:class:`ReadOffSteer`: H that reads those off and learns
+a gain and bias per site), :mod:`.data` (tokenisation, batches, frozen activation
 cache), :mod:`.dataset` (a distillation dataset from the packaged concepts), :mod:`.loss` (steered logits,
 losses), :mod:`.trainer` (Accelerate trainer, :func:`mean_loss`), :mod:`.ridge` (the head fitted in closed form to
 oracle vectors, :func:`fit_head_ridge`), :mod:`.diagnostics` (collapse checks).
@@ -28,9 +30,11 @@ Example:
 
 from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.config import VARIANTS, HyperSteerConfig, HyperSteerConfigError, default_layer
+from hooksteer.hypersteer.contrast import prompt_difference_vectors
 from hooksteer.hypersteer.dataset import DistillDataset, DistillDataSettings, build_distill_dataset
 from hooksteer.hypersteer.gating import steer_with
 from hooksteer.hypersteer.model import HyperSteer, HyperSteerFileError
+from hooksteer.hypersteer.read_off import ReadOffSteer
 from hooksteer.hypersteer.ridge import RidgeFit, fit_head_ridge
 from hooksteer.hypersteer.trainer import (
     HyperSteerTrainer,
@@ -50,6 +54,7 @@ __all__ = [
     "HyperSteerConfigError",
     "HyperSteerFileError",
     "HyperSteerTrainer",
+    "ReadOffSteer",
     "RidgeFit",
     "TrainResult",
     "build_distill_dataset",
@@ -58,5 +63,6 @@ __all__ = [
     "fit_head_ridge",
     "latest_checkpoint",
     "mean_loss",
+    "prompt_difference_vectors",
     "steer_with",
 ]

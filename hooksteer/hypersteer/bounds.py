@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,44 @@ class ConceptVectors(nn.Module):
     def floor(cls, model: Any, config: HyperSteerConfig | None = None) -> ConceptVectors:
         """One vector shared by every steering prompt."""
         return cls(model, [], config, shared=True)
+
+    @classmethod
+    def from_vectors(cls, model: Any, vectors: Mapping[str, Tensor], config: HyperSteerConfig | None = None
+                     ) -> ConceptVectors:
+        """A table holding given vectors, keyed by steering prompt: ``(d_model,)`` (or ``(1, d_model)``) each for
+        one site, ``(n_sites, d_model)`` for several (e.g. :func:`hooksteer.hypersteer.contrast.prompt_difference_vectors`).
+
+        Example:
+            >>> table = ConceptVectors.from_vectors(model, {"Write about X.": torch.ones(576)})   # doctest: +SKIP
+        """
+        table = cls(model, list(vectors), config)
+        table.set_vectors(vectors)
+        return table
+
+    def set_vectors(self, vectors: Mapping[str, Tensor]) -> None:
+        """Overwrite the table with one given vector (stack) per key, e.g. to start training from them. Ungated
+        tables of free length only (a fixed ``delta_norm`` would rescale them).
+
+        Raises:
+            ValueError: a gated or fixed-length table, a key missing, a wrong shape or a non-finite value.
+        """
+        if self.config.gated or self.config.delta_norm is not None:
+            raise ValueError("set_vectors keeps the given vectors as they are: it needs an ungated table without "
+                             "delta_norm")
+        missing = [key for key in self.keys if key not in vectors]
+        if missing:
+            raise ValueError(f"no vector given for steering prompt {missing[0]!r} ({len(missing)} keys missing)")
+        expected = tuple(self.table.shape[1:])
+        rows = []
+        for key in self.keys:
+            value = vectors[key]
+            if tuple(value.shape) == (1, *expected):  # one site given as a (1, d_model) stack
+                value = value[0]
+            if tuple(value.shape) != expected or not bool(torch.isfinite(value).all()):
+                raise ValueError(f"vector for {key!r} has shape {tuple(value.shape)}; expected {expected}, finite")
+            rows.append(value)
+        with torch.no_grad():
+            self.table.copy_(torch.stack(rows).to(self.table))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -183,15 +221,13 @@ class ConceptVectors(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / (WEIGHTS_FILE + ".tmp")
         try:
-            tensors = {"table": self.table.detach().cpu().contiguous()}
-            if self.config.gated:
-                tensors["gate_table"] = self.gate_table.detach().cpu().contiguous()
+            tensors = {name: value.detach().cpu().contiguous() for name, value in self.state_dict().items()}
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
             os.replace(tmp, directory / WEIGHTS_FILE)
         finally:
             tmp.unlink(missing_ok=True)
-        meta = {"format": FORMAT, "shared": self.shared, "keys": self.keys, "base_model": self.signature,
-                "config": self.config.to_dict()}
+        meta = {"format": FORMAT, "class": type(self).__name__, "shared": self.shared, "keys": self.keys,
+                "base_model": self.signature, "config": self.config.to_dict()}
         tmp = directory / (CONFIG_FILE + ".tmp")
         try:
             tmp.write_text(json.dumps(meta, indent=2))
@@ -205,10 +241,7 @@ class ConceptVectors(nn.Module):
         other = type(self).load(directory, self.base_model)
         if other.keys != self.keys:
             raise HyperSteerFileError(f"{directory} holds vectors for other steering prompts than this table")
-        with torch.no_grad():
-            self.table.copy_(other.table)
-            if self.config.gated:
-                self.gate_table.copy_(other.gate_table)
+        self.load_state_dict(other.state_dict())
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: Any) -> ConceptVectors:
@@ -220,11 +253,16 @@ class ConceptVectors(nn.Module):
             raise HyperSteerFileError(f"cannot read {directory / CONFIG_FILE}: {error}") from error
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("keys"), list):
             raise HyperSteerFileError(f"{directory / CONFIG_FILE} is not a saved ConceptVectors table")
+        saved_class = meta.get("class", "ConceptVectors")
+        if saved_class != cls.__name__:
+            raise HyperSteerFileError(f"{directory} holds a {saved_class}, not a {cls.__name__}: load it with "
+                                      f"{saved_class}.load")
         try:
             config = HyperSteerConfig.from_dict(meta["config"])
             with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
-                table = handle.get_tensor("table")
-                gate_table = handle.get_tensor("gate_table") if config.gated else None
+                saved = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
+            table = saved["table"]
+            gate_table = saved["gate_table"] if config.gated else None
         except (KeyError, TypeError, ValueError, SafetensorError, OSError) as error:
             raise HyperSteerFileError(f"{directory} holds an unreadable ConceptVectors table: {error}") from error
         try:
@@ -241,8 +279,11 @@ class ConceptVectors(nn.Module):
                                        or not bool(torch.isfinite(gate_table).all())):
             raise HyperSteerFileError(f"{directory}: gate table of shape {tuple(gate_table.shape)} (expected "
                                       f"{tuple(vectors.gate_table.shape)}, finite)")
-        with torch.no_grad():
-            vectors.table.copy_(table.to(vectors.table.dtype))
-            if gate_table is not None:
-                vectors.gate_table.copy_(gate_table.to(vectors.gate_table.dtype))
+        expected = vectors.state_dict()
+        wrong = sorted(name for name in set(expected) | set(saved) if name not in saved or name not in expected
+                       or saved[name].shape != expected[name].shape or not bool(torch.isfinite(saved[name]).all()))
+        if wrong:
+            raise HyperSteerFileError(f"{directory}: tensors missing, unexpected, misshapen or not finite: "
+                                      f"{', '.join(wrong)}")
+        vectors.load_state_dict({name: value.to(expected[name].dtype) for name, value in saved.items()})
         return vectors

@@ -109,7 +109,7 @@ def parameter_groups(hyper: HyperSteer | ConceptVectors) -> list[dict[str, Any]]
     """
     cfg = hyper.config
     if isinstance(hyper, ConceptVectors):
-        return [{"params": list(hyper.parameters()), "lr": cfg.lr}]
+        return [{"params": [p for p in hyper.parameters() if p.requires_grad], "lr": cfg.lr}]
     groups: dict[str, list[Tensor]] = {"body": [], "head_weight": [], "head_bias": []}
     for name, param in hyper.named_parameters():
         if not param.requires_grad:

@@ -1,0 +1,83 @@
+"""Concept vectors read off the model: what a steering prompt changes in the activations, site by site.
+
+For one steering prompt ``s`` and its distillation records (base prompt ``x``, the prompted model's answer ``y``),
+the vector at site ``l`` is the mean, over the answer's tokens and the assistant-turn template before them, of
+
+    A_l(s ⊕ x, y) − A_l(x, y),   the second steered by the vectors already set at the sites below ``l``,
+
+so each site adds only what the sites below it did not already cause (PSR's constant ``init="mean_delta"``,
+:func:`hooksteer.psr.passes.steered_pass`, one concept at a time, no gate and no training). Nothing is learned:
+the vector of a new steering prompt costs the prompted model's answers to a few base prompts and three passes over
+them (prompted, plain, steered), and it is specific to the prompt by construction. It is the steering prompt's *activation difference* — the form a
+hypernetwork reading the model's own activations could write directly.
+
+Example:
+    >>> from hooksteer.hypersteer import ConceptVectors, HyperSteerConfig                      # doctest: +SKIP
+    >>> table = prompt_difference_vectors(model, distill_records, layers=range(10, 30))         # doctest: +SKIP
+    >>> vectors = ConceptVectors.from_vectors(model, table, HyperSteerConfig(layers=list(range(10, 30))))  # doctest: +SKIP
+    >>> vectors.vector("Write about Volcano. Every sentence must be about Volcano.")           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+__all__ = ["prompt_difference_vectors"]
+
+
+def prompt_difference_vectors(model: Any, records: Sequence[Any], layers: Sequence[int], *,
+                              distill_config: Any = None, concepts: Mapping[str, Any] | None = None,
+                              batch_size: int = 8,
+                              progress: bool = False) -> dict[str, Float[Tensor, "n_sites d_model"]]:
+    """One ``(n_sites, d_model)`` stack of mean activation differences per steering prompt of ``records``.
+
+    Args:
+        model: the frozen ``HookedTransformer`` the records were made with.
+        records: :class:`hooksteer.distill.DistillRecord` s (several base prompts per steering prompt; the
+            vectors are averaged over all of a prompt's answer tokens).
+        layers: the sites (``blocks.{l}.hook_resid_post``), ascending; the vector of each is added at every token,
+            like a :class:`~hooksteer.hypersteer.HyperSteerConfig` with ``positions="all"``.
+        distill_config: the :class:`hooksteer.distill.DistillConfig` the records were made with (default: that
+            of a :class:`~hooksteer.distill.DistillData`, else the default): it fixes the prompted text.
+        concepts: ``{concept_id: Concept}`` when the teacher read the concept's reference text.
+        batch_size: sequences per forward pass.
+        progress: a progress bar over steering prompts.
+
+    Returns:
+        ``{steering_prompt: vectors}`` in the order the prompts first appear, on the CPU, float32.
+
+    Raises:
+        ValueError: no records, or layers empty / outside the model.
+    """
+    from tqdm.auto import tqdm
+
+    from hooksteer.psr.model import PSR, PSRConfig
+    from hooksteer.psr.passes import steered_pass
+    from hooksteer.psr.teacher import compute_teacher, pairs_from_distill, template_suffix_length
+
+    if not records:
+        raise ValueError("no distillation records: the activation difference needs answers to average over")
+    sites = sorted({int(layer) for layer in layers})
+    n_layers = int(model.cfg.n_layers)
+    if not sites or sites[0] < 0 or sites[-1] >= n_layers:
+        raise ValueError(f"layers must be non-empty block indices in 0..{n_layers - 1}, got {list(layers)}")
+    pairs = pairs_from_distill(model, records, distill_config, concepts=concepts)  # tokenised as the teacher read it
+    groups: dict[str, list[Any]] = {}
+    for record, pair in zip(records, pairs, strict=True):
+        groups.setdefault(record.steering_prompt, []).append(pair)
+    prefix = template_suffix_length(model)
+    config = PSRConfig(layers=sites, d_model=int(model.cfg.d_model), variant="single" if len(sites) == 1 else "adaptive",
+                       positions="all", init="mean_delta", local_steps=0, steps=0, template_tokens=prefix)
+    vectors: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for steering_prompt, group in tqdm(groups.items(), desc="activation differences", disable=not progress):
+            teacher = compute_teacher(model, group, sites, batch_size=batch_size, prefix_tokens=prefix)
+            psr = PSR(config).to(next(model.parameters()).device)
+            steered_pass(model, psr, teacher, fit="mean_delta", chunk=batch_size)
+            vectors[steering_prompt] = torch.stack([psr.direction(layer).detach().float().cpu() for layer in sites])
+    return vectors
