@@ -392,9 +392,9 @@ def hyper_config(s: HyperSteerEvalSettings, spec: str, n_examples: int, resid_no
 
     variant, n_blocks, frozen, ridge, prior, noweight = parse_variant(spec, s.n_blocks)
     steps = 0 if ridge else s.steps or steps_for(n_examples, s.epochs, s.batch_size)
-    if variant == "read_off":  # a gain and a bias per site, trained like the floor's vector
-        return dataclasses.replace(bound_config(s, n_examples, s.epochs), max_steps=steps,
-                                   extra={"trained_steps": steps, "hyper": "read_off"})
+    if variant == "read_off":  # a gain and a bias per site, trained like the floor's vector (same steps as H)
+        return dataclasses.replace(bound_config(s, n_examples, s.epochs), extra={"trained_steps": steps,
+                                                                                "hyper": "read_off"})
     extra: dict[str, Any] = {"trained_steps": steps, **({"head_fit": "ridge", "ridge_targets": n_examples} if ridge
                                                           else {})}
     # without a head weight H is the floor's shared vector plus the prior's gain: both train at the bounds' rate

@@ -444,17 +444,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log("residual norms for fixed-length forms: " + ", ".join(f"L{k} {v:.1f}" for k, v in resid_norms.items()))
     oracles: dict[str, Any] = {}
     training: dict[str, Any] = {}
-    read_off: dict[tuple[int, ...], tuple[dict[str, Any], float]] = {}
+    read_off_cache: dict[tuple[int, ...], tuple[dict[str, Any], float]] = {}
 
     def read_off_vectors(sites: Sequence[int]) -> tuple[dict[str, Any], float]:
         """Each concept's activation differences at ``sites`` on its train pairs (computed once per set of sites)."""
-        if tuple(sites) not in read_off:
+        if tuple(sites) not in read_off_cache:
             log(f"reading the activation differences at layers {common.layer_spec(list(sites))} off the model ...")
             started = time.perf_counter()
             vectors = prompt_difference_vectors(model, oracle_data, sites, concepts={c.id: c for c in held_out},
                                                 batch_size=s.batch_size, progress=not tiny)
-            read_off[tuple(sites)] = vectors, time.perf_counter() - started
-        return read_off[tuple(sites)]
+            read_off_cache[tuple(sites)] = vectors, time.perf_counter() - started
+        return read_off_cache[tuple(sites)]
 
     for form in sorted(forms, key=lambda f: f.round2 != "none"):  # first rounds before the second rounds
         torch.manual_seed(s.seed)
@@ -480,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 records += own.records
                 extra = {"on_policy": own.stats}
         log(f"training {form.name} ({len(records)} pairs) ...")
-        training[form.name] = {**hypersteer_eval.train(oracle, records, [], out / form.name, tiny), **extra}
+        training[form.name] = hypersteer_eval.train(oracle, records, [], out / form.name, tiny, extra=extra)
         oracles[form.name] = oracle
 
     log("eval KL and vector diagnostics ...")

@@ -261,29 +261,22 @@ class ConceptVectors(nn.Module):
             config = HyperSteerConfig.from_dict(meta["config"])
             with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
                 saved = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
-            table = saved["table"]
-            gate_table = saved["gate_table"] if config.gated else None
         except (KeyError, TypeError, ValueError, SafetensorError, OSError) as error:
             raise HyperSteerFileError(f"{directory} holds an unreadable ConceptVectors table: {error}") from error
         try:
             vectors = cls(model, meta["keys"], config, shared=bool(meta.get("shared")))
         except ValueError as error:
             raise HyperSteerFileError(f"{directory} holds an invalid ConceptVectors config: {error}") from error
-        if table.shape != vectors.table.shape:
-            raise HyperSteerFileError(f"{directory}: table of shape {tuple(table.shape)} does not fit "
-                                      f"{len(meta['keys'])} keys × {config.n_sites} site(s) × "
-                                      f"d_model={model.cfg.d_model}")
-        if not bool(torch.isfinite(table).all()):
-            raise HyperSteerFileError(f"{directory}: the table contains NaN or infinity")
-        if gate_table is not None and (gate_table.shape != vectors.gate_table.shape
-                                       or not bool(torch.isfinite(gate_table).all())):
-            raise HyperSteerFileError(f"{directory}: gate table of shape {tuple(gate_table.shape)} (expected "
-                                      f"{tuple(vectors.gate_table.shape)}, finite)")
-        expected = vectors.state_dict()
-        wrong = sorted(name for name in set(expected) | set(saved) if name not in saved or name not in expected
-                       or saved[name].shape != expected[name].shape or not bool(torch.isfinite(saved[name]).all()))
-        if wrong:
-            raise HyperSteerFileError(f"{directory}: tensors missing, unexpected, misshapen or not finite: "
-                                      f"{', '.join(wrong)}")
+        expected = vectors.state_dict()  # table (keys × sites × d_model), gate_table when gated, subclass parameters
+        for name in sorted(set(expected) | set(saved)):
+            if name not in saved or name not in expected:
+                raise HyperSteerFileError(f"{directory}: tensor {name!r} is {'missing' if name not in saved else 'unexpected'}"
+                                          f" for {len(meta['keys'])} keys × {config.n_sites} site(s), gate={config.gate!r}")
+            if saved[name].shape != expected[name].shape:
+                raise HyperSteerFileError(f"{directory}: {name} of shape {tuple(saved[name].shape)} does not fit "
+                                          f"{len(meta['keys'])} keys × {config.n_sites} site(s) × d_model="
+                                          f"{model.cfg.d_model} (expected {tuple(expected[name].shape)})")
+            if not bool(torch.isfinite(saved[name]).all()):
+                raise HyperSteerFileError(f"{directory}: {name} contains NaN or infinity")
         vectors.load_state_dict({name: value.to(expected[name].dtype) for name, value in saved.items()})
         return vectors

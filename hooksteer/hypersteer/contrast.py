@@ -58,14 +58,16 @@ def prompt_difference_vectors(model: Any, records: Sequence[Any], layers: Sequen
 
     from hooksteer.psr.model import PSR, PSRConfig
     from hooksteer.psr.passes import steered_pass
-    from hooksteer.psr.teacher import compute_teacher, pairs_from_distill, template_suffix_length
+    from hooksteer.psr.teacher import (
+        block_indices,
+        compute_teacher,
+        pairs_from_distill,
+        template_suffix_length,
+    )
 
     if not records:
         raise ValueError("no distillation records: the activation difference needs answers to average over")
-    sites = sorted({int(layer) for layer in layers})
-    n_layers = int(model.cfg.n_layers)
-    if not sites or sites[0] < 0 or sites[-1] >= n_layers:
-        raise ValueError(f"layers must be non-empty block indices in 0..{n_layers - 1}, got {list(layers)}")
+    sites = block_indices(model, layers)
     pairs = pairs_from_distill(model, records, distill_config, concepts=concepts)  # tokenised as the teacher read it
     groups: dict[str, list[Any]] = {}
     for record, pair in zip(records, pairs, strict=True):

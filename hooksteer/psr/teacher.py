@@ -44,7 +44,7 @@ from hooksteer.data.schema import SteeringExample
 from hooksteer.data.teacher import DEFAULT_STYLE, steered_chat_prompt
 from hooksteer.vectors import check_finite
 
-__all__ = ["TeacherPair", "TeacherRecord", "encode_pair", "encode_examples", "compute_teacher", "hook_name",
+__all__ = ["TeacherPair", "TeacherRecord", "block_indices", "encode_pair", "encode_examples", "compute_teacher", "hook_name",
            "plain_chat_prompt", "pairs_from_distill", "template_suffix_length"]
 
 
@@ -224,6 +224,19 @@ def response_nll_from_final(model: Any, final: Float[Tensor, "pos d_model"], pro
     return torch.nn.functional.cross_entropy(logits, response.to(logits.device), reduction="none").cpu()
 
 
+def block_indices(model: Any, layers: Sequence[int]) -> list[int]:
+    """``layers`` sorted and deduplicated, checked to be block indices of ``model``.
+
+    Raises:
+        ValueError: no layers, or one outside ``0..n_layers - 1``.
+    """
+    sites = sorted({int(layer) for layer in layers})
+    n_layers = int(model.cfg.n_layers)
+    if not sites or sites[0] < 0 or sites[-1] >= n_layers:
+        raise ValueError(f"layers must be non-empty block indices in 0..{n_layers - 1}, got {sites}")
+    return sites
+
+
 def compute_teacher(model: Any, pairs: Sequence[TeacherPair], layers: Sequence[int], *,
                     batch_size: int = 8, progress: bool = False, prefix_tokens: int = 0,
                     nll: bool = False) -> list[TeacherRecord]:
@@ -246,10 +259,7 @@ def compute_teacher(model: Any, pairs: Sequence[TeacherPair], layers: Sequence[i
 
     if not pairs:
         raise ValueError("no teacher pairs given")
-    layers = sorted({int(layer) for layer in layers})
-    n_layers = int(model.cfg.n_layers)
-    if not layers or layers[0] < 0 or layers[-1] >= n_layers:
-        raise ValueError(f"layers must be non-empty block indices in 0..{n_layers - 1}, got {layers}")
+    layers = block_indices(model, layers)
     k = int(prefix_tokens)
     if k < 0:
         raise ValueError(f"prefix_tokens must be >= 0, got {k}")
