@@ -120,7 +120,8 @@ class HyperSteerEvalSettings:
                 "gate per steering prompt; the oracle keeps one per concept)", "choices": ["none", "shared", "concept"]})
     positions: str = field(default="all", metadata={
         "help": "where H's, the oracle's and the floor's vectors are added, in training and evaluation: every token, "
-                "or the base prompt's tokens only", "choices": ["all", "prompt"]})
+                "the base prompt's tokens only (prompt), or where answer tokens are predicted (answer: the prompt's "
+                "last token and the answer)", "choices": ["all", "prompt", "answer"]})
     delta_norm_factor: float | None = field(default=None, metadata={
         "help": "train H, the oracle and the floor at a fixed vector length, FACTOR × the residual norm at the layer "
                 "(only the direction is learned; none: the length is learned too)"})
@@ -205,11 +206,11 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
         if any(spec.variant == "read_off" for spec in specs):
             clash = [flag for flag, on in (("--gate", getattr(s, "gate", "none") != "none"),
                                            ("--delta-norm-factor", s.delta_norm_factor is not None),
-                                           ("--positions prompt", getattr(s, "positions", "all") != "all"),
+                                           ("--positions prompt", getattr(s, "positions", "all") == "prompt"),
                                            ("--loss ce", s.loss != "distill")) if on]
             if clash:
-                problems.append(f"the read_off variant reads ungated vectors of free length at every token off the "
-                                f"prompted model's answers: leave out {', '.join(clash)}")
+                problems.append(f"the read_off variant reads ungated vectors of free length off the prompted "
+                                f"model's answers (steering every token or the answer): leave out {', '.join(clash)}")
     if any(n < 2 or n >= s.train_concepts for n in s.curve):
         problems.append("--curve sizes must be >= 2 and < --train-concepts")
     for name in ("factors", "trained_factors"):
@@ -500,7 +501,7 @@ def read_off_hyper(s: HyperSteerEvalSettings, model: Any, spec: str, records: Se
     started = time.perf_counter()
     hyper.set_vectors(prompt_difference_vectors(model, records, hyper.config.sites, distill_config=distill_config(s),
                                                 concepts={c.id: c for c in concepts}, batch_size=s.batch_size,
-                                                progress=progress))
+                                                positions=hyper.config.positions, progress=progress))
     seconds = time.perf_counter() - started
     return hyper, {"read_off_seconds": seconds, "read_off_seconds_per_concept": seconds / len(keys),
                    "read_off_pairs_per_concept": len(records) / len(keys)}

@@ -14,7 +14,8 @@ steering, no steering and (optionally) DiffMean:
    10:all 10-29:all 20:all:n0.3 20:all:shift 20:all:lr0.3``; ``10-29`` (or ``0+10+20``) gives each concept a vector
    at every one of those layers, steering them all at once, like A-PSR without its gates (``:gate`` adds them, one
    per concept and layer, ``:sgate`` one per layer shared by all concepts); positions ``all`` adds the vector at every token, ``prompt`` only at the base
-   prompt's tokens, so the answer reads it through attention, as it reads a steering prompt; ``nFACTOR`` trains
+   prompt's tokens, so the answer reads it through attention, as it reads a steering prompt, ``answer`` only where an
+   answer token is predicted (the prompt's last token and the answer: the instruction is read unsteered); ``nFACTOR`` trains
    only the direction, at a fixed length of FACTOR × the residual norm at the layer; ``shift`` weights each answer
    token's KL by how far the steering prompt moved the prediction there, KL(teacher ‖ unsteered); ``lrRATE`` sets
    the form's learning rate);
@@ -56,7 +57,7 @@ import hypersteer_eval  # noqa: E402
 from common import fmt, log  # noqa: E402
 
 DEFAULT_OUT = REPO / "runs" / "benchmarks" / "oracle_forms"
-POSITION_CHOICES = ("all", "prompt")
+POSITION_CHOICES = ("all", "prompt", "answer")
 
 
 @dataclass
@@ -94,8 +95,8 @@ class OracleFormsSettings:
     forms: list[str] = field(default_factory=lambda: ["20:all", "20:prompt"], metadata={
         "help": "steering forms LAYERS:POSITIONS[:nFACTOR][:shift][:gate|:sgate][:lrRATE]: LAYERS one layer, a range "
                 "A-B or A+B+… "
-                "(a vector at each); positions 'all' (every token) or "
-                "'prompt' (the base prompt's tokens only); nFACTOR trains each vector at a fixed length of FACTOR × "
+                "(a vector at each); positions 'all' (every token), "
+                "'prompt' (the base prompt's tokens only) or 'answer' (the prompt's last token and the answer); nFACTOR trains each vector at a fixed length of FACTOR × "
                 "the residual norm at the layer (direction only); gate adds a per-token gate λ(h)=ReLU(b+mean(w⊙ĥ)) "
                 "per concept and layer (A-PSR's), sgate one per layer for every concept; again / onpolicy: a second "
                 "round of as many steps from the same form's oracle (in the run), on the prompted answers again / on "
@@ -194,7 +195,8 @@ def parse_form(spec: str) -> Form:
     again / on them plus the oracle's *own* answers scored by the prompted teacher (one round of on-policy
     distillation, :mod:`hooksteer.hypersteer.on_policy`); ``diff`` reads each concept's vectors off the model
     instead of training them — the steering prompt's mean activation difference on its train answers, site by site
-    (:func:`hooksteer.hypersteer.prompt_difference_vectors`; positions ``all``, no gate, no fixed length) — and
+    (:func:`hooksteer.hypersteer.prompt_difference_vectors`; positions ``all`` or ``answer``, no gate, no fixed
+    length) — and
     ``diffkl`` starts the usual training from them; ``shift`` weights
     each answer token by how far the steering prompt moved the prediction there; ``lrRATE`` sets this form's
     learning rate.
@@ -247,11 +249,11 @@ def parse_form(spec: str) -> Form:
     init = options.get("init", "zero")
     if init != "zero":
         clash = [key for key in ("norm_factor", "gate", "round2") if key in options]
-        clash += ["positions prompt"] if parts[1] != "all" else []
+        clash += [f"positions {parts[1]}"] if parts[1] == "prompt" else []
         clash += [key for key in ("token_weights", "lr") if key in options and init == "diff"]
         if clash:
-            raise ValueError(f"form {spec!r}: {init} (vectors read off the model, at every token) cannot be combined "
-                             f"with {', '.join(clash)}")
+            raise ValueError(f"form {spec!r}: {init} (vectors read off the answers, at every token or the answer) "
+                             f"cannot be combined with {', '.join(clash)}")
     return Form(layers[0], parts[1], **options, layers=tuple(layers) if len(layers) > 1 else None)
 
 
@@ -444,17 +446,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log("residual norms for fixed-length forms: " + ", ".join(f"L{k} {v:.1f}" for k, v in resid_norms.items()))
     oracles: dict[str, Any] = {}
     training: dict[str, Any] = {}
-    read_off_cache: dict[tuple[int, ...], tuple[dict[str, Any], float]] = {}
+    read_off_cache: dict[tuple[tuple[int, ...], str], tuple[dict[str, Any], float]] = {}
 
-    def read_off_vectors(sites: Sequence[int]) -> tuple[dict[str, Any], float]:
-        """Each concept's activation differences at ``sites`` on its train pairs (computed once per set of sites)."""
-        if tuple(sites) not in read_off_cache:
-            log(f"reading the activation differences at layers {common.layer_spec(list(sites))} off the model ...")
+    def read_off_vectors(sites: Sequence[int], positions: str) -> tuple[dict[str, Any], float]:
+        """Each concept's activation differences at ``sites`` on its train pairs (computed once per set of sites and
+        positions)."""
+        key = (tuple(sites), positions)
+        if key not in read_off_cache:
+            log(f"reading the activation differences at layers {common.layer_spec(list(sites))} ({positions}) off the "
+                "model ...")
             started = time.perf_counter()
             vectors = prompt_difference_vectors(model, oracle_data, sites, concepts={c.id: c for c in held_out},
-                                                batch_size=s.batch_size, progress=not tiny)
-            read_off_cache[tuple(sites)] = vectors, time.perf_counter() - started
-        return read_off_cache[tuple(sites)]
+                                                batch_size=s.batch_size, positions=positions, progress=not tiny)
+            read_off_cache[key] = vectors, time.perf_counter() - started
+        return read_off_cache[key]
 
     for form in sorted(forms, key=lambda f: f.round2 != "none"):  # first rounds before the second rounds
         torch.manual_seed(s.seed)
@@ -462,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         oracle = ConceptVectors.oracle(model, keys, config)
         records, extra = list(oracle_data.records), {}
         if form.init != "zero" and hypersteer_eval.saved_training(oracle, out / form.name) is None:
-            vectors, seconds = read_off_vectors(form.sites)
+            vectors, seconds = read_off_vectors(form.sites, form.positions)
             oracle.set_vectors(vectors)
             extra = {"read_off_seconds": seconds, "read_off_seconds_per_concept": seconds / len(set(keys))}
         if form.init == "diff":  # read off, not trained

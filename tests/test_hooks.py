@@ -156,7 +156,7 @@ def test_cached_generate_sees_absolute_positions(steerable):
     assert seen_uncached == [list(range(n)), list(range(n + 1)), list(range(n + 2))]
 
 
-@pytest.mark.parametrize("mode", ["per_token", "generated"])
+@pytest.mark.parametrize("mode", ["per_token", "generated", "answer"])
 def test_cached_and_uncached_generation_agree_under_position_dependent_steering(steerable, mode):
     model = steerable
     tokens = model.to_tokens(PROMPT)
@@ -165,7 +165,7 @@ def test_cached_and_uncached_generation_agree_under_position_dependent_steering(
     if mode == "per_token":
         kwargs = {"per_token": torch.randn(32, generator=g) * 2.0}
     else:
-        kwargs = {"positions": "generated"}
+        kwargs = {"positions": mode}
     outputs = {}
     for use_cache in (True, False):
         with hs.steer(model, v, **kwargs):
@@ -174,6 +174,27 @@ def test_cached_and_uncached_generation_agree_under_position_dependent_steering(
     assert torch.equal(outputs[True], outputs[False])
     unsteered = model.generate(tokens, max_new_tokens=8, do_sample=False, stop_at_eos=False, verbose=False)
     assert not torch.equal(outputs[True], unsteered), "steering too weak for the test to mean anything"
+
+
+def test_answer_positions_steer_the_last_prompt_token_and_every_generated_one(steerable):
+    """``positions="answer"`` = explicit absolute indices ``n−1, n, n+1, …`` (every position predicting a generated
+    token), in cached generation too; a plain forward of the prompt is steered at its last token only."""
+    model = steerable
+    tokens = model.to_tokens(PROMPT)
+    n = tokens.shape[1]
+    v = random_vector(model, seed=11, scale=8.0)
+    clean = residual(model, tokens)
+    with hs.steer(model, v, positions="answer"):
+        dirty = residual(model, tokens)
+    assert torch.equal(dirty[0, : n - 1], clean[0, : n - 1])
+    torch.testing.assert_close(dirty[0, n - 1] - clean[0, n - 1], v.vector, atol=1e-5, rtol=0)
+    kwargs = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False)
+    outputs = {}
+    for name, positions in (("answer", "answer"), ("explicit", list(range(n - 1, n + 5))), ("generated", "generated")):
+        with hs.steer(model, v, positions=positions):
+            outputs[name] = model.generate(tokens, **kwargs)
+    assert torch.equal(outputs["answer"], outputs["explicit"])
+    assert not torch.equal(outputs["answer"], outputs["generated"]), "the last prompt token's steering must count"
 
 
 def test_cached_generate_tokens_match_teacher_forced_steered_forward(tiny_llama):

@@ -39,9 +39,13 @@ def _span_activations(model, tokens: torch.Tensor, response: int, k: int, layers
     return [cache[f"blocks.{layer}.hook_resid_post"][0, n - response - k : n] for layer in layers]
 
 
-def _mean_gap(model, records, steering_prompt: str, layers: list[int], steering=None) -> list[torch.Tensor]:
-    """Mean over the span tokens of (prompted − plain) activations, the plain run steered by ``steering``."""
-    k = template_suffix_length(model)
+def _mean_gap(model, records, steering_prompt: str, layers: list[int], steering=None, k: int | None = None
+              ) -> list[torch.Tensor]:
+    """Mean over the span tokens (the last ``k`` prompt tokens, default the template, and the answer) of
+    (prompted − plain) activations, the plain run steered by ``steering`` on every token, or on the span only when
+    ``k`` is given."""
+    only_span = k is not None
+    k = template_suffix_length(model) if k is None else k
     pairs = [p for p, r in zip(pairs_from_distill(model, records), records, strict=True)
              if r.steering_prompt == steering_prompt]
     gaps: list[list[torch.Tensor]] = [[] for _ in layers]
@@ -51,7 +55,9 @@ def _mean_gap(model, records, steering_prompt: str, layers: list[int], steering=
         if steering is None:
             plain = _span_activations(model, pair.plain, n, k, layers)
         else:
-            with hs.steer(model, steering):
+            width = pair.plain.numel()
+            positions = list(range(width - n - k, width)) if only_span else "all"
+            with hs.steer(model, steering, positions=positions):
                 plain = _span_activations(model, pair.plain, n, k, layers)
         for i in range(len(layers)):
             gaps[i].append(prompted[i] - plain[i])
@@ -81,6 +87,30 @@ def test_steered_by_its_read_off_vectors_the_model_matches_the_prompted_mean_at_
             assert float(gap_after.norm()) < 1e-3 * max(float(gap_before.norm()), 1.0)
         # the upper sites are not the plain differences: they are net of what the lower sites already caused
         assert not torch.allclose(vectors[steering_prompt][2], before[2], atol=1e-4)
+
+
+def test_answer_positions_read_the_last_prompt_token_and_the_answer_and_steer_only_there(tiny_llama, records):
+    """``positions="answer"``: the mean runs over the prompt's last token and the answer; steered there (and only
+    there) by the vectors, the model's mean activation on those tokens is the prompted model's at every site."""
+    layers = [0, 1, 2]
+    vectors = prompt_difference_vectors(tiny_llama, records, layers, positions="answer")
+    everywhere = prompt_difference_vectors(tiny_llama, records, [1])
+    config = HyperSteerConfig(layers=layers, positions="answer")
+    table = ConceptVectors.from_vectors(tiny_llama, vectors, config)
+    for steering_prompt, stack in vectors.items():
+        torch.testing.assert_close(stack[0], _mean_gap(tiny_llama, records, steering_prompt, [0], k=1)[0],
+                                   atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(stack[1], everywhere[steering_prompt][0], atol=1e-4)  # another span, another mean
+        before = _mean_gap(tiny_llama, records, steering_prompt, layers, k=1)
+        after = _mean_gap(tiny_llama, records, steering_prompt, layers, steering=table.vector(steering_prompt), k=1)
+        for gap_before, gap_after in zip(before, after, strict=True):
+            assert float(gap_after.norm()) < 1e-3 * max(float(gap_before.norm()), 1.0)
+    hyper = ReadOffSteer.read_off(tiny_llama, records, config)
+    torch.testing.assert_close(hyper.vectors(list(vectors)), torch.stack(list(vectors.values())))  # gain 1, bias 0
+    with pytest.raises(ValueError, match="positions must be 'all' or 'answer'"):
+        prompt_difference_vectors(tiny_llama, records, [1], positions="prompt")
+    with pytest.raises(ValueError, match="positions 'all' or 'answer'"):
+        ReadOffSteer(tiny_llama, list(vectors), HyperSteerConfig(layer=1, positions="prompt"))
 
 
 def test_a_table_of_given_vectors_round_trips_and_refuses_what_it_cannot_hold(tiny_llama, records, tmp_path):

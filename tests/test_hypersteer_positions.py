@@ -1,5 +1,6 @@
-"""Where a HyperSteer / oracle vector acts (``HyperSteerConfig.positions``): every token, or the base prompt's tokens
-only. Training, eval loss and the evaluation's steering hook must all add Δ at the same positions."""
+"""Where a HyperSteer / oracle vector acts (``HyperSteerConfig.positions``): every token, the base prompt's tokens
+only, or the positions predicting answer tokens. Training, eval loss and the evaluation's steering hook must all add
+Δ at the same positions."""
 
 from __future__ import annotations
 
@@ -46,6 +47,66 @@ def test_prompt_positions_mask_each_rows_base_prompt(tiny_llama):
         assert mask[row, :n_prompt].all() and not mask[row, n_prompt:].any()
     with pytest.raises(ValueError, match="positions"):
         steered_positions(batch, "generated")
+
+
+def test_answer_positions_mask_starts_at_each_rows_last_prompt_token(tiny_llama):
+    config = HyperSteerConfig(layer=LAYER, loss="ce")
+    _, batch, _ = batch_of(tiny_llama, config)
+    mask = steered_positions(batch, "answer")
+    assert mask.shape == batch.tokens.shape
+    for row, n_prompt in enumerate(batch.prompt_lengths.tolist()):
+        assert not mask[row, : n_prompt - 1].any() and mask[row, n_prompt - 1 :].all()
+
+
+def test_answer_positions_leave_the_instruction_unsteered_and_match_inference(tiny_llama):
+    """Training at ``positions="answer"``: the prompt's predictions (all but its last token) are the unsteered model's,
+    every answer prediction moves; the fast path equals a full forward, and equals ``hs.steer`` at the same absolute
+    positions (what ``positions="answer"`` steers while generating)."""
+    config = HyperSteerConfig(layer=LAYER, loss="ce", positions="answer")
+    data, batch, resid = batch_of(tiny_llama, config)
+    delta = torch.randn(2, tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(5)) * 5
+    mask = steered_positions(batch, "answer")
+    fast = steered_logits_above_site(tiny_llama, resid, LAYER, delta, mask)
+    full = steered_logits_full(tiny_llama, batch.tokens, LAYER, delta, mask)
+    unsteered = tiny_llama(batch.tokens, padding_side="right")
+    for row, (n_prompt, length) in enumerate(zip(batch.prompt_lengths.tolist(), batch.lengths.tolist(), strict=True)):
+        assert torch.allclose(fast[row, :length], full[row, :length], atol=1e-5)
+        assert torch.allclose(fast[row, : n_prompt - 1], unsteered[row, : n_prompt - 1], atol=1e-5)
+        moved = (fast[row, n_prompt - 1 : length] - unsteered[row, n_prompt - 1 : length]).abs().amax(-1)
+        assert (moved > 1e-3).all()
+    picked, n_picked = steered_loss_above_site(tiny_llama, resid, LAYER, delta, batch, "ce", "answer")
+    full_loss, n_full = target_loss(full, batch)
+    assert n_picked == n_full and torch.allclose(picked, full_loss, rtol=1e-5)
+    single = collate(encode_examples(tiny_llama, data[:1], config), pad_id=0)
+    n_prompt, length = int(single.prompt_lengths[0]), int(single.lengths[0])
+    vector = hs.SteeringVector(f"blocks.{LAYER}.hook_resid_post", delta[0])
+    with hs.steer(tiny_llama, vector, positions=list(range(n_prompt - 1, length))):
+        steered = tiny_llama(single.tokens)
+    assert torch.allclose(steered[0], fast[0, :length], atol=1e-5)
+
+
+def test_oracle_trained_on_answer_positions_learns_and_generates_there(tiny_llama):
+    from test_hypersteer_eval import CONCEPTS
+
+    from hooksteer.evaluate.methods import GenerationSettings
+    from hooksteer.generation import generate_texts
+
+    config = HyperSteerConfig(layer=LAYER, loss="ce", positions="answer", lr=0.05, batch_size=2, max_steps=40,
+                              eval_every=0, log_every=10)
+    data = [SteeringExample(f"c{i}", STEER[i], b, "river river river river") for i in range(2) for b in BASE]
+    oracle = ConceptVectors.oracle(tiny_llama, STEER, config)
+    before = mean_loss(oracle, data)
+    HyperSteerTrainer(oracle, data, progress=False).train()
+    assert mean_loss(oracle, data) < before - 0.1
+    assert oracle.vector(STEER[0]).source["positions"] == "answer"
+    concept = CONCEPTS[0]
+    table = ConceptVectors(tiny_llama, [concept.steering_prompts[0]], config, init_std=3.0)
+    steerer = HyperSteerMethod(table, magnitude="trained").prepare(tiny_llama, concept, CONCEPTS[1:])
+    prompts = ["Tell me a story.", "Describe a day at the sea."]
+    outputs = steerer.generate(prompts, [1.0], GenerationSettings(max_new_tokens=5, batch_size=4), seed=0)
+    with hs.steer(tiny_llama, table.vector(concept.steering_prompts[0]), positions="answer"):
+        expected = generate_texts(tiny_llama, prompts, max_new_tokens=5, do_sample=False)
+    assert outputs[0] == expected
 
 
 def test_prompt_positions_leave_the_answers_residual_unchanged_at_the_site(tiny_llama):

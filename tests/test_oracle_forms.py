@@ -174,6 +174,7 @@ def test_read_off_forms_hold_the_activation_differences_and_diffkl_trains_from_t
 
     bench = _bench()
     assert bench.parse_form("0-2:all:diff").name == "oracle-L0-2-all-diff"
+    assert bench.parse_form("0-2:answer:diff").positions == "answer"
     for bad in ("2:prompt:diff", "2:all:diff:gate", "2:all:diff:lr0.1", "2:all:diffkl:n0.3", "2:all:diff:again",
                 "2:all:diff:diffkl"):
         with pytest.raises(ValueError):

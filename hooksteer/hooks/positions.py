@@ -1,4 +1,7 @@
-"""Position specs: ``"all"``, ``"prompt"``, ``"generated"`` or explicit absolute token indices.
+"""Position specs: ``"all"``, ``"prompt"``, ``"generated"``, ``"answer"`` or explicit absolute token indices.
+
+``"answer"`` is every position that predicts a generated token: the prompt's last token (it predicts the first
+answer token) and every generated token — the prompt is read unsteered, the whole answer is steered.
 
 Validation of a spec, and the mask of the current tokens it selects.
 """
@@ -15,7 +18,7 @@ from torch import Tensor
 from hooksteer.hooks.tracker import PositionTracker
 from hooksteer.hooks.types import PositionSpec
 
-_NAMED_POSITIONS = ("all", "prompt", "generated")
+_NAMED_POSITIONS = ("all", "prompt", "generated", "answer")
 
 
 def _validate_positions(positions: PositionSpec) -> PositionSpec:
@@ -24,7 +27,7 @@ def _validate_positions(positions: PositionSpec) -> PositionSpec:
             raise ValueError(f"positions must be one of {_NAMED_POSITIONS} or a list of indices, got {positions!r}")
         return positions
     if isinstance(positions, slice):
-        raise TypeError("positions must be 'all', 'prompt', 'generated' or explicit indices, not a slice")
+        raise TypeError("positions must be 'all', 'prompt', 'generated', 'answer' or explicit indices, not a slice")
     indices = _integer_indices(positions)
     if indices.numel() == 0:
         raise ValueError("positions is an empty list: nothing would be steered")
@@ -50,7 +53,7 @@ def _integer_indices(positions: Any) -> Int[Tensor, " n"]:
         items = list(positions)
     except TypeError:
         raise TypeError(
-            f"positions must be 'all', 'prompt', 'generated' or a list of integer token indices, "
+            f"positions must be 'all', 'prompt', 'generated', 'answer' or a list of integer token indices, "
             f"got {type(positions).__name__}"
         ) from None
     values = []
@@ -78,5 +81,7 @@ def _position_mask(
         prompt_lengths = tracker.prompt_lengths.to(absolute.device)[:, None]
         if positions == "prompt":
             return (absolute >= 0) & (absolute < prompt_lengths)
+        if positions == "answer":
+            return absolute >= prompt_lengths - 1
         return absolute >= prompt_lengths
     return torch.isin(absolute, positions.to(absolute.device))

@@ -61,7 +61,8 @@ def steer(
         model: a ``HookedTransformer`` or ``TransformerBridge``.
         *vectors: :class:`SteeringVector` / :class:`SteeringSet` objects (scale them to set strength).
         coefficient: extra scalar applied to every vector.
-        positions: ``"all"``, ``"prompt"``, ``"generated"`` or explicit absolute token indices.
+        positions: ``"all"``, ``"prompt"``, ``"generated"``, ``"answer"`` (the prompt's last token and every generated
+            token: each position that predicts an answer token) or explicit absolute token indices.
         per_token: coefficients by absolute position (tensor or callable), multiplied by ``coefficient``.
         gate: callable reading each token's activation and returning its coefficient (e.g. :class:`ReluGate`).
         fill_value: coefficient for positions past the end of a ``per_token`` tensor (default: raise).

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from hooksteer.vectors import SteeringVector
 
-PositionName = Literal["all", "prompt", "generated"]
+PositionName = Literal["all", "prompt", "generated", "answer"]
 PositionSpec = Union[PositionName, Sequence[int], Int[Tensor, " n"]]
 Direction = Union[SteeringVector, Float[Tensor, " d_model"], Float[Tensor, "batch d_model"]]
 CoefficientFn = Callable[[Int[Tensor, "batch pos"]], Tensor]

@@ -23,7 +23,7 @@ ACTIVATION_CACHE_MODES: tuple[str, ...] = ("cpu", "device", "off")
 POOLING_MODES: tuple[str, ...] = ("last", "mean")
 LOSSES: tuple[str, ...] = ("distill", "ce")
 H_LAYOUTS: tuple[str, ...] = ("steering_last", "steering_first")
-STEERED_POSITIONS: tuple[str, ...] = ("all", "prompt")
+STEERED_POSITIONS: tuple[str, ...] = ("all", "prompt", "answer")
 TOKEN_WEIGHTS: tuple[str, ...] = ("uniform", "teacher_shift")
 GATE_MODES: tuple[str, ...] = ("none", "shared", "concept")
 
@@ -85,8 +85,10 @@ class HyperSteerConfig:
         h_layout: ``in_context`` only: ``"steering_last"`` (default; H reads base prompt ⊕ steering prompt,
             so the steering prompt is what H's last tokens read) or ``"steering_first"`` (format version 1).
         positions: where Δ is added, in training and by default at inference: ``"all"`` (every token, prompt and
-            answer) or ``"prompt"`` (the base prompt's tokens only; the answer reads the vector through
-            attention, as it reads a steering prompt placed in its context).
+            answer), ``"prompt"`` (the base prompt's tokens only; the answer reads the vector through
+            attention, as it reads a steering prompt placed in its context) or ``"answer"`` (every position that
+            predicts an answer token: the prompt's last token and the answer; the instruction is read unsteered,
+            as A-PSR steers the response only).
         delta_norm: fix every Δ's L2 norm to this value (``None``: the norm is learned). H, or an oracle's free
             vector, then only chooses a *direction*, trained at the magnitude it will steer with. A distilled
             vector left free ends short (norm 16–25 at layer 20 of SmolLM2 after the benchmarks' training), far

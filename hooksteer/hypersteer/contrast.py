@@ -6,7 +6,10 @@ the vector at site ``l`` is the mean, over the answer's tokens and the assistant
     A_l(s ⊕ x, y) − A_l(x, y),   the second steered by the vectors already set at the sites below ``l``,
 
 so each site adds only what the sites below it did not already cause (PSR's constant ``init="mean_delta"``,
-:func:`hooksteer.psr.passes.steered_pass`, one concept at a time, no gate and no training). Nothing is learned:
+:func:`hooksteer.psr.passes.steered_pass`, one concept at a time, no gate and no training). With
+``positions="answer"`` (vectors for a :class:`~hooksteer.hypersteer.HyperSteerConfig` that steers only where answer
+tokens are predicted) the mean runs over the prompt's last token and the answer, and the sites below steer only
+there. Nothing is learned:
 the vector of a new steering prompt costs the prompted model's answers to a few base prompts and three passes over
 them (prompted, plain, steered), and it is specific to the prompt by construction. It is the steering prompt's *activation difference* — the form a
 hypernetwork reading the model's own activations could write directly.
@@ -32,7 +35,7 @@ __all__ = ["prompt_difference_vectors"]
 
 def prompt_difference_vectors(model: Any, records: Sequence[Any], layers: Sequence[int], *,
                               distill_config: Any = None, concepts: Mapping[str, Any] | None = None,
-                              batch_size: int = 8,
+                              batch_size: int = 8, positions: str = "all",
                               progress: bool = False) -> dict[str, Float[Tensor, "n_sites d_model"]]:
     """One ``(n_sites, d_model)`` stack of mean activation differences per steering prompt of ``records``.
 
@@ -40,8 +43,10 @@ def prompt_difference_vectors(model: Any, records: Sequence[Any], layers: Sequen
         model: the frozen ``HookedTransformer`` the records were made with.
         records: :class:`hooksteer.distill.DistillRecord` s (several base prompts per steering prompt; the
             vectors are averaged over all of a prompt's answer tokens).
-        layers: the sites (``blocks.{l}.hook_resid_post``), ascending; the vector of each is added at every token,
-            like a :class:`~hooksteer.hypersteer.HyperSteerConfig` with ``positions="all"``.
+        layers: the sites (``blocks.{l}.hook_resid_post``), ascending.
+        positions: where the vectors will steer, as ``HyperSteerConfig.positions``: ``"all"`` (every token; the mean
+            runs over the assistant-turn template and the answer) or ``"answer"`` (the prompt's last token and the
+            answer: the mean runs over those, and the sites below steer only there).
         distill_config: the :class:`hooksteer.distill.DistillConfig` the records were made with (default: that
             of a :class:`~hooksteer.distill.DistillData`, else the default): it fixes the prompted text.
         concepts: ``{concept_id: Concept}`` when the teacher read the concept's reference text.
@@ -52,7 +57,8 @@ def prompt_difference_vectors(model: Any, records: Sequence[Any], layers: Sequen
         ``{steering_prompt: vectors}`` in the order the prompts first appear, on the CPU, float32.
 
     Raises:
-        ValueError: no records, or layers empty / outside the model.
+        ValueError: no records, layers empty / outside the model, or positions other than ``"all"`` /
+            ``"answer"`` (a mean over the answer says nothing about a vector placed on the prompt only).
     """
     from tqdm.auto import tqdm
 
@@ -67,14 +73,17 @@ def prompt_difference_vectors(model: Any, records: Sequence[Any], layers: Sequen
 
     if not records:
         raise ValueError("no distillation records: the activation difference needs answers to average over")
+    if positions not in ("all", "answer"):
+        raise ValueError(f"positions must be 'all' or 'answer' for vectors read off the answers, got {positions!r}")
     sites = block_indices(model, layers)
     pairs = pairs_from_distill(model, records, distill_config, concepts=concepts)  # tokenised as the teacher read it
     groups: dict[str, list[Any]] = {}
     for record, pair in zip(records, pairs, strict=True):
         groups.setdefault(record.steering_prompt, []).append(pair)
-    prefix = template_suffix_length(model)
+    prefix = template_suffix_length(model) if positions == "all" else 1  # "answer": the last prompt token on
     config = PSRConfig(layers=sites, d_model=int(model.cfg.d_model), variant="single" if len(sites) == 1 else "adaptive",
-                       positions="all", init="mean_delta", local_steps=0, steps=0, template_tokens=prefix)
+                       positions="all" if positions == "all" else "response", init="mean_delta", local_steps=0, steps=0,
+                       template_tokens=prefix)
     vectors: dict[str, Tensor] = {}
     with torch.no_grad():
         for steering_prompt, group in tqdm(groups.items(), desc="activation differences", disable=not progress):

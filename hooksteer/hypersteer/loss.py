@@ -20,9 +20,11 @@ to the cached residual at the lowest site, the others by hooks at ``blocks.{l}.h
 above run (:func:`site_hooks`); every function taking ``layer`` also takes the list of sites. With gates
 (``HyperSteerConfig.gate``) each site's row is ``[z | w | b]`` and adds ``λ(h_t)·z`` (:mod:`.gating`).
 
-Δ goes to every position (``positions="all"``) or to the base prompt's tokens only (``positions="prompt"``,
-:func:`steered_positions`): then the answer reads Δ only through attention to the prompt, as it reads a steering
-prompt placed in its context.
+Δ goes to every position (``positions="all"``), to the base prompt's tokens only (``positions="prompt"``,
+:func:`steered_positions`: then the answer reads Δ only through attention to the prompt, as it reads a steering
+prompt placed in its context) or to the positions that predict answer tokens (``positions="answer"``: the prompt's
+last token and the answer, so the instruction is read unsteered; ``hooksteer.steer(..., positions="answer")`` at
+inference).
 
 Example:
     >>> resid = resid_at_layer(model, batch.tokens, layer)                # doctest: +SKIP
@@ -48,19 +50,25 @@ from hooksteer.hypersteer.gating import add_site_params, is_gated
 
 
 def steered_positions(batch: HyperBatch, positions: str = "all") -> Bool[Tensor, "batch pos"] | None:
-    """Where Δ is added in ``batch``'s right-padded rows: ``None`` for every position (``"all"``), or True on
-    each row's base-prompt tokens (``"prompt"``; the last of them predicts the answer's first token).
+    """Where Δ is added in ``batch``'s right-padded rows: ``None`` for every position (``"all"``), True on
+    each row's base-prompt tokens (``"prompt"``; the last of them predicts the answer's first token), or True from
+    each row's last prompt token on (``"answer"``: every position predicting an answer token; padding after the
+    answer is steered too, harmlessly, as nothing reads it).
 
     Example:
         >>> steered_positions(batch, "prompt")[0]           # doctest: +SKIP
         tensor([ True,  True,  True, False, False])
+        >>> steered_positions(batch, "answer")[0]           # doctest: +SKIP
+        tensor([False, False,  True,  True,  True])
     """
     if positions == "all":
         return None
-    if positions != "prompt":
-        raise ValueError(f"positions must be 'all' or 'prompt', got {positions!r}")
+    if positions not in ("prompt", "answer"):
+        raise ValueError(f"positions must be 'all', 'prompt' or 'answer', got {positions!r}")
     width = batch.tokens.shape[1]
-    return torch.arange(width, device=batch.tokens.device)[None] < batch.prompt_lengths.to(batch.tokens.device)[:, None]
+    t = torch.arange(width, device=batch.tokens.device)[None]
+    prompt_lengths = batch.prompt_lengths.to(batch.tokens.device)[:, None]
+    return t < prompt_lengths if positions == "prompt" else t >= prompt_lengths - 1
 
 
 def site_list(layer: int | Sequence[int]) -> list[int]:

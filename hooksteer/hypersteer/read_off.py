@@ -12,7 +12,8 @@ construction. It is the HyperSteer variant that reads the steered model's own ac
 Example:
     >>> hyper = ReadOffSteer.read_off(model, train_records, HyperSteerConfig(layers=list(range(10, 30))))  # doctest: +SKIP
     >>> HyperSteerTrainer(hyper, train_records).train()                                     # gains and biases  # doctest: +SKIP
-    >>> hyper.add_prompts(prompt_difference_vectors(model, new_concept_records, hyper.config.sites))  # doctest: +SKIP
+    >>> hyper.add_prompts(prompt_difference_vectors(model, new_records, hyper.config.sites,       # doctest: +SKIP
+    ...                                             positions=hyper.config.positions))
     >>> with hs.steer(model, hyper.vector(new_steering_prompt)):                            # doctest: +SKIP
     ...     ...
 """
@@ -50,9 +51,9 @@ class ReadOffSteer(ConceptVectors):
         if shared:
             raise ValueError("a ReadOffSteer reads one D per steering prompt; the floor is ConceptVectors.floor")
         super().__init__(model, keys, config, init_std=init_std)
-        if self.config.gated or self.config.delta_norm is not None:
-            raise ValueError("a ReadOffSteer scales what it reads off the model: it needs an ungated config without "
-                             "delta_norm")
+        if self.config.gated or self.config.delta_norm is not None or self.config.positions == "prompt":
+            raise ValueError("a ReadOffSteer scales what it reads off the model's answers: it needs an ungated config "
+                             "without delta_norm, steering at positions 'all' or 'answer'")
         self.table.requires_grad_(False)
         reference = self.table
         n_sites, d_model = self.config.n_sites, int(model.cfg.d_model)
@@ -65,7 +66,7 @@ class ReadOffSteer(ConceptVectors):
         """A ReadOffSteer with ``D`` read off for every steering prompt of ``records`` (gain 1, bias 0)."""
         resolved = (config or HyperSteerConfig()).resolved(model)
         vectors = prompt_difference_vectors(model, records, resolved.sites, distill_config=distill_config,
-                                            progress=progress)
+                                            positions=resolved.positions, progress=progress)
         hyper = cls(model, list(vectors), config)
         hyper.set_vectors(vectors)
         return hyper
@@ -76,7 +77,8 @@ class ReadOffSteer(ConceptVectors):
 
     def add_prompts(self, vectors: Mapping[str, Tensor]) -> None:
         """Add (or replace) the ``D`` of steering prompts, e.g. new concepts'
-        (:func:`~hooksteer.hypersteer.contrast.prompt_difference_vectors` at ``config.sites``); gains and biases are
+        (:func:`~hooksteer.hypersteer.contrast.prompt_difference_vectors` at ``config.sites`` and ``config.positions``);
+        gains and biases are
         kept."""
         new = [key for key in dict.fromkeys(vectors) if key not in self._index]
         if new:
@@ -93,7 +95,8 @@ class ReadOffSteer(ConceptVectors):
         missing = [k for k in keys if k not in self._index]
         if missing:
             raise KeyError(f"no read-off vectors for steering prompt {missing[0]!r}: add them with "
-                           "add_prompts(prompt_difference_vectors(model, records, config.sites))")
+                           "add_prompts(prompt_difference_vectors(model, records, config.sites, "
+                           "positions=config.positions))")
         return super().indices(keys)
 
     def forward(self, rows: Int[Tensor, " batch"]) -> Float[Tensor, "batch d_model"] | Float[Tensor, "batch n_sites d_model"]:
