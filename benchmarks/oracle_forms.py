@@ -15,8 +15,8 @@ steering, no steering and (optionally) DiffMean:
    at every one of those layers, steering them all at once, like A-PSR without its gates (``:gate`` adds them, one
    per concept and layer, ``:sgate`` one per layer shared by all concepts); positions ``all`` adds the vector at every token, ``prompt`` only at the base
    prompt's tokens, so the answer reads it through attention, as it reads a steering prompt, ``answer`` only where an
-   answer token is predicted (the prompt's last token and the answer: the instruction is read unsteered); ``nFACTOR`` trains
-   only the direction, at a fixed length of FACTOR × the residual norm at the layer; ``shift`` weights each answer
+   answer token is predicted (the prompt's last token and the answer: the instruction is read unsteered);
+   ``nFACTOR`` trains only the direction, at a fixed length of FACTOR × the residual norm at the layer; ``shift`` weights each answer
    token's KL by how far the steering prompt moved the prediction there, KL(teacher ‖ unsteered); ``lrRATE`` sets
    the form's learning rate);
 4. **eval KL** on the never-trained eval pairs, and the between-concept cosine of each form's vectors;
@@ -95,8 +95,9 @@ class OracleFormsSettings:
     forms: list[str] = field(default_factory=lambda: ["20:all", "20:prompt"], metadata={
         "help": "steering forms LAYERS:POSITIONS[:nFACTOR][:shift][:gate|:sgate][:lrRATE]: LAYERS one layer, a range "
                 "A-B or A+B+… "
-                "(a vector at each); positions 'all' (every token), "
-                "'prompt' (the base prompt's tokens only) or 'answer' (the prompt's last token and the answer); nFACTOR trains each vector at a fixed length of FACTOR × "
+                "(a vector at each); positions 'all' (every token), 'prompt' (the base prompt's tokens only) or "
+                "'answer' (the prompt's last token and the answer); nFACTOR trains each vector at a fixed length of "
+                "FACTOR × "
                 "the residual norm at the layer (direction only); gate adds a per-token gate λ(h)=ReLU(b+mean(w⊙ĥ)) "
                 "per concept and layer (A-PSR's), sgate one per layer for every concept; again / onpolicy: a second "
                 "round of as many steps from the same form's oracle (in the run), on the prompted answers again / on "

@@ -78,8 +78,7 @@ class ReadOffSteer(ConceptVectors):
     def add_prompts(self, vectors: Mapping[str, Tensor]) -> None:
         """Add (or replace) the ``D`` of steering prompts, e.g. new concepts'
         (:func:`~hooksteer.hypersteer.contrast.prompt_difference_vectors` at ``config.sites`` and ``config.positions``);
-        gains and biases are
-        kept."""
+        gains and biases are kept."""
         new = [key for key in dict.fromkeys(vectors) if key not in self._index]
         if new:
             grown = torch.zeros(len(self.keys) + len(new), *self.table.shape[1:], device=self.table.device,
