@@ -60,10 +60,10 @@ def test_answer_positions_mask_starts_at_each_rows_last_prompt_token(tiny_llama)
 
 def test_answer_positions_leave_the_instruction_unsteered_and_match_inference(tiny_llama):
     """Training at ``positions="answer"``: the prompt's predictions (all but its last token) are the unsteered model's,
-    every answer prediction moves; the fast path equals a full forward, and equals ``hs.steer`` at the same absolute
-    positions (what ``positions="answer"`` steers while generating)."""
+    every answer prediction moves; the fast path equals a full forward (and ``hs.steer`` at the same absolute
+    positions: :func:`test_hooksteer_steer_at_the_same_absolute_positions_matches_training`)."""
     config = HyperSteerConfig(layer=LAYER, loss="ce", positions="answer")
-    data, batch, resid = batch_of(tiny_llama, config)
+    _, batch, resid = batch_of(tiny_llama, config)
     delta = torch.randn(2, tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(5)) * 5
     mask = steered_positions(batch, "answer")
     fast = steered_logits_above_site(tiny_llama, resid, LAYER, delta, mask)
@@ -77,36 +77,6 @@ def test_answer_positions_leave_the_instruction_unsteered_and_match_inference(ti
     picked, n_picked = steered_loss_above_site(tiny_llama, resid, LAYER, delta, batch, "ce", "answer")
     full_loss, n_full = target_loss(full, batch)
     assert n_picked == n_full and torch.allclose(picked, full_loss, rtol=1e-5)
-    single = collate(encode_examples(tiny_llama, data[:1], config), pad_id=0)
-    n_prompt, length = int(single.prompt_lengths[0]), int(single.lengths[0])
-    vector = hs.SteeringVector(f"blocks.{LAYER}.hook_resid_post", delta[0])
-    with hs.steer(tiny_llama, vector, positions=list(range(n_prompt - 1, length))):
-        steered = tiny_llama(single.tokens)
-    assert torch.allclose(steered[0], fast[0, :length], atol=1e-5)
-
-
-def test_oracle_trained_on_answer_positions_learns_and_generates_there(tiny_llama):
-    from test_hypersteer_eval import CONCEPTS
-
-    from hooksteer.evaluate.methods import GenerationSettings
-    from hooksteer.generation import generate_texts
-
-    config = HyperSteerConfig(layer=LAYER, loss="ce", positions="answer", lr=0.05, batch_size=2, max_steps=40,
-                              eval_every=0, log_every=10)
-    data = [SteeringExample(f"c{i}", STEER[i], b, "river river river river") for i in range(2) for b in BASE]
-    oracle = ConceptVectors.oracle(tiny_llama, STEER, config)
-    before = mean_loss(oracle, data)
-    HyperSteerTrainer(oracle, data, progress=False).train()
-    assert mean_loss(oracle, data) < before - 0.1
-    assert oracle.vector(STEER[0]).source["positions"] == "answer"
-    concept = CONCEPTS[0]
-    table = ConceptVectors(tiny_llama, [concept.steering_prompts[0]], config, init_std=3.0)
-    steerer = HyperSteerMethod(table, magnitude="trained").prepare(tiny_llama, concept, CONCEPTS[1:])
-    prompts = ["Tell me a story.", "Describe a day at the sea."]
-    outputs = steerer.generate(prompts, [1.0], GenerationSettings(max_new_tokens=5, batch_size=4), seed=0)
-    with hs.steer(tiny_llama, table.vector(concept.steering_prompts[0]), positions="answer"):
-        expected = generate_texts(tiny_llama, prompts, max_new_tokens=5, do_sample=False)
-    assert outputs[0] == expected
 
 
 def test_prompt_positions_leave_the_answers_residual_unchanged_at_the_site(tiny_llama):
@@ -147,33 +117,49 @@ def test_fast_path_equals_full_forward_for_prompt_positions(tiny_llama):
     assert not torch.allclose(everywhere, picked)
 
 
-def test_hooksteer_steer_on_prompt_positions_matches_training(tiny_llama):
-    """What the evaluation does at inference (``hs.steer(..., positions="prompt")``) equals the training forward."""
-    config = HyperSteerConfig(layer=LAYER, loss="ce", positions="prompt")
+@pytest.mark.parametrize(("positions", "first_steered", "seed"), [("prompt", None, 2), ("answer", -1, 5)])
+def test_hooksteer_steer_at_the_same_absolute_positions_matches_training(tiny_llama, positions, first_steered, seed):
+    """The training forward equals ``hs.steer`` at the absolute positions the mode names: the prompt's tokens
+    (``"prompt"``), or the prompt's last token and the answer (``"answer"``, what it steers while generating)."""
+    config = HyperSteerConfig(layer=LAYER, loss="ce", positions=positions)
     data, batch, resid = batch_of(tiny_llama, config)
-    delta = torch.randn(2, tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(2)) * 5
-    fast = steered_logits_above_site(tiny_llama, resid, LAYER, delta, steered_positions(batch, "prompt"))
+    delta = torch.randn(2, tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(seed)) * 5
+    fast = steered_logits_above_site(tiny_llama, resid, LAYER, delta, steered_positions(batch, positions))
     single = collate(encode_examples(tiny_llama, data[:1], config), pad_id=0)
-    n_prompt = int(single.prompt_lengths[0])
+    n_prompt, length = int(single.prompt_lengths[0]), int(single.lengths[0])
+    steered_range = range(n_prompt) if first_steered is None else range(n_prompt + first_steered, length)
     vector = hs.SteeringVector(f"blocks.{LAYER}.hook_resid_post", delta[0])
-    with hs.steer(tiny_llama, vector, positions=list(range(n_prompt))):
+    with hs.steer(tiny_llama, vector, positions=list(steered_range)):
         steered = tiny_llama(single.tokens)
-    assert torch.allclose(steered[0], fast[0, : int(single.lengths[0])], atol=1e-5)
+    assert torch.allclose(steered[0], fast[0, :length], atol=1e-5)
 
 
-def test_oracle_trained_on_prompt_positions_lowers_its_loss_and_is_evaluated_there(tiny_llama):
-    config = HyperSteerConfig(layer=LAYER, loss="ce", positions="prompt", lr=0.05, batch_size=2, max_steps=40,
+@pytest.mark.parametrize("positions", ["prompt", "answer"])
+def test_oracle_trained_on_restricted_positions_lowers_its_loss_and_generates_there(tiny_llama, positions):
+    from test_hypersteer_eval import CONCEPTS
+
+    from hooksteer.evaluate.methods import GenerationSettings
+    from hooksteer.generation import generate_texts
+
+    config = HyperSteerConfig(layer=LAYER, loss="ce", positions=positions, lr=0.05, batch_size=2, max_steps=40,
                               eval_every=0, log_every=10)
     data = [SteeringExample(f"c{i}", STEER[i], b, "river river river river") for i in range(2) for b in BASE]
     oracle = ConceptVectors.oracle(tiny_llama, STEER, config)
     before = mean_loss(oracle, data)
     HyperSteerTrainer(oracle, data, progress=False).train()
     assert mean_loss(oracle, data) < before - 0.1
-    vector = oracle.vector(STEER[0])
-    assert vector.source["positions"] == "prompt"
+    assert oracle.vector(STEER[0]).source["positions"] == positions
     method = HyperSteerMethod(oracle, magnitude="trained")
-    assert method.positions == "prompt" and method.config()["positions"] == "prompt"
+    assert method.positions == positions and method.config()["positions"] == positions
     assert HyperSteerMethod(oracle, positions="all").positions == "all"  # an explicit choice wins
+    concept = CONCEPTS[0]  # the evaluation's generations steer the same positions as hs.steer with that mode
+    table = ConceptVectors(tiny_llama, [concept.steering_prompts[0]], config, init_std=3.0)
+    steerer = HyperSteerMethod(table, magnitude="trained").prepare(tiny_llama, concept, CONCEPTS[1:])
+    prompts = ["Tell me a story.", "Describe a day at the sea."]
+    outputs = steerer.generate(prompts, [1.0], GenerationSettings(max_new_tokens=5, batch_size=4), seed=0)
+    with hs.steer(tiny_llama, table.vector(concept.steering_prompts[0]), positions=positions):
+        expected = generate_texts(tiny_llama, prompts, max_new_tokens=5, do_sample=False)
+    assert outputs[0] == expected
 
 
 def test_unknown_positions_is_refused(tiny_llama):
