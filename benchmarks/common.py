@@ -319,12 +319,14 @@ def score_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def save_report(report: dict[str, Any], out: Path, began: float, markdown: Callable[[dict[str, Any]], str]) -> None:
-    """Stamp the total seconds since ``began``, write ``results.json`` and ``results.md`` under ``out`` and
-    print the markdown."""
+    """Stamp the total seconds since ``began``, write ``results.json`` and ``results.md`` under ``out`` (each
+    atomically: temp file + rename) and print the markdown."""
+    from hooksteer.io import atomic_write_text
+
     report["seconds"]["total"] = time.perf_counter() - began
-    (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
-    text = markdown(report)
-    (out / "results.md").write_text(text)
+    text = markdown(report)  # rendered first: a report that cannot be rendered leaves the earlier files as they were
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(out / "results.md", text)
     print(text)
     log(f"done in {report['seconds']['total']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
 

@@ -19,6 +19,10 @@ steering, no steering and (optionally) DiffMean:
    ``nFACTOR`` trains only the direction, at a fixed length of FACTOR × the residual norm at the layer; ``shift`` weights each answer
    token's KL by how far the steering prompt moved the prediction there, KL(teacher ‖ unsteered); ``lrRATE`` sets
    the form's learning rate);
+   ``--apsr 0-29`` also trains, per concept and on the same pairs, the A-PSR of ``hooksteer.psr`` (a gated rank-1
+   vector per layer, λ(h)=ReLU(w·h+b), initialised layer by layer from the steering prompt's activation differences,
+   then distilled end to end: the PSR that was level with prompt steering in ``psr_eval.py``), scored at
+   ``--apsr-factors`` × its α, so the vector oracles and the PSR are measured against one prompt-steering baseline;
 4. **eval KL** on the never-trained eval pairs, and the between-concept cosine of each form's vectors;
 5. **steering score** (AxBench protocol: factor chosen on half of the eval prompts, reported on the other half),
    each oracle at multiples of its trained norm (``--trained-factors``) at its own positions, and the
@@ -106,6 +110,31 @@ class OracleFormsSettings:
                 "not trained; diffkl: trained from those; shift weights each answer "
                 "token's KL by "
                 "KL(teacher ‖ unsteered) there; lrRATE: this form's learning rate (default --bound-lr)"})
+    apsr: list[str] = field(default_factory=list, metadata={
+        "help": "also train A-PSR (hooksteer.psr: a gated rank-1 vector per layer, λ(h)=ReLU(w·h+b), the PSR that was "
+                "level with prompt steering in benchmarks/psr_eval.py) per concept, LAYERS[:localN][:stepsN] (e.g. "
+                "0-29, 10-29, 0-29:steps0 for the layer-by-layer fit to the activation differences without the "
+                "distillation steps, 0-29:local0:steps0 for the closed-form fit alone; N overrides --apsr-local-steps "
+                "/ --apsr-steps), on the same pairs as the oracles, named apsr-L<layers>[-localN][-stepsN]; scored at "
+                "--apsr-factors × its trained α"})
+    apsr_local_steps: int = field(default=30, metadata={"help": "A-PSR: Adam steps per layer on its local MSE (init)"})
+    apsr_steps: int = field(default=8, metadata={"help": "A-PSR: end-to-end distillation steps after the init"})
+    apsr_train_from: int | None = field(default=None, metadata={
+        "help": "A-PSR: end-to-end training updates layers >= this (default 2/3 of the depth, as psr_eval.py)"})
+    apsr_lr: float = field(default=0.02, metadata={"help": "A-PSR learning rate"})
+    apsr_batch_size: int = field(default=4, metadata={"help": "A-PSR training batch size"})
+    apsr_held_out_fraction: float = field(default=0.25, metadata={
+        "help": "A-PSR: share of the train prompts held out for early stopping"})
+    apsr_eval_every: int = field(default=4, metadata={"help": "A-PSR: held-out evaluation interval (steps)"})
+    apsr_positions: str = field(default="response", metadata={
+        "help": "A-PSR: where it steers (response: the assistant-turn template tokens and the answer)",
+        "choices": ["response", "generated", "after_sink"]})
+    apsr_position_variants: list[str] = field(default_factory=list, metadata={
+        "help": "A-PSR: also score the same PSRs steering these positions instead (e.g. after_sink, the best A-PSR of "
+                "psr_eval.py), named apsr-L<layers>@<positions>",
+        "choices": ["response", "generated", "after_sink"]})
+    apsr_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0],
+                                      metadata={"help": "A-PSR: α swept (1 = as trained; psr_eval.py's grid)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     bound_lr: float = field(default=0.05, metadata={"help": "learning rate of the oracle vectors"})
     bound_epochs: float = field(default=12.0, metadata={"help": "oracle training epochs over its pairs"})
@@ -131,7 +160,7 @@ class OracleFormsSettings:
     samples: int = field(default=20, metadata={"help": "generations written to samples.md"})
 
 
-TINY = {"train_concepts": 4, "held_out": 3, "held_in": 1, "train_prompts": 2, "eval_prompts": 2, "teacher_tokens": 6,
+TINY = {"apsr_local_steps": 2, "apsr_steps": 2, "apsr_eval_every": 1, "train_concepts": 4, "held_out": 3, "held_in": 1, "train_prompts": 2, "eval_prompts": 2, "teacher_tokens": 6,
         "top_k": 8, "batch_size": 4, "bound_epochs": 2.0, "forms": ["2:all", "1:prompt"], "factors": [0.5],
         "trained_factors": [1.0, 2.0], "max_new_tokens": 4, "samples": 4}
 
@@ -310,14 +339,27 @@ def validate(s: OracleFormsSettings) -> list[str]:
             problems.append(str(error))
         else:
             evaluated = {"prompt", "none", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
+                         *(parse_apsr(spec).name + suffix for spec in s.apsr if _parses(spec)
+                           for suffix in ("", *(f"@{p}" for p in s.apsr_position_variants))),
                          *(f.name for f in forms), *(f"{parse_form(f).name}@resid" for f in s.resid_forms)}
             unknown = sorted(set(s.compare_to) - evaluated)
             if unknown:
                 problems.append(f"--compare-to names methods this run does not evaluate: {', '.join(unknown)} "
                                 f"(evaluated: {', '.join(sorted(evaluated))})")
+    apsr = [parse_apsr(spec) for spec in s.apsr if _parses(spec)]
+    if len(apsr) != len(s.apsr) or len({a.name for a in apsr}) != len(apsr):
+        problems.append(f"--apsr must be {APSR_SYNTAX} (LAYERS 20, 10-29 or 0+10+20; N >= 0), each once, got {s.apsr}")
+    elif s.apsr_train_from is not None and any(s.apsr_train_from > max(a.layers) for a in apsr):
+        problems.append("--apsr-train-from must be <= the top layer of every --apsr layer set")
+    problems += common.counts_below_one(s, ("apsr_batch_size", "apsr_eval_every"))
+    if s.apsr_position_variants and not s.apsr:
+        problems.append("--apsr-position-variants needs --apsr (the PSRs it steers with)")
+    if s.apsr_steps < 0 or s.apsr_local_steps < 0 or not (0 <= s.apsr_held_out_fraction < 1) or s.apsr_lr <= 0:
+        problems.append("--apsr-steps / --apsr-local-steps must be >= 0, --apsr-lr > 0, --apsr-held-out-fraction in "
+                        "[0, 1)")
     if any(layer < 0 for layer in s.diffmean_layers):
         problems.append("--diffmean-layers must be >= 0")
-    for name in ("factors", "trained_factors"):
+    for name in ("factors", "trained_factors", "apsr_factors"):
         values = getattr(s, name)
         if not values or any(not (math.isfinite(v) and v > 0) for v in values):
             problems.append(f"--{name.replace('_', '-')} must be positive numbers")
@@ -344,8 +386,121 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
     generations = per_method * (len(s.forms) * len(s.trained_factors) + len(s.diffmean_layers) * len(s.factors)
                                 + len(s.resid_forms) * len(s.factors) + 2)
     pairs += sum(f.round2 == "onpolicy" for f in map(parse_form, s.forms)) * s.held_out * n_train  # own answers
+    for a in (parse_apsr(spec) for spec in s.apsr):  # teacher activations (2 passes), local init, end-to-end steps
+        tokens = (45 + s.teacher_tokens) * rate["train_token"] / 3
+        local, steps = a.settings(s)
+        train += s.held_out * (2 * (n_train + s.eval_prompts) * tokens + steps * 3 * s.apsr_batch_size * tokens
+                               + local * len(a.layers) * 0.01)
+        generations += per_method * len(s.apsr_factors)
     return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"], "train": train,
             "evaluate": generations * 2.5}  # judge and fluency scoring about 1.5× the generation time
+
+
+APSR_SYNTAX = "LAYERS[:localN][:stepsN]"
+
+
+class ApsrSpec(NamedTuple):
+    """An ``--apsr`` entry: the A-PSR's layers and, when given, its own local / end-to-end step counts."""
+
+    layers: tuple[int, ...]
+    local_steps: int | None = None
+    steps: int | None = None
+
+    @property
+    def name(self) -> str:
+        name = f"apsr-L{common.layer_spec(self.layers)}"
+        name += "" if self.local_steps is None else f"-local{self.local_steps}"
+        return name + ("" if self.steps is None else f"-steps{self.steps}")
+
+    def settings(self, s: OracleFormsSettings) -> tuple[int, int]:
+        """(local steps, end-to-end steps): this entry's, else ``--apsr-local-steps`` / ``--apsr-steps``."""
+        return (s.apsr_local_steps if self.local_steps is None else self.local_steps,
+                s.apsr_steps if self.steps is None else self.steps)
+
+
+def parse_apsr(spec: str) -> ApsrSpec:
+    """``"LAYERS[:localN][:stepsN]"`` → :class:`ApsrSpec`; ``ValueError`` for anything else.
+
+    Example:
+        >>> parse_apsr("0-29").name, parse_apsr("0+10").name, parse_apsr("0-29:local0:steps0").name
+        ('apsr-L0-29', 'apsr-L0+10', 'apsr-L0-29-local0-steps0')
+        >>> parse_apsr("0-29:steps0")
+        ApsrSpec(layers=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29), local_steps=None, steps=0)
+    """
+    parts = spec.split(":")
+    layers = common.parse_layers(parts[0])
+    options: dict[str, int] = {}
+    for part in parts[1:]:
+        for key, prefix in (("local_steps", "local"), ("steps", "steps")):
+            if part.startswith(prefix) and part[len(prefix):].isdigit() and key not in options:
+                options[key] = int(part[len(prefix):])
+                break
+        else:
+            layers = None
+    if layers is None:
+        raise ValueError(f"--apsr entry {spec!r} is not {APSR_SYNTAX}")
+    return ApsrSpec(tuple(layers), **options)
+
+
+def _parses(spec: str) -> bool:
+    try:
+        parse_apsr(spec)
+    except ValueError:
+        return False
+    return True
+
+
+def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], oracle_data: Any, eval_data: Any,
+                out: Path, tiny: bool) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """One A-PSR per concept and ``--apsr`` layer set, distilled on the oracles' pairs (saved under
+    ``out/apsr-L<layers>/<concept>`` and reloaded by a rerun), and its eval KL on the never-trained eval pairs; each
+    ``--apsr-position-variants`` entry adds the same PSRs steering other positions. Returns the evaluated methods,
+    their training records and eval KLs."""
+    from tqdm.auto import tqdm
+
+    from hooksteer.hypersteer.config import default_layer
+    from hooksteer.psr import PSRConfig, distill_kl
+    from hooksteer.psr.evaluation import PSRMethod, PSRTeacherData
+
+    n_layers, by_id = int(model.cfg.n_layers), {c.id: c for c in concepts}
+    methods, training, kl = [], {}, {}
+    for spec in map(parse_apsr, s.apsr):
+        layers, name = list(spec.layers), spec.name
+        local_steps, steps = spec.settings(s)
+        train_from = s.apsr_train_from if s.apsr_train_from is not None else default_layer(n_layers)
+        config = PSRConfig(layers=layers, d_model=int(model.cfg.d_model), variant="adaptive", loss="distill",
+                           steps=steps, lr=s.apsr_lr, batch_size=s.apsr_batch_size, seed=s.seed,
+                           positions=s.apsr_positions, local_steps=local_steps,
+                           train_from_layer=max(min(train_from, layers[-1]), layers[0]),
+                           held_out_fraction=s.apsr_held_out_fraction, eval_every=s.apsr_eval_every, patience=2)
+        train = PSRTeacherData.from_distill(model, oracle_data, layers, concepts=by_id, prefix_tokens="auto")
+        evals = PSRTeacherData.from_distill(model, eval_data, layers, concepts=by_id, prefix_tokens="auto")
+        method = PSRMethod(train, config, save_dir=out / name, name=name, factors=s.apsr_factors, diagnose=False)
+        log(f"training {name} ({len(concepts)} concepts × {len(oracle_data) // max(len(concepts), 1)} pairs) ...")
+        started, per_concept = time.perf_counter(), {}
+        for concept in tqdm(concepts, desc=name, disable=tiny):
+            psr = method.train(concept)
+            per_concept[concept.id] = distill_kl(model, psr, evals.records(concept.id))
+            train.release(concept.id)
+            evals.release(concept.id)
+        info = [method.training[c.id] for c in concepts]
+        training[name] = {"steps": steps, "local_steps": local_steps,
+                          "seconds": sum(float(i.get("train_seconds") or 0.0) for i in info),
+                          "wall_seconds": time.perf_counter() - started,
+                          "reused": all("loaded_from" in i for i in info),
+                          "best_step": [i.get("best_step") for i in info],
+                          "final_loss": [i.get("final_loss") for i in info]}
+        kl[name] = {"held_out": sum(per_concept.values()) / len(per_concept), "per_concept": per_concept}
+        methods.append(method)
+        for positions in s.apsr_position_variants:  # the same trained PSRs, steering other positions
+            if positions == s.apsr_positions:
+                continue
+            variant = PSRMethod(train, config, name=f"{name}@{positions}", factors=s.apsr_factors,
+                                positions=positions, diagnose=False)
+            variant.psrs, variant.training = method.psrs, method.training
+            training[variant.name] = {**training[name], "same_psrs_as": name}
+            methods.append(variant)
+    return methods, training, kl
 
 
 def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int, resid_norm: float | None = None) -> Any:
@@ -408,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = common.load_model(tiny, s.seed, s.model, s.device)
     n_layers = int(model.cfg.n_layers)
     bad = [x for f in forms for x in f.sites if x >= n_layers] + [x for x in s.diffmean_layers if x >= n_layers]
+    bad += [x for spec in s.apsr for x in parse_apsr(spec).layers if x >= n_layers]
     if bad:
         raise SystemExit(f"oracle_forms: error: layer {bad[0]} is outside the model's {n_layers} layers (0..{n_layers - 1})")
     run = argparse.Namespace(threads=s.threads, out=out)
@@ -489,8 +645,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         training[form.name] = hypersteer_eval.train(oracle, records, [], out / form.name, tiny, extra=extra)
         oracles[form.name] = oracle
 
+    apsr_methods, apsr_training, apsr_kl = train_apsrs(s, model, held_out, oracle_data, eval_data, out, tiny)
+    training.update(apsr_training)
     log("eval KL and vector diagnostics ...")
-    kl = hypersteer_eval.eval_kl(oracles, {"held_out": list(eval_data.records)})
+    kl = {**hypersteer_eval.eval_kl(oracles, {"held_out": list(eval_data.records)}), **apsr_kl}
     read_off = {f.name: read_off_kl(oracles[f.name], list(eval_data.records), s.read_off_scales)
                 for f in forms if f.init == "diff" and s.read_off_scales}
     steering = [c.steering_prompts[0] for c in held_out]
@@ -504,11 +662,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     resid_names = [f"{parse_form(f).name}@resid" for f in s.resid_forms]
     methods += [HyperSteerMethod(oracles[name.removesuffix("@resid")], texts_for=texts_for, name=name)
                 for name in resid_names]
+    methods += apsr_methods
+    apsr_names = [m.name for m in apsr_methods]
     roles = {c.id: "held_out" for c in held_out}
     log(f"evaluating {len(methods)} methods on {len(held_out)} held-out concepts × {len(eval_prompts)} prompts ...")
     started = time.perf_counter()
     reusable = {"prompt", "none", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
-                *(name + suffix for name, info in training.items() if "reused_from" in info for suffix in ("", "@resid"))}
+                *(name + suffix for name, info in training.items() if "reused_from" in info for suffix in ("", "@resid")),
+                *(name for name, info in apsr_training.items() if info["reused"])}
     result = evaluate(generator, methods, held_out, eval_prompts, judge=judge, factors=s.factors,
                       max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
                       out_dir=out / "evaluation", progress=not tiny, reuse=reusable)
@@ -516,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     per_concept = common.per_concept_rows(result, roles)
     names = [m.name for m in methods]
     scores = common.interval_summary(per_concept, names, roles)
-    comparisons = common.paired_comparisons(per_concept, roles, [*oracles, *resid_names],
+    comparisons = common.paired_comparisons(per_concept, roles, [*oracles, *resid_names, *apsr_names],
                                             baselines=("prompt", *s.compare_to), prompt_share=0.9)
     lengths = common.answer_lengths(result, model.tokenizer, reference="none")
     report = {
@@ -532,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
     }
     common.write_samples(result, held_out, out / "samples.md", s.samples, methods=["none", "prompt", *oracles,
-                                                                                   *resid_names])
+                                                                                   *resid_names, *apsr_names])
     common.save_report(report, out, began, markdown)
     return report
 

@@ -97,6 +97,15 @@ def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
     (["--resid-forms", "5:all"], "--resid-forms must be among --forms"),
     (["--compare-to", "oracle-L7-all"], "--compare-to names methods this run does not evaluate"),
     (["--oracle-prompts", "1"], "--oracle-prompts must be >= --train-prompts"),
+    (["--apsr", "5-3"], "--apsr must be LAYERS[:localN][:stepsN]"),
+    (["--apsr", "0-2", "0-2"], "--apsr must be LAYERS[:localN][:stepsN]"),
+    (["--apsr", "0-2:steps"], "--apsr must be LAYERS[:localN][:stepsN]"),
+    (["--apsr", "0-2:steps1:steps2"], "--apsr must be LAYERS[:localN][:stepsN]"),
+    (["--apsr", "0-2:gate"], "--apsr must be LAYERS[:localN][:stepsN]"),
+    (["--apsr", "0-1", "--apsr-train-from", "2"], "--apsr-train-from"),
+    (["--apsr", "0-2", "--apsr-factors", "0"], "--apsr-factors"),
+    (["--compare-to", "apsr-L0-2"], "--compare-to names methods this run does not evaluate"),
+    (["--apsr-position-variants", "after_sink"], "--apsr-position-variants needs --apsr"),
 ])
 def test_bad_flags_stop_before_anything_is_written(tmp_path, capsys, flags, message):
     bench = _bench()
@@ -107,10 +116,11 @@ def test_bad_flags_stop_before_anything_is_written(tmp_path, capsys, flags, mess
     assert not (tmp_path / "out").exists()
 
 
-def test_a_layer_past_the_model_is_refused_before_writing(tmp_path):
+@pytest.mark.parametrize("flags", [["--forms", "9:all"], ["--apsr", "0-9"]])
+def test_a_layer_past_the_model_is_refused_before_writing(tmp_path, flags):
     bench = _bench()
     with pytest.raises(SystemExit, match="outside the model's"):
-        bench.main(["--tiny", "--out", str(tmp_path / "out"), "--forms", "9:all"])
+        bench.main(["--tiny", "--out", str(tmp_path / "out"), *flags])
     assert not (tmp_path / "out").exists()
 
 
@@ -201,3 +211,53 @@ def test_read_off_forms_hold_the_activation_differences_and_diffkl_trains_from_t
     again = bench.main(["--tiny", "--out", str(out), *forms])
     assert all("reused_from" in info for info in again["training"].values()) and set(evaluated) == set()
     assert again["scores"]["held_out"] == report["scores"]["held_out"]
+
+
+def test_apsr_rows_train_per_concept_score_at_their_own_alphas_and_reload(tmp_path, monkeypatch):
+    """``--apsr``: one A-PSR per concept distilled on the oracles' pairs, saved per concept, swept at
+    ``--apsr-factors`` (α), its eval KL the distillation KL of the reloaded PSR on the eval pairs; a rerun reloads
+    every PSR and evaluates nothing again."""
+    from hooksteer.psr import PSR, distill_kl
+    from hooksteer.psr.evaluation import PSRTeacherData
+
+    bench = _bench()
+    out = tmp_path / "apsr"
+    flags = ["--tiny", "--out", str(out), "--forms", "2:all", "--apsr", "0-2", "0-2:local0:steps0", "--apsr-factors",
+             "0.5", "3", "--apsr-position-variants", "after_sink"]
+    report = bench.main(flags)
+    assert {"prompt", "none", "oracle-L2-all", "apsr-L0-2", "apsr-L0-2@after_sink", "apsr-L0-2-local0-steps0",
+            "apsr-L0-2-local0-steps0@after_sink"} == set(report["scores"]["held_out"])
+    generations = json.loads((out / "evaluation" / "generations.json").read_text())
+    assert {g["factor"] for g in generations if g["method"] == "apsr-L0-2"} == {0.5, 3.0}
+    configs = {m["name"]: m for m in json.loads((out / "evaluation" / "results.json").read_text())["config"]["methods"]}
+    assert configs["apsr-L0-2"]["positions"] == "response" and configs["apsr-L0-2"]["positions_at_inference"] is None
+    assert configs["apsr-L0-2@after_sink"]["positions_at_inference"] == "after_sink"
+    assert report["training"]["apsr-L0-2@after_sink"]["same_psrs_as"] == "apsr-L0-2"
+    assert not (out / "apsr-L0-2@after_sink").exists()  # the variant steers with the same saved PSRs
+    fit_only = report["training"]["apsr-L0-2-local0-steps0"]
+    assert fit_only["steps"] == 0 and fit_only["local_steps"] == 0
+    saved = PSR.load(out / "apsr-L0-2-local0-steps0" / report["data"]["held_out"][0], bench.common.load_model(True, 0))
+    assert saved.config.steps == 0 and saved.config.local_steps == 0 and saved.config.init == "fit"
+    assert {c["a"] for c in report["comparisons"]} >= {"apsr-L0-2"}
+    held_out = report["data"]["held_out"]
+    model = bench.common.load_model(True, 0)
+    for concept_id in held_out:
+        psr = PSR.load(out / "apsr-L0-2" / concept_id, model)
+        assert psr.layers == [0, 1, 2] and psr.config.loss == "distill" and psr.config.variant == "adaptive"
+    # the reported eval KL is the reloaded PSR's distillation KL on that concept's never-trained eval pairs
+    settings, _ = bench.parse_settings(flags)
+    concepts, prompts, split = bench.common.load_split(settings, True, out, "oracle_forms")
+    eval_data = bench.hypersteer_eval.teacher_data(settings, model, model, split.select(concepts, held_out),
+                                                   split.select(prompts, split.eval_prompts), out / "teacher", True)
+    evals = PSRTeacherData.from_distill(model, eval_data, [0, 1, 2], prefix_tokens="auto")
+    per_concept = report["eval_kl"]["apsr-L0-2"]["per_concept"]
+    for concept_id in held_out:
+        psr = PSR.load(out / "apsr-L0-2" / concept_id, model)
+        assert per_concept[concept_id] == pytest.approx(distill_kl(model, psr, evals.records(concept_id)), rel=1e-4)
+    # a rerun reloads every PSR (training would fail) and evaluates nothing again
+    evaluated = record_evaluated_methods(monkeypatch)
+    monkeypatch.setattr("hooksteer.psr.evaluation.train_psr", lambda *a, **k: pytest.fail("retrained a saved PSR"))
+    again = bench.main(flags)
+    assert again["training"]["apsr-L0-2"]["reused"] and not evaluated
+    assert again["scores"]["held_out"] == report["scores"]["held_out"]
+

@@ -428,3 +428,51 @@ def test_joint_search_gives_the_separate_searches_results(tiny_llama):
         if a.method != "diffmean":  # alone, a constant vector reports its nominal factor; joint batches measure it
             assert a.info["added_rel_coherence"] == pytest.approx(b.info["added_rel_coherence"], rel=1e-3)
     assert [g.output for g in alone.generations] == [g.output for g in joint_result.generations]
+
+
+def test_distill_kl_is_the_unsteered_kl_at_nothing_and_zero_at_the_teacher(tiny_llama):
+    """``distill_kl``: the token-weighted KL(teacher ‖ steered model) over the answers, computed here by hand from
+    the model's own logits when the PSR adds nothing (z = 0, or α = 0), and 0 when the PSR adds exactly the vector
+    that made the teacher."""
+    from hooksteer.distill import topk_kl
+    from hooksteer.psr import distill_kl
+
+    torch.manual_seed(0)
+    vector = torch.randn(32) * 3
+    pairs = _distill_pairs(tiny_llama, vector)
+    records = compute_teacher(tiny_llama, pairs, [1])
+    kls, tokens = [], []
+    with torch.no_grad():
+        for pair in pairs:
+            p, n = pair.plain_prompt.numel(), pair.response.numel()
+            logits = tiny_llama(pair.plain[None])[0, p - 1 : p + n - 1]
+            kls.append(topk_kl(logits, pair.teacher_ids, pair.teacher_logprobs).sum())
+            tokens.append(n)
+    by_hand = float(sum(kls) / sum(tokens))
+    assert by_hand > 1e-3
+    config = PSRConfig(layers=[1], d_model=32, loss="distill", positions="all", template_tokens=0)
+    nothing = PSR(config)
+    nothing.set_layer(1, weight=torch.zeros(32), bias=1.0, z=torch.zeros(32))
+    assert distill_kl(tiny_llama, nothing, records, batch_size=3) == pytest.approx(by_hand, rel=1e-4)
+    teacher = PSR(config)
+    teacher.set_layer(1, weight=torch.zeros(32), bias=1.0, z=vector)
+    assert distill_kl(tiny_llama, teacher, records, alpha=0.0) == pytest.approx(by_hand, rel=1e-4)
+    assert distill_kl(tiny_llama, teacher, records) < 1e-5 * max(by_hand, 1.0)
+    assert distill_kl(tiny_llama, teacher, records, alpha=0.5) > 1e-4
+    with pytest.raises(ValueError, match="teacher top-k"):
+        distill_kl(tiny_llama, teacher, _records(tiny_llama, [1], n=2))
+    with pytest.raises(ValueError, match="no teacher records"):
+        distill_kl(tiny_llama, teacher, [])
+
+
+def test_psr_method_sweeps_its_own_alphas_and_refuses_bad_ones(tiny_llama):
+    from hooksteer.psr.evaluation import PSRMethod, PSRTeacherData
+
+    data = PSRTeacherData(tiny_llama, {}, [1])
+    config = PSRConfig(layers=[1], d_model=32, loss="distill")
+    method = PSRMethod(data, config, factors=(0.5, 2))
+    assert method.factors == [0.5, 2.0] and method.config()["factors"] == [0.5, 2.0]
+    assert "factors" not in PSRMethod(data, config).config()  # the evaluation's factors, as before
+    for bad in ([], [0.0], [float("nan")], [-1.0]):
+        with pytest.raises(ValueError, match="factors must be positive"):
+            PSRMethod(data, config, factors=bad)

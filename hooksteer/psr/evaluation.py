@@ -281,6 +281,8 @@ class PSRMethod:
         name: method name (default ``config.short_name``, e.g. ``a-psr-mse``).
         positions: steer other positions at inference than the config's (e.g. ``"after_sink"``).
         diagnose: record the per-layer fidelity, dead gates and NLL while training.
+        factors: this method's own α sweep (``None``: the evaluation's ``factors``), e.g. ``(0.5, 1, 2, 4)``
+            beside vector methods swept at multiples of their trained norm.
     """
 
     data: PSRTeacherData = field(repr=False)
@@ -291,6 +293,7 @@ class PSRMethod:
     progress: bool = False
     positions: Any = None
     diagnose: bool = True
+    factors: Sequence[float] | None = None
     uses_factors: bool = field(default=True, init=False)
     training: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     results: dict[str, TrainResult] = field(default_factory=dict, init=False, repr=False)
@@ -305,6 +308,10 @@ class PSRMethod:
         if missing:
             raise ValueError(f"teacher data has layers {self.data.layers}, this PSR needs {missing} too")
         self.name = self.name or self.psr_config.short_name
+        if self.factors is not None:
+            self.factors = [float(f) for f in self.factors]
+            if not self.factors or any(not (math.isfinite(f) and f > 0) for f in self.factors):
+                raise ValueError(f"factors must be positive numbers, got {self.factors}")
 
     def train(self, concept: Concept) -> PSR:
         """Train (or load) the concept's PSR and record its diagnostics in ``training[concept.id]``.
@@ -372,4 +379,5 @@ class PSRMethod:
                 "teacher_layers": self.data.layers, "teacher_source": self.data.source, "style": self.data.style,
                 "max_response_tokens": self.data.max_response_tokens, "prefix_tokens": self.data.prefix_tokens,
                 "positions_at_inference": str(self.positions) if self.positions is not None else None,
+                **({} if self.factors is None else {"factors": self.factors}),
                 **{k: v for k, v in self.psr_config.to_dict().items() if k not in ("concept_id", "steering_prompt")}}

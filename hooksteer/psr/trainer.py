@@ -253,6 +253,29 @@ def _eval_loss(model: Any, psr: PSR, records: Sequence[TeacherRecord], kept: Seq
     return {k: v / max(weight, 1) for k, v in total.items()}
 
 
+def distill_kl(model: Any, psr: PSR, records: Sequence[TeacherRecord], *, alpha: float = 1.0,
+               batch_size: int = 8) -> float:
+    """Mean top-k KL(teacher ‖ model steered by ``psr`` at ``alpha``) per answer token of ``records`` (distillation
+    records, e.g. never-trained eval pairs), the number ``HyperSteer``'s eval KL reports for a vector.
+
+    Example:
+        >>> kl = distill_kl(model, psr, compute_teacher(model, eval_pairs, psr.layers, prefix_tokens="auto"))  # doctest: +SKIP
+    """
+    if not records:
+        raise ValueError("no teacher records to measure the KL on")
+    _distill_targets(records)  # a clear error when the records carry no teacher log-probs
+    pad = pad_token_id(model)
+    total, weight = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(records), batch_size):
+            part = list(records[i : i + batch_size])
+            n = sum(r.n_span for r in part)
+            _, parts = batch_loss(model, psr, make_batch(part, pad), loss="distill", alpha=alpha, regulariser=0.0)
+            total += parts["distill"] * n
+            weight += n
+    return total / max(weight, 1)
+
+
 def train_psr(model: Any, records: Sequence[TeacherRecord], config: PSRConfig, *, init: str | None = None,
               held_out: Sequence[TeacherRecord] | None = None, progress: bool = True, log_every: int = 10,
               diagnose: bool = True) -> tuple[PSR, TrainResult]:

@@ -1,0 +1,237 @@
+"""Benchmark: would another strength rule lift a method? Re-scores a finished evaluation under other rules.
+
+The protocol (:func:`hooksteer.evaluate.protocol.choose_factor`) picks each concept's factor on the selection half of
+the eval prompts (3 prompts here) and reports the other half. With few selection prompts the choice is noisy, and
+A-PSR's paper uses another rule (the strongest α whose fluency stays above a coherence target). This script reads
+the per-(method, concept, factor) cells an evaluation saved (``evaluation/results.json``: every factor is judged on
+both halves) and, without generating anything, scores every factor-sweeping method under each rule:
+
+* ``protocol`` — the protocol's own choice (reproduces the saved scores exactly, a check of the re-scoring);
+* ``fixed F`` — the same factor F for every concept, chosen before seeing any score (e.g. 1.0 = a vector's trained
+  norm or a PSR's trained α);
+* ``pooled`` — one factor per method, the best mean selection-half score over *all* concepts (20 × 3 prompts
+  choose instead of 3);
+* ``coherence T`` — per concept the largest factor whose mean selection-half fluency is ≥ T (A-PSR's rule; the
+  smallest factor when none is);
+* ``best of all`` — per concept the factor with the best mean score over *both* halves, scored on both halves: the
+  factor picked after seeing the scores it is judged on, an upper bound on any per-concept strength rule. Methods
+  without factors (prompt steering) are scored on both halves too in that row.
+
+Each row: mean score over concepts [bootstrap 95 %] and the paired difference to ``--baseline`` and to
+``--share`` × ``--baseline`` (the same prompts). Several ``--evaluation`` folders (e.g. two sets of concepts, each
+with its own baseline run) are pooled: every concept keeps its pairing with the baseline of its own evaluation, the
+rules run per evaluation, and the methods are those every evaluation has. Outputs ``results.json`` / ``results.md``
+under ``--out``.
+
+Usage::
+
+    .venv/bin/python benchmarks/selection_rules.py --evaluation runs/oracle_forms20_answer_p16/evaluation \
+        --out runs/oracle_forms20_answer_p16/selection_rules
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+for _path in (REPO, REPO / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+from common import fmt, log  # noqa: E402
+
+PROG = "selection_rules"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--evaluation", required=True, nargs="+",
+                        help="evaluation folders (results.json with its cells); several are pooled over concepts")
+    parser.add_argument("--out", required=True, help="output folder (results.json, results.md)")
+    parser.add_argument("--baseline", default="prompt", help="method every row is compared with (default prompt)")
+    parser.add_argument("--share", type=float, default=0.9, help="also compare with this share of the baseline")
+    parser.add_argument("--coherence-targets", type=float, nargs="+", default=[1.0, 1.5],
+                        help="fluency targets (0-2) of the coherence rule")
+    parser.add_argument("--methods", nargs="*", default=None, help="methods to re-score (default: every method)")
+    args = parser.parse_args(argv)
+    problems = []
+    folders = [Path(f) for f in args.evaluation]
+    problems += [f"--evaluation {folder} has no results.json (an evaluate(..., out_dir=...) folder)"
+                 for folder in folders if not (folder / "results.json").is_file()]
+    if len({f.resolve() for f in folders}) != len(folders):
+        problems.append("--evaluation names a folder twice")
+    if not (math.isfinite(args.share) and args.share > 0):
+        problems.append("--share must be a positive number")
+    if not args.coherence_targets or any(not (0 <= t <= 2) for t in args.coherence_targets):
+        problems.append("--coherence-targets must be fluency ratings between 0 and 2")
+    if Path(args.out).resolve() in {f.resolve() for f in folders}:
+        problems.append("--out must not be the evaluation folder (its results.json would be overwritten)")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+def _fail(message: str) -> None:
+    """One line ``selection_rules: error: …`` on stderr and exit status 2 (as argparse does for bad flags)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _cells(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in entry["cells"] if c["factor"] is not None]
+
+
+def _both(cell: Mapping[str, Any]) -> float:
+    """Mean score over both halves (the halves have the same number of prompts in the protocol)."""
+    return (cell["selection"]["score"] + cell["report"]["score"]) / 2
+
+
+def rule_scores(entries: Sequence[Mapping[str, Any]], coherence_targets: Sequence[float]) -> dict[str, dict[str, float]]:
+    """Per rule: ``{concept_id: score}`` of one method's concept entries (``results.json``'s ``concepts`` rows).
+
+    Example:
+        >>> cell = lambda f, s_sel, s_rep, flu: {"factor": f, "selection": {"score": s_sel, "fluency": flu,
+        ...     "concept": 1.0, "instruction": 1.0}, "report": {"score": s_rep}}
+        >>> entry = {"concept_id": "c", "chosen_factor": 2.0, "report": {"score": 0.1},
+        ...          "cells": [cell(1.0, 0.2, 0.4, 1.8), cell(2.0, 0.3, 0.1, 1.2)]}
+        >>> rules = rule_scores([entry], [1.5])
+        >>> rules["protocol"]["c"], rules["fixed 1"]["c"], rules["coherence 1.5"]["c"], rules["best of all"]["c"]
+        (0.1, 0.4, 0.4, 0.30000000000000004)
+    """
+    from hooksteer.evaluate.protocol import choose_factor
+    from hooksteer.evaluate.result import FactorCell
+
+    out: dict[str, dict[str, float]] = {"protocol": {}}
+    factors = sorted({c["factor"] for e in entries for c in _cells(e)})
+    for entry in entries:
+        cells = _cells(entry)
+        chosen = choose_factor([FactorCell(c["factor"], c["selection"], c["report"], False, 0.0) for c in cells])
+        out["protocol"][entry["concept_id"]] = chosen.report["score"]
+    for factor in factors:
+        out[f"fixed {factor:g}"] = {e["concept_id"]: next(c["report"]["score"] for c in _cells(e)
+                                                          if c["factor"] == factor) for e in entries}
+
+    def pooled_mean(factor: float) -> float:
+        values = [c["selection"]["score"] for e in entries for c in _cells(e) if c["factor"] == factor]
+        return sum(values) / len(values)
+
+    best = max(factors, key=lambda f: (pooled_mean(f), -factors.index(f)))
+    out[f"pooled ({best:g})"] = dict(out[f"fixed {best:g}"])
+    for target in coherence_targets:
+        picked = {}
+        for entry in entries:
+            cells = sorted(_cells(entry), key=lambda c: c["factor"])
+            kept = [c for c in cells if c["selection"]["fluency"] >= target]
+            picked[entry["concept_id"]] = (kept[-1] if kept else cells[0])["report"]["score"]
+        out[f"coherence {target:g}"] = picked
+    out["best of all"] = {e["concept_id"]: max(_both(c) for c in _cells(e)) for e in entries}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from hooksteer.evaluate.stats import bootstrap_ci, paired_difference_ci
+    from hooksteer.io import atomic_write_text
+
+    args = parse_args(argv)
+    began = time.perf_counter()
+    pooled = [json.loads((Path(folder) / "results.json").read_text()) for folder in args.evaluation]
+    per_evaluation: list[dict[str, list[dict[str, Any]]]] = []
+    for i, saved in enumerate(pooled):
+        methods_here: dict[str, list[dict[str, Any]]] = {}
+        for entry in saved["concepts"]:
+            cid = entry["concept_id"] if len(pooled) == 1 else f"{i}:{entry['concept_id']}"
+            methods_here.setdefault(entry["method"], []).append({**entry, "concept_id": cid})
+        per_evaluation.append(methods_here)
+    common_methods = set.intersection(*(set(m) for m in per_evaluation))
+    by_method = {m: [e for here in per_evaluation for e in here[m]] for m in per_evaluation[0] if m in common_methods}
+    if args.baseline not in by_method:
+        _fail(f"--baseline {args.baseline!r} is not in every evaluation ({', '.join(sorted(by_method))})")
+    methods = args.methods if args.methods is not None else [m for m in by_method if m != args.baseline]
+    unknown = [m for m in methods if m not in by_method]
+    if unknown:
+        _fail(f"methods not in every evaluation: {', '.join(unknown)}")
+    concepts = [e["concept_id"] for e in by_method[args.baseline]]
+    base_report = {e["concept_id"]: e["report"]["score"] for e in by_method[args.baseline]}
+    base_all = {e["concept_id"]: _both(e["cells"][0]) for e in by_method[args.baseline]}
+    rows = []
+    for method in methods:
+        entries = by_method[method]
+        if sorted(e["concept_id"] for e in entries) != sorted(concepts):
+            _fail(f"{method} and {args.baseline} were scored on different concepts")
+        if not any(_cells(e) for e in entries):
+            rules = {"best of all": {e["concept_id"]: _both(e["cells"][0]) for e in entries},
+                     "protocol": {e["concept_id"]: e["report"]["score"] for e in entries}}
+        else:  # each evaluation's rules on its own concepts (a pooled factor is chosen per evaluation)
+            rules = {}
+            for here in per_evaluation:
+                ids = {e["concept_id"] for e in here[method]}
+                for rule, scores in rule_scores([e for e in entries if e["concept_id"] in ids],
+                                                args.coherence_targets).items():
+                    key = rule if len(per_evaluation) == 1 else _rule_key(rule)
+                    rules.setdefault(key, {}).update(scores)
+        for rule, scores in rules.items():
+            if len(scores) != len(concepts):  # e.g. a factor only one evaluation swept
+                continue
+            base = base_all if rule == "best of all" else base_report
+            values = [scores[c] for c in concepts]
+            reference = [base[c] for c in concepts]
+            rows.append({"method": method, "rule": rule, "score": bootstrap_ci(values).to_dict(),
+                         "minus_baseline": paired_difference_ci(values, reference).to_dict(),
+                         "minus_share": paired_difference_ci(values, [args.share * v for v in reference]).to_dict(),
+                         "per_concept": dict(zip(concepts, values, strict=True))})
+    reproduced = all(abs(r["score"]["mean"] - _saved_mean(by_method[r["method"]])) < 1e-9
+                     for r in rows if r["rule"] == "protocol")
+    report = {"benchmark": PROG, "command": " ".join(["benchmarks/selection_rules.py", *(argv or sys.argv[1:])]),
+              "evaluation": [str(f) for f in args.evaluation], "baseline": args.baseline, "share": args.share,
+              "n_concepts": len(concepts), "protocol_reproduced": reproduced,
+              "baseline_scores": {"report half": bootstrap_ci(list(base_report.values())).to_dict(),
+                                  "both halves": bootstrap_ci(list(base_all.values())).to_dict()},
+              "rows": rows, "seconds": time.perf_counter() - began}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2))
+    text = markdown(report)
+    atomic_write_text(out / "results.md", text)
+    print(text)
+    log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return report
+
+
+def _rule_key(rule: str) -> str:
+    """``"pooled (1)"`` → ``"pooled"`` (the pooled factor may differ between evaluations); other rules as they are."""
+    return "pooled" if rule.startswith("pooled") else rule
+
+
+def _saved_mean(entries: Sequence[Mapping[str, Any]]) -> float:
+    return sum(e["report"]["score"] for e in entries) / len(entries)
+
+
+def _interval(d: Mapping[str, Any]) -> str:
+    return f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    from hooksteer.evaluate.report import table
+
+    b, share = report["baseline"], report["share"]
+    lines = ["# Strength rules re-scored on a finished evaluation", "", f"`{report['command']}`", "",
+             f"{report['n_concepts']} concepts from {len(report['evaluation'])} evaluation(s); {b}: {_interval(report['baseline_scores']['report half'])} on the "
+             f"report half, {_interval(report['baseline_scores']['both halves'])} on both halves (the baseline of the "
+             f"'best of all' rows). The protocol rows reproduce the saved scores: "
+             f"{'yes' if report['protocol_reproduced'] else 'NO'}.", ""]
+    body = [[r["method"], r["rule"], _interval(r["score"]), _interval(r["minus_baseline"]),
+             _interval(r["minus_share"]), "yes" if r["minus_share"]["excludes_zero"] else "no"]
+            for r in report["rows"]]
+    lines.append(table(body, ("method", "rule", "score [95 %]", f"− {b} [95 %]", f"− {fmt(share, 1)}×{b} [95 %]",
+                              "excludes 0")))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
