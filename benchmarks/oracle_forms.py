@@ -160,9 +160,10 @@ class OracleFormsSettings:
     samples: int = field(default=20, metadata={"help": "generations written to samples.md"})
 
 
-TINY = {"apsr_local_steps": 2, "apsr_steps": 2, "apsr_eval_every": 1, "train_concepts": 4, "held_out": 3, "held_in": 1, "train_prompts": 2, "eval_prompts": 2, "teacher_tokens": 6,
+TINY = {"train_concepts": 4, "held_out": 3, "held_in": 1, "train_prompts": 2, "eval_prompts": 2, "teacher_tokens": 6,
         "top_k": 8, "batch_size": 4, "bound_epochs": 2.0, "forms": ["2:all", "1:prompt"], "factors": [0.5],
-        "trained_factors": [1.0, 2.0], "max_new_tokens": 4, "samples": 4}
+        "trained_factors": [1.0, 2.0], "max_new_tokens": 4, "samples": 4, "apsr_local_steps": 2, "apsr_steps": 2,
+        "apsr_eval_every": 1}
 
 
 class Form(NamedTuple):
@@ -424,8 +425,8 @@ def parse_apsr(spec: str) -> ApsrSpec:
     Example:
         >>> parse_apsr("0-29").name, parse_apsr("0+10").name, parse_apsr("0-29:local0:steps0").name
         ('apsr-L0-29', 'apsr-L0+10', 'apsr-L0-29-local0-steps0')
-        >>> parse_apsr("0-29:steps0")
-        ApsrSpec(layers=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29), local_steps=None, steps=0)
+        >>> parse_apsr("0-2:steps0")
+        ApsrSpec(layers=(0, 1, 2), local_steps=None, steps=0)
     """
     parts = spec.split(":")
     layers = common.parse_layers(parts[0])

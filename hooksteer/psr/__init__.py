@@ -35,5 +35,5 @@ from hooksteer.psr.teacher import (
 from hooksteer.psr.trainer import TrainResult, distill_kl, fit_metrics, train_psr
 
 __all__ = ["PSR", "PSRConfig", "PSRFileError", "PSRHook", "PSRMethod", "PSRTeacherData", "PassResult", "TeacherPair",
-           "TeacherRecord", "TrainResult", "compute_teacher", "distill_kl", "encode_examples", "encode_pair", "fit_metrics",
-           "pairs_from_distill", "steer_mask", "steered_pass", "template_suffix_length", "train_psr"]
+           "TeacherRecord", "TrainResult", "compute_teacher", "distill_kl", "encode_examples", "encode_pair",
+           "fit_metrics", "pairs_from_distill", "steer_mask", "steered_pass", "template_suffix_length", "train_psr"]

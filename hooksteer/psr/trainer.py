@@ -268,9 +268,9 @@ def distill_kl(model: Any, psr: PSR, records: Sequence[TeacherRecord], *, alpha:
     total, weight = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(records), batch_size):
-            part = list(records[i : i + batch_size])
-            n = sum(r.n_span for r in part)
-            _, parts = batch_loss(model, psr, make_batch(part, pad), loss="distill", alpha=alpha, regulariser=0.0)
+            batch = make_batch(list(records[i : i + batch_size]), pad)
+            n = int(batch.predict_mask().sum())  # the batch's KL is a mean over its predicted answer tokens
+            _, parts = batch_loss(model, psr, batch, loss="distill", alpha=alpha, regulariser=0.0)
             total += parts["distill"] * n
             weight += n
     return total / max(weight, 1)
