@@ -306,6 +306,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[OracleFormsSettin
 def validate(s: OracleFormsSettings) -> list[str]:
     """Every problem with the settings (empty when they are fine), checked before anything runs (layers are
     checked against the model once it is loaded)."""
+    apsr = [parse_apsr(spec) for spec in s.apsr if _parses(spec)]  # the entries that parse (the rest: a problem)
     problems = common.counts_below_one(s, ("train_concepts", "train_prompts", "teacher_tokens", "top_k",
                                            "teacher_batch", "batch_size", "max_new_tokens", "eval_batch_size",
                                            "threads"))
@@ -340,14 +341,13 @@ def validate(s: OracleFormsSettings) -> list[str]:
             problems.append(str(error))
         else:
             evaluated = {"prompt", "none", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
-                         *(parse_apsr(spec).name + suffix for spec in s.apsr if _parses(spec)
+                         *(a.name + suffix for a in apsr
                            for suffix in ("", *(f"@{p}" for p in s.apsr_position_variants))),
                          *(f.name for f in forms), *(f"{parse_form(f).name}@resid" for f in s.resid_forms)}
             unknown = sorted(set(s.compare_to) - evaluated)
             if unknown:
                 problems.append(f"--compare-to names methods this run does not evaluate: {', '.join(unknown)} "
                                 f"(evaluated: {', '.join(sorted(evaluated))})")
-    apsr = [parse_apsr(spec) for spec in s.apsr if _parses(spec)]
     if len(apsr) != len(s.apsr) or len({a.name for a in apsr}) != len(apsr):
         problems.append(f"--apsr must be {APSR_SYNTAX} (LAYERS 20, 10-29 or 0+10+20; N >= 0), each once, got {s.apsr}")
     elif s.apsr_train_from is not None and any(s.apsr_train_from > max(a.layers) for a in apsr):
@@ -464,42 +464,51 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
     from hooksteer.psr.evaluation import PSRMethod, PSRTeacherData
 
     n_layers, by_id = int(model.cfg.n_layers), {c.id: c for c in concepts}
-    methods, training, kl = [], {}, {}
-    for spec in map(parse_apsr, s.apsr):
-        layers, name = list(spec.layers), spec.name
+    specs = [parse_apsr(spec) for spec in s.apsr]
+    if not specs:
+        return [], {}, {}
+    # one teacher pass per concept serves every layer set (records hold each layer any of them steers), as psr_eval.py
+    every_layer = sorted({layer for spec in specs for layer in spec.layers})
+    train = PSRTeacherData.from_distill(model, oracle_data, every_layer, concepts=by_id, prefix_tokens="auto")
+    evals = PSRTeacherData.from_distill(model, eval_data, every_layer, concepts=by_id, prefix_tokens="auto")
+    train_from = s.apsr_train_from if s.apsr_train_from is not None else default_layer(n_layers)
+    trained = []
+    for spec in specs:
         local_steps, steps = spec.settings(s)
-        train_from = s.apsr_train_from if s.apsr_train_from is not None else default_layer(n_layers)
-        config = PSRConfig(layers=layers, d_model=int(model.cfg.d_model), variant="adaptive", loss="distill",
-                           steps=steps, lr=s.apsr_lr, batch_size=s.apsr_batch_size, seed=s.seed,
+        config = PSRConfig(layers=list(spec.layers), d_model=int(model.cfg.d_model), variant="adaptive",
+                           loss="distill", steps=steps, lr=s.apsr_lr, batch_size=s.apsr_batch_size, seed=s.seed,
                            positions=s.apsr_positions, local_steps=local_steps,
-                           train_from_layer=max(min(train_from, layers[-1]), layers[0]),
+                           train_from_layer=max(min(train_from, spec.layers[-1]), spec.layers[0]),
                            held_out_fraction=s.apsr_held_out_fraction, eval_every=s.apsr_eval_every, patience=2)
-        train = PSRTeacherData.from_distill(model, oracle_data, layers, concepts=by_id, prefix_tokens="auto")
-        evals = PSRTeacherData.from_distill(model, eval_data, layers, concepts=by_id, prefix_tokens="auto")
-        method = PSRMethod(train, config, save_dir=out / name, name=name, factors=s.apsr_factors, diagnose=False)
-        log(f"training {name} ({len(concepts)} concepts × {len(oracle_data) // max(len(concepts), 1)} pairs) ...")
-        started, per_concept = time.perf_counter(), {}
-        for concept in tqdm(concepts, desc=name, disable=tiny):
-            psr = method.train(concept)
-            per_concept[concept.id] = distill_kl(model, psr, evals.records(concept.id))
-            train.release(concept.id)
-            evals.release(concept.id)
+        trained.append(PSRMethod(train, config, save_dir=out / spec.name, name=spec.name, factors=s.apsr_factors,
+                                 diagnose=False))
+    log(f"training {', '.join(m.name for m in trained)} ({len(concepts)} concepts × "
+        f"{len(oracle_data) // max(len(concepts), 1)} pairs) ...")
+    per_concept: dict[str, dict[str, float]] = {m.name: {} for m in trained}
+    for concept in tqdm(concepts, desc="A-PSR", disable=tiny):
+        for method in trained:
+            per_concept[method.name][concept.id] = distill_kl(model, method.train(concept), evals.records(concept.id))
+        train.release(concept.id)
+        evals.release(concept.id)
+    methods, training, kl = [], {}, {}
+    for spec, method in zip(specs, trained, strict=True):
         info = [method.training[c.id] for c in concepts]
-        training[name] = {"steps": steps, "local_steps": local_steps,
-                          "seconds": sum(float(i.get("train_seconds") or 0.0) for i in info),
-                          "wall_seconds": time.perf_counter() - started,
-                          "reused": all("loaded_from" in i for i in info),
-                          "best_step": [i.get("best_step") for i in info],
-                          "final_loss": [i.get("final_loss") for i in info]}
-        kl[name] = {"held_out": sum(per_concept.values()) / len(per_concept), "per_concept": per_concept}
+        local_steps, steps = spec.settings(s)
+        training[method.name] = {"steps": steps, "local_steps": local_steps,
+                                 "seconds": sum(float(i.get("train_seconds") or 0.0) for i in info),
+                                 "reused": all("loaded_from" in i for i in info),
+                                 "best_step": [i.get("best_step") for i in info],
+                                 "final_loss": [i.get("final_loss") for i in info]}
+        values = per_concept[method.name]
+        kl[method.name] = {"held_out": sum(values.values()) / len(values), "per_concept": values}
         methods.append(method)
         for positions in s.apsr_position_variants:  # the same trained PSRs, steering other positions
             if positions == s.apsr_positions:
                 continue
-            variant = PSRMethod(train, config, name=f"{name}@{positions}", factors=s.apsr_factors,
+            variant = PSRMethod(train, method.psr_config, name=f"{method.name}@{positions}", factors=s.apsr_factors,
                                 positions=positions, diagnose=False)
             variant.psrs, variant.training = method.psrs, method.training
-            training[variant.name] = {**training[name], "same_psrs_as": name}
+            training[variant.name] = {**training[method.name], "same_psrs_as": method.name}
             methods.append(variant)
     return methods, training, kl
 

@@ -170,9 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else:  # each evaluation's rules on its own concepts (a pooled factor is chosen per evaluation)
             rules = {}
             for here in per_evaluation:
-                ids = {e["concept_id"] for e in here[method]}
-                for rule, scores in rule_scores([e for e in entries if e["concept_id"] in ids],
-                                                args.coherence_targets).items():
+                for rule, scores in rule_scores(here[method], args.coherence_targets).items():
                     key = rule if len(per_evaluation) == 1 else _rule_key(rule)
                     rules.setdefault(key, {}).update(scores)
         for rule, scores in rules.items():

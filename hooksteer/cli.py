@@ -20,6 +20,10 @@ from typing import Any
 
 from hooksteer.display import side_by_side
 
+#: ``--positions`` of demo / generate: the named positions of ``hooksteer.hooks.types.PositionName`` (spelled out here
+#: so that the CLI starts without importing torch; tests/test_cli_and_generation.py checks they agree)
+POSITION_CHOICES = ("all", "prompt", "generated", "answer")
+
 DEMO_PROMPTS = (
     "Tell me about your day.",
     "Write two sentences about the weather today.",
@@ -246,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--layer", type=int, default=None, help="block index (default: a fifth of the depth)")
     demo.add_argument("--site", choices=["pre", "mid", "post"], default="post")
     demo.add_argument("--coefficient", type=float, default=4.0)
-    demo.add_argument("--positions", default="all", choices=["all", "prompt", "generated", "answer"])
+    demo.add_argument("--positions", default="all", choices=POSITION_CHOICES)
     demo.add_argument("--one-sign", dest="both_signs", action="store_false",
                       help="skip the column steered with the negated vector")
     demo.add_argument("--max-new-tokens", type=int, default=40)
@@ -272,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=DEFAULT_MODEL)
     gen.add_argument("--vector", required=True)
     gen.add_argument("--coefficient", type=float, default=1.0)
-    gen.add_argument("--positions", default="all", choices=["all", "prompt", "generated", "answer"])
+    gen.add_argument("--positions", default="all", choices=POSITION_CHOICES)
     gen.add_argument("--prompt", action="append", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=40)
     gen.set_defaults(func=run_generate)

@@ -166,3 +166,17 @@ def test_every_missing_package_error_is_a_user_error_with_its_install_command():
         assert issubclass(error_class, PackageMissingError), error_class
         assert cli._is_user_error(error_class("pip install --no-deps x")), error_class
     assert not cli._is_user_error(RuntimeError("a bug")), "other runtime errors keep their traceback"
+
+
+def test_cli_position_choices_are_the_hooks_named_positions():
+    """``--positions`` of demo / generate offers exactly the named positions the hooks accept, each of which steers."""
+    from typing import get_args
+
+    from hooksteer.hooks.types import PositionName
+
+    assert cli.POSITION_CHOICES == get_args(PositionName)
+    parser = cli.build_parser()
+    for command in ("demo", "generate"):
+        action = next(a for a in parser._subparsers._group_actions[0].choices[command]._actions
+                      if a.dest == "positions")
+        assert tuple(action.choices) == cli.POSITION_CHOICES

@@ -9,16 +9,17 @@ Validation of a spec, and the mask of the current tokens it selects.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
 from hooksteer.hooks.tracker import PositionTracker
-from hooksteer.hooks.types import PositionSpec
+from hooksteer.hooks.types import PositionName, PositionSpec
 
-_NAMED_POSITIONS = ("all", "prompt", "generated", "answer")
+_NAMED_POSITIONS: tuple[str, ...] = get_args(PositionName)
+_NAMES_TEXT = ", ".join(f"'{name}'" for name in _NAMED_POSITIONS)  # 'all', 'prompt', … for error messages
 
 
 def _validate_positions(positions: PositionSpec) -> PositionSpec:
@@ -27,7 +28,7 @@ def _validate_positions(positions: PositionSpec) -> PositionSpec:
             raise ValueError(f"positions must be one of {_NAMED_POSITIONS} or a list of indices, got {positions!r}")
         return positions
     if isinstance(positions, slice):
-        raise TypeError("positions must be 'all', 'prompt', 'generated', 'answer' or explicit indices, not a slice")
+        raise TypeError(f"positions must be {_NAMES_TEXT} or explicit indices, not a slice")
     indices = _integer_indices(positions)
     if indices.numel() == 0:
         raise ValueError("positions is an empty list: nothing would be steered")
@@ -53,7 +54,7 @@ def _integer_indices(positions: Any) -> Int[Tensor, " n"]:
         items = list(positions)
     except TypeError:
         raise TypeError(
-            f"positions must be 'all', 'prompt', 'generated', 'answer' or a list of integer token indices, "
+            f"positions must be {_NAMES_TEXT} or a list of integer token indices, "
             f"got {type(positions).__name__}"
         ) from None
     values = []

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from hooksteer.distill.loss import topk_kl
 from hooksteer.hooks import add_vector
+from hooksteer.hypersteer.config import STEERED_POSITIONS
 from hooksteer.hypersteer.data import HyperBatch
 from hooksteer.hypersteer.gating import add_site_params, is_gated
 
@@ -63,8 +64,8 @@ def steered_positions(batch: HyperBatch, positions: str = "all") -> Bool[Tensor,
     """
     if positions == "all":
         return None
-    if positions not in ("prompt", "answer"):
-        raise ValueError(f"positions must be 'all', 'prompt' or 'answer', got {positions!r}")
+    if positions not in STEERED_POSITIONS:
+        raise ValueError(f"positions must be one of {STEERED_POSITIONS}, got {positions!r}")
     width = batch.tokens.shape[1]
     t = torch.arange(width, device=batch.tokens.device)[None]
     prompt_lengths = batch.prompt_lengths.to(batch.tokens.device)[:, None]
