@@ -23,6 +23,10 @@ steering, no steering and (optionally) DiffMean:
    vector per layer, λ(h)=ReLU(w·h+b), initialised layer by layer from the steering prompt's activation differences,
    then distilled end to end: the PSR that was level with prompt steering in ``psr_eval.py``), scored at
    ``--apsr-factors`` × its α, so the vector oracles and the PSR are measured against one prompt-steering baseline;
+   ``--apsr-bounds`` adds, per ``--apsr`` entry, the bounds of :class:`~hooksteer.hypersteer.FitSteer` (the HyperSteer
+   that fits an A-PSR to a new steering prompt's activations in closed form, ``--apsr 0-29:local0:steps0``): its floor
+   (one PSR fitted to every concept's pairs at once) and its centred form (each concept's directions minus the other
+   concepts' mean); ``--forms`` may then be empty;
 4. **eval KL** on the never-trained eval pairs, and the between-concept cosine of each form's vectors;
 5. **steering score** (AxBench protocol: factor chosen on half of the eval prompts, reported on the other half),
    each oracle at multiples of its trained norm (``--trained-factors``) at its own positions, and the
@@ -133,6 +137,12 @@ class OracleFormsSettings:
         "help": "A-PSR: also score the same PSRs steering these positions instead (e.g. after_sink, the best A-PSR of "
                 "psr_eval.py), named apsr-L<layers>@<positions>",
         "choices": ["response", "generated", "after_sink"]})
+    apsr_bounds: bool = field(default=False, metadata={
+        "help": "A-PSR: also score each --apsr entry's bounds as a HyperSteer (hooksteer.hypersteer.FitSteer): its "
+                "floor (one PSR with the same settings fitted to every concept's pairs at once, steering every "
+                "concept alike; <name>-floor) and its concept-specific part (each concept's directions minus the mean "
+                "direction of the other concepts, gates kept; <name>-centred), with their eval KL and the "
+                "between-concept cosine of the directions"})
     apsr_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0],
                                       metadata={"help": "A-PSR: α swept (1 = as trained; psr_eval.py's grid)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
@@ -323,8 +333,8 @@ def validate(s: OracleFormsSettings) -> list[str]:
     except ValueError as error:
         problems.append(str(error))
     else:
-        if not forms or len(set(forms)) != len(forms):
-            problems.append(f"--forms must name each form once, got {s.forms}")
+        if (not forms and not s.apsr) or len(set(forms)) != len(forms):
+            problems.append(f"--forms must name each form once (none only with --apsr), got {s.forms}")
         missing = sorted({f.first_round.name for f in forms if f.round2 != "none"} - {f.name for f in forms})
         if missing:
             problems.append(f"a second round (:again, :onpolicy) starts from its first-round form; add it to --forms: "
@@ -342,7 +352,8 @@ def validate(s: OracleFormsSettings) -> list[str]:
         else:
             evaluated = {"prompt", "none", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
                          *(a.name + suffix for a in apsr
-                           for suffix in ("", *(f"@{p}" for p in s.apsr_position_variants))),
+                           for suffix in ("", *(f"@{p}" for p in s.apsr_position_variants),
+                                          *(("-floor", "-centred") if s.apsr_bounds else ()))),
                          *(f.name for f in forms), *(f"{parse_form(f).name}@resid" for f in s.resid_forms)}
             unknown = sorted(set(s.compare_to) - evaluated)
             if unknown:
@@ -355,6 +366,8 @@ def validate(s: OracleFormsSettings) -> list[str]:
     problems += common.counts_below_one(s, ("apsr_batch_size", "apsr_eval_every"))
     if s.apsr_position_variants and not s.apsr:
         problems.append("--apsr-position-variants needs --apsr (the PSRs it steers with)")
+    if s.apsr_bounds and not s.apsr:
+        problems.append("--apsr-bounds needs --apsr (the PSRs whose floor and centred form it scores)")
     if s.apsr_steps < 0 or s.apsr_local_steps < 0 or not (0 <= s.apsr_held_out_fraction < 1) or s.apsr_lr <= 0:
         problems.append("--apsr-steps / --apsr-local-steps must be >= 0, --apsr-lr > 0, --apsr-held-out-fraction in "
                         "[0, 1)")
@@ -452,21 +465,23 @@ def _parses(spec: str) -> bool:
 
 
 def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], oracle_data: Any, eval_data: Any,
-                out: Path, tiny: bool) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+                out: Path, tiny: bool) -> tuple[list[Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """One A-PSR per concept and ``--apsr`` layer set, distilled on the oracles' pairs (saved under
     ``out/apsr-L<layers>/<concept>`` and reloaded by a rerun), and its eval KL on the never-trained eval pairs; each
-    ``--apsr-position-variants`` entry adds the same PSRs steering other positions. Returns the evaluated methods,
-    their training records and eval KLs."""
+    ``--apsr-position-variants`` entry adds the same PSRs steering other positions, ``--apsr-bounds`` their floor and
+    centred form (:func:`apsr_bounds`). Returns the evaluated methods, their training records, eval KLs (``"none"``:
+    unsteered) and the between-concept separation of their directions."""
     from tqdm.auto import tqdm
 
     from hooksteer.hypersteer.config import default_layer
+    from hooksteer.hypersteer.fit_steer import direction_separation
     from hooksteer.psr import PSRConfig, distill_kl
     from hooksteer.psr.evaluation import PSRMethod, PSRTeacherData
 
     n_layers, by_id = int(model.cfg.n_layers), {c.id: c for c in concepts}
     specs = [parse_apsr(spec) for spec in s.apsr]
     if not specs:
-        return [], {}, {}
+        return [], {}, {}, {}
     # one teacher pass per concept serves every layer set (records hold each layer any of them steers), as psr_eval.py
     every_layer = sorted({layer for spec in specs for layer in spec.layers})
     train = PSRTeacherData.from_distill(model, oracle_data, every_layer, concepts=by_id, prefix_tokens="auto")
@@ -485,12 +500,19 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
     log(f"training {', '.join(m.name for m in trained)} ({len(concepts)} concepts × "
         f"{len(oracle_data) // max(len(concepts), 1)} pairs) ...")
     per_concept: dict[str, dict[str, float]] = {m.name: {} for m in trained}
+    unsteered: dict[str, float] = {}  # the same KL at α = 0: no steering, the reference of every eval KL
+    floors_to_fit = s.apsr_bounds and any(not saved_floor(out, m.name) for m in trained)
     for concept in tqdm(concepts, desc="A-PSR", disable=tiny):
         for method in trained:
             per_concept[method.name][concept.id] = distill_kl(model, method.train(concept), evals.records(concept.id))
-        train.release(concept.id)
-        evals.release(concept.id)
-    methods, training, kl = [], {}, {}
+        unsteered[concept.id] = distill_kl(model, trained[0].psrs[concept.id], evals.records(concept.id), alpha=0.0)
+        if not floors_to_fit:  # a floor is fitted to every concept's records at once
+            train.release(concept.id)
+        if not s.apsr_bounds:  # the bounds' eval KL reads them again
+            evals.release(concept.id)
+    methods, training = [], {}
+    kl = {"none": {"held_out": sum(unsteered.values()) / len(unsteered), "per_concept": unsteered}}
+    separation = {m.name: direction_separation(m.psrs) for m in trained}
     for spec, method in zip(specs, trained, strict=True):
         info = [method.training[c.id] for c in concepts]
         local_steps, steps = spec.settings(s)
@@ -510,7 +532,68 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
             variant.psrs, variant.training = method.psrs, method.training
             training[variant.name] = {**training[method.name], "same_psrs_as": method.name}
             methods.append(variant)
-    return methods, training, kl
+        if s.apsr_bounds:
+            for bound in apsr_bounds(s, method, concepts, train, out):
+                values = {c.id: distill_kl(model, bound.psrs[c.id], evals.records(c.id)) for c in concepts}
+                kl[bound.name] = {"held_out": sum(values.values()) / len(values), "per_concept": values}
+                training[bound.name] = {**training[method.name], **bound.training[concepts[0].id]["bound"]}
+                separation[bound.name] = direction_separation(bound.psrs)
+                methods.append(bound)
+    for concept in concepts:
+        train.release(concept.id)
+        evals.release(concept.id)
+    return methods, training, kl, separation
+
+
+def saved_floor(out: Path, name: str) -> bool:
+    """Whether the floor of A-PSR ``name`` is saved under ``out/<name>-floor`` (a rerun reloads it)."""
+    from hooksteer.psr.evaluation import TRAINING_FILE
+    from hooksteer.psr.model import CONFIG_FILE
+
+    folder = out / f"{name}-floor"
+    return (folder / CONFIG_FILE).is_file() and (folder / TRAINING_FILE).is_file()
+
+
+def apsr_bounds(s: OracleFormsSettings, method: Any, concepts: Sequence[Any], train: Any, out: Path) -> list[Any]:
+    """The floor and the centred form of one A-PSR method, as methods steering each concept with a PSR of its own:
+    ``<name>-floor`` — one PSR with the method's settings fitted (and trained) on every concept's pairs at once, the
+    same for every concept (saved under ``out/<name>-floor`` and reloaded); ``<name>-centred`` — each concept's PSR
+    with its directions minus the mean direction of the other concepts' PSRs (gates kept; nothing trained)."""
+    import json
+
+    from hooksteer.hypersteer.fit_steer import FitSteer, leave_one_out_centred
+    from hooksteer.io import atomic_write_text
+    from hooksteer.psr.evaluation import TRAINING_FILE, PSRMethod, settings_mismatch
+    from hooksteer.psr.model import PSR
+
+    folder = out / f"{method.name}-floor"
+    if saved_floor(out, method.name):
+        floor = PSR.load(folder, train.model)
+        changed = settings_mismatch(floor.config, method.psr_config)
+        if changed:
+            raise ValueError(f"the floor saved in {folder} was fitted with other settings ({', '.join(changed)}); use "
+                             "another --out or delete that folder")
+        info = {**json.loads((folder / TRAINING_FILE).read_text()), "reused": True}
+    else:
+        started = time.perf_counter()
+        floor = FitSteer(train.model, config=method.psr_config).floor({c.id: train.records(c.id) for c in concepts})
+        info = {"method": "psr-floor", "shared_by": [c.id for c in concepts], "seconds": time.perf_counter() - started,
+                "n_teacher_examples": sum(len(train.records(c.id)) for c in concepts)}
+        floor.save(folder)
+        atomic_write_text(folder / TRAINING_FILE, json.dumps(info))
+        info["reused"] = False
+    reused = info["reused"] and all("loaded_from" in method.training[c.id] for c in concepts)
+    bounds = []
+    for suffix, psrs, bound in (
+            ("-floor", {c.id: floor for c in concepts},
+             {"bound": "floor", "seconds": info["seconds"], "shared_by": len(concepts), "reused": info["reused"]}),
+            ("-centred", leave_one_out_centred(method.psrs),
+             {"bound": "centred (minus the other concepts' mean direction)", "reused": reused})):
+        made = PSRMethod(train, method.psr_config, name=method.name + suffix, factors=s.apsr_factors, diagnose=False)
+        made.psrs = psrs
+        made.training = {c.id: {**method.training[c.id], "bound": bound} for c in concepts}
+        bounds.append(made)
+    return bounds
 
 
 def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int, resid_norm: float | None = None) -> Any:
@@ -655,14 +738,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         training[form.name] = hypersteer_eval.train(oracle, records, [], out / form.name, tiny, extra=extra)
         oracles[form.name] = oracle
 
-    apsr_methods, apsr_training, apsr_kl = train_apsrs(s, model, held_out, oracle_data, eval_data, out, tiny)
+    apsr_methods, apsr_training, apsr_kl, apsr_separation = train_apsrs(s, model, held_out, oracle_data, eval_data,
+                                                                        out, tiny)
     training.update(apsr_training)
     log("eval KL and vector diagnostics ...")
-    kl = {**hypersteer_eval.eval_kl(oracles, {"held_out": list(eval_data.records)}), **apsr_kl}
+    if oracles:  # their reference row "none" is computed with them
+        apsr_kl.pop("none", None)
+    kl = {**(hypersteer_eval.eval_kl(oracles, {"held_out": list(eval_data.records)}) if oracles else {}), **apsr_kl}
     read_off = {f.name: read_off_kl(oracles[f.name], list(eval_data.records), s.read_off_scales)
                 for f in forms if f.init == "diff" and s.read_off_scales}
     steering = [c.steering_prompts[0] for c in held_out]
     diagnostics = {name: vector_separation(o, steering, [p.text for p in eval_prompts]) for name, o in oracles.items()}
+    diagnostics.update(apsr_separation)
 
     methods: list[Any] = [PromptSteering(), NoSteering()]
     methods += [DiffMeanMethod(layer=layer, texts_for=texts_for, name=f"diffmean-L{layer}")

@@ -106,3 +106,21 @@ def test_cli_flags_build_the_same_settings_object(tmp_path):
     assert settings_from_args(parser.parse_args([])) == HyperSteerDemoSettings()
     off = parser.parse_args(["--no-hypersteer"])
     assert off.hypersteer is False and run_from_args(None, off) is None
+
+
+def test_fit_steer_column_steers_each_concept_with_its_own_fitted_psr(trained):
+    """FitSteer's column: each held-out concept's A-PSR, fitted to the prompted model's answers to the training
+    prompts, steers its answer (a strong α changes it); ``fit_steer=False`` leaves the column out."""
+    model, out, report, lines = trained
+    assert all("fit_steer" in row for row in report["rows"]) and "FitSteer" in "\n".join(lines)
+    info = report["fit_steer"]
+    assert info["layers"] == list(range(model.cfg.n_layers)) and info["alpha"] == 1.0
+    assert -1.0 <= info["mean_direction_cosine"] <= 1.0 + 1e-6 and info["seconds_per_concept"] > 0
+    strong = HyperSteerDemoSettings(**{**SMALL.__dict__, "fit_alpha": 50.0})
+    pushed = run_hypersteer_demo(model, strong, out_dir=out, print_fn=lambda s: None, verbose=False)
+    assert any(p["fit_steer"] != r["fit_steer"] for p, r in zip(pushed["rows"], report["rows"], strict=True))
+    off = HyperSteerDemoSettings(**{**SMALL.__dict__, "fit_steer": False})
+    printed: list[str] = []
+    plain = run_hypersteer_demo(model, off, out_dir=out, print_fn=printed.append, verbose=False)
+    assert plain["fit_steer"] is None and not any("fit_steer" in row for row in plain["rows"])
+    assert "FitSteer" not in "\n".join(printed)

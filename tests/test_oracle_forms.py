@@ -106,6 +106,9 @@ def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
     (["--apsr", "0-2", "--apsr-factors", "0"], "--apsr-factors"),
     (["--compare-to", "apsr-L0-2"], "--compare-to names methods this run does not evaluate"),
     (["--apsr-position-variants", "after_sink"], "--apsr-position-variants needs --apsr"),
+    (["--apsr-bounds"], "--apsr-bounds needs --apsr"),
+    (["--forms"], "--forms must name each form once (none only with --apsr)"),
+    (["--apsr", "0-2", "--compare-to", "apsr-L0-2-floor"], "--compare-to names methods this run does not evaluate"),
 ])
 def test_bad_flags_stop_before_anything_is_written(tmp_path, capsys, flags, message):
     bench = _bench()
@@ -261,3 +264,49 @@ def test_apsr_rows_train_per_concept_score_at_their_own_alphas_and_reload(tmp_pa
     assert again["training"]["apsr-L0-2"]["reused"] and not evaluated
     assert again["scores"]["held_out"] == report["scores"]["held_out"]
 
+
+
+def test_apsr_bounds_score_one_shared_fit_and_the_centred_fits_and_reload(tmp_path, monkeypatch):
+    """``--apsr-bounds`` (FitSteer's bounds): ``<name>-floor`` steers every concept with one PSR fitted to all their
+    pairs (saved once), ``<name>-centred`` each concept with its own directions minus the other concepts' mean; their
+    eval KLs are those of exactly these PSRs, the directions' separation is reported, and a rerun refits nothing."""
+    from hooksteer.hypersteer.fit_steer import direction_separation, directions, leave_one_out_centred
+    from hooksteer.psr import PSR, distill_kl
+    from hooksteer.psr.evaluation import PSRTeacherData
+
+    bench = _bench()
+    out = tmp_path / "bounds"
+    name = "apsr-L0-2-local0-steps0"
+    flags = ["--tiny", "--out", str(out), "--forms", "--apsr", "0-2:local0:steps0", "--apsr-bounds",
+             "--apsr-factors", "1", "--compare-to", f"{name}-floor"]
+    report = bench.main(flags)
+    assert {"prompt", "none", name, f"{name}-floor", f"{name}-centred"} == set(report["scores"]["held_out"])
+    assert {(c["a"], c["b"]) for c in report["comparisons"]} >= {(name, f"{name}-floor")}
+    held_out = report["data"]["held_out"]
+    model = bench.common.load_model(True, 0)
+    own = {c: PSR.load(out / name / c, model) for c in held_out}
+    floor = PSR.load(out / f"{name}-floor", model)
+    assert report["training"][f"{name}-floor"]["shared_by"] == len(held_out)
+    assert not any(torch.equal(directions(floor), directions(p)) for p in own.values())
+    settings, _ = bench.parse_settings(flags)
+    concepts, prompts, split = bench.common.load_split(settings, True, out, "oracle_forms")
+    eval_data = bench.hypersteer_eval.teacher_data(settings, model, model, split.select(concepts, held_out),
+                                                   split.select(prompts, split.eval_prompts), out / "teacher", True)
+    evals = PSRTeacherData.from_distill(model, eval_data, [0, 1, 2], prefix_tokens="auto")
+    by_hand = {"-floor": dict.fromkeys(held_out, floor), "-centred": leave_one_out_centred(own)}
+    for suffix, psrs in by_hand.items():
+        per_concept = report["eval_kl"][name + suffix]["per_concept"]
+        for concept_id in held_out:
+            expected = distill_kl(model, psrs[concept_id], evals.records(concept_id))
+            assert per_concept[concept_id] == pytest.approx(expected, rel=1e-4)
+    for concept_id in held_out:  # the unsteered reference: the same KL with nothing added
+        unsteered = distill_kl(model, own[concept_id], evals.records(concept_id), alpha=0.0)
+        assert report["eval_kl"]["none"]["per_concept"][concept_id] == pytest.approx(unsteered, rel=1e-4)
+    assert report["diagnostics"][name]["between_concepts"] == pytest.approx(
+        direction_separation(own)["between_concepts"], abs=1e-5)
+    # a rerun reloads the floor and every PSR (fitting would fail) and evaluates nothing again
+    evaluated = record_evaluated_methods(monkeypatch)
+    for target in ("hooksteer.psr.evaluation.train_psr", "hooksteer.hypersteer.fit_steer.train_psr"):
+        monkeypatch.setattr(target, lambda *a, **k: pytest.fail("refitted a saved PSR"))
+    again = bench.main(flags)
+    assert not evaluated and again["scores"]["held_out"] == report["scores"]["held_out"]

@@ -11,7 +11,8 @@ vectors per site), :mod:`.gating` (per-token gates, ``HyperSteerConfig.gate``; :
 whatever H writes), :mod:`.bounds` (:class:`ConceptVectors`: the
 oracle and floor that H is measured against), :mod:`.contrast` (vectors read off the model: what the steering
 prompt changes in the activations, :func:`prompt_difference_vectors`), :mod:`.read_off` (:class:`ReadOffSteer`: H that reads those off and learns
-a gain and bias per site), :mod:`.data` (tokenisation, batches, frozen activation
+a gain and bias per site), :mod:`.fit_steer` (:class:`FitSteer`: H with nothing trained, each steering prompt's
+A-PSR fitted in closed form to its activation differences), :mod:`.data` (tokenisation, batches, frozen activation
 cache), :mod:`.dataset` (a distillation dataset from the packaged concepts), :mod:`.loss` (steered logits,
 losses), :mod:`.trainer` (Accelerate trainer, :func:`mean_loss`), :mod:`.ridge` (the head fitted in closed form to
 oracle vectors, :func:`fit_head_ridge`), :mod:`.diagnostics` (collapse checks).
@@ -32,6 +33,7 @@ from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.config import VARIANTS, HyperSteerConfig, HyperSteerConfigError, default_layer
 from hooksteer.hypersteer.contrast import prompt_difference_vectors
 from hooksteer.hypersteer.dataset import DistillDataset, DistillDataSettings, build_distill_dataset
+from hooksteer.hypersteer.fit_steer import FitSteer
 from hooksteer.hypersteer.gating import steer_with
 from hooksteer.hypersteer.model import HyperSteer, HyperSteerFileError
 from hooksteer.hypersteer.read_off import ReadOffSteer
@@ -49,6 +51,7 @@ __all__ = [
     "ConceptVectors",
     "DistillDataSettings",
     "DistillDataset",
+    "FitSteer",
     "HyperSteer",
     "HyperSteerConfig",
     "HyperSteerConfigError",

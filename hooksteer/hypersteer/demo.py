@@ -14,7 +14,9 @@ builds from its ``--hypersteer-*`` flags, saved as ``hypersteer/settings.json``)
    steering prompt in the user turn) and HyperSteer-steered (H's vector for the steering prompt, at
    ``factor ×`` its trained norm, added at every position with :func:`hooksteer.steer`), prints them side by
    side and writes ``hypersteer_generations.json``, with the mean cosine between H's vectors for different
-   concepts and the answers' lengths.
+   concepts and the answers' lengths; with ``fit_steer`` (default) a fourth column steers with
+   :class:`~hooksteer.hypersteer.FitSteer`: the concept's A-PSR fitted in closed form to the prompted model's
+   activations on its answers to the training base prompts (nothing trained, seconds per concept).
 
 Example:
     >>> from hooksteer.hypersteer.demo import HyperSteerDemoSettings, run_hypersteer_demo   # doctest: +SKIP
@@ -73,13 +75,18 @@ class HyperSteerDemoSettings:
     max_new_tokens: int = field(default=40, metadata={"help": "tokens per shown answer (greedy)"})
     base_prompt: str | None = field(default=None, metadata={"help": "request answered for every concept "
                                                                     "(default: the first eval prompt)"})
+    fit_steer: bool = field(default=True, metadata={
+        "help": "also steer each held-out concept with FitSteer (its A-PSR fitted in closed form to the prompted "
+                "model's activations on its answers to the training base prompts; nothing trained)"})
+    fit_alpha: float = field(default=1.0, metadata={"help": "FitSteer's strength α (1 = as fitted)"})
     retrain: bool = field(default=False, metadata={"help": "train a new H even if OUT/hypersteer/ holds one"})
     seed: int = field(default=0, metadata={"help": "split and training seed"})
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.factor, int | float) and self.factor > 0 and torch.isfinite(torch.tensor(
-                float(self.factor)))):
-            raise ValueError(f"factor must be a positive number, got {self.factor}")
+        for name in ("factor", "fit_alpha"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value > 0 and torch.isfinite(torch.tensor(float(value)))):
+                raise ValueError(f"{name} must be a positive number, got {value}")
         for name in ("train_concepts", "held_out", "train_prompts", "eval_prompts", "batch_size", "max_new_tokens",
                      "teacher_tokens", "top_k"):
             if getattr(self, name) < 1:
@@ -177,6 +184,34 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _fit_steer_rows(model: Any, generator: Any, rows: list[dict[str, Any]], probe_prompts: Sequence[str],
+                    s: HyperSteerDemoSettings, verbose: bool) -> dict[str, Any]:
+    """Add each row's FitSteer answer (``row["fit_steer"]``): the concept's A-PSR on every layer, fitted to the
+    prompted model's answers to ``probe_prompts``, steering at α = ``fit_alpha``; returns its timing and the
+    between-concept cosine of the fitted directions."""
+    from hooksteer.generation import generate_texts
+    from hooksteer.hypersteer.fit_steer import FitSteer, direction_separation
+
+    if not probe_prompts:
+        raise ValueError("FitSteer needs base prompts to read the prompted model's answers on (demo.json lists none)")
+    _log(f"FitSteer: fitting each held-out concept's A-PSR to the prompted model's answers to {len(probe_prompts)} "
+         "base prompts (no training) ...", verbose)
+    fit = FitSteer(model, range(int(model.cfg.n_layers)))
+    psrs, started = {}, time.perf_counter()
+    for row in rows:
+        psr = fit.write_prompt(row["steering_prompt"], probe_prompts, max_new_tokens=s.teacher_tokens)
+        with psr.steer(generator, alpha=s.fit_alpha):
+            row["fit_steer"] = generate_texts(generator, [row["base_prompt"]], max_new_tokens=s.max_new_tokens)[0]
+        psrs[row["concept_id"]] = psr
+    seconds = time.perf_counter() - started
+    cosine = direction_separation(psrs)["between_concepts"] if len(psrs) > 1 else None
+    if cosine is not None:
+        _log(f"FitSteer: {seconds / len(rows):.1f} s per concept; mean cosine between the concepts' fitted directions "
+             f"{cosine:.3f}", verbose)
+    return {"layers": fit.config.layers, "alpha": s.fit_alpha, "seconds_per_concept": seconds / len(rows),
+            "mean_direction_cosine": cosine, "answer_words_mean": sum(_words(r["fit_steer"]) for r in rows) / len(rows)}
+
+
 def run_hypersteer_demo(
     model: Any | None = None,
     settings: HyperSteerDemoSettings | None = None,
@@ -243,9 +278,12 @@ def run_hypersteer_demo(
         rows.append({"concept": concept.title, "concept_id": concept.id, "steering_prompt": concept.steering_prompt,
                      "base_prompt": request, "unsteered": unsteered, "prompt_steered": prompt_steered,
                      "hypersteer": hyper_steered, "hypersteer_norm": raw.norm() * s.factor})
+    fit_report = _fit_steer_rows(model, generator, rows, meta["train_prompts"], s, verbose) if s.fit_steer else None
     for row in rows:
         columns = {"unsteered": row["unsteered"], f"prompt-steered ({row['concept']})": row["prompt_steered"],
                    f"HyperSteer ({row['concept']}, held out)": row["hypersteer"]}
+        if "fit_steer" in row:
+            columns[f"FitSteer ({row['concept']}, nothing trained)"] = row["fit_steer"]
         print_fn(side_by_side(row["base_prompt"], columns))
         print_fn("")
     mean_cosine = mean_pairwise_cosine(torch.stack(vectors)) if len(vectors) > 1 else None
@@ -260,6 +298,7 @@ def run_hypersteer_demo(
               "mean_vector_cosine": mean_cosine, "trained_now": trained_now, "steps": meta.get("steps"),
               "eval_kl_unsteered": none_kl, "eval_kl_before": before, "eval_kl_after": after,
               "n_train_examples": meta.get("n_train_examples"), "answer_words": lengths, "rows": rows,
+              "fit_steer": fit_report,
               "settings": dataclasses.asdict(s), "seconds": round(time.perf_counter() - started, 1),
               "hypersteer_dir": str(hyper_dir)}
     _write_json(out_dir / GENERATIONS_FILE, report)

@@ -45,6 +45,7 @@ from hooksteer.data.teacher import DEFAULT_STYLE, steered_chat_prompt
 from hooksteer.vectors import check_finite
 
 __all__ = ["TeacherPair", "TeacherRecord", "block_indices", "encode_pair", "encode_examples", "compute_teacher", "hook_name",
+           "steered_prompt_text",
            "plain_chat_prompt", "pairs_from_distill", "template_suffix_length"]
 
 
@@ -62,7 +63,9 @@ def plain_chat_prompt(model: Any, base_prompt: str) -> str:
     return base_prompt
 
 
-def _steered_prompt(model: Any, steering_prompt: str, base_prompt: str, style: str) -> str:
+def steered_prompt_text(model: Any, steering_prompt: str, base_prompt: str, style: str = DEFAULT_STYLE) -> str:
+    """``x'``: the steering prompt placed with the base prompt (``style``) in the chat template (raw text for a model
+    without one); the plain chat prompt when the steering prompt is empty."""
     if not steering_prompt.strip():
         return plain_chat_prompt(model, base_prompt)
     if not getattr(getattr(model, "tokenizer", None), "chat_template", None):
@@ -183,7 +186,7 @@ def encode_pair(model: Any, steering_prompt: str, base_prompt: str, response: st
     if not isinstance(response, str) or not response.strip():
         raise ValueError("response is empty: the teacher signal lives on response tokens")
     plain = model.to_tokens(plain_chat_prompt(model, base_prompt))[0].cpu()
-    steered = model.to_tokens(_steered_prompt(model, steering_prompt or "", base_prompt, style))[0].cpu()
+    steered = model.to_tokens(steered_prompt_text(model, steering_prompt or "", base_prompt, style))[0].cpu()
     ids = model.to_tokens(response, prepend_bos=False)[0].cpu()
     if max_response_tokens is not None:
         ids = ids[:max_response_tokens]
