@@ -19,7 +19,7 @@ Example:
     >>> fit = FitSteer(model, layers=range(30))                                               # doctest: +SKIP
     >>> psr = fit.write_prompt("Talk about volcanoes in every answer.", probe_prompts)      # doctest: +SKIP
     >>> with psr.steer(model, alpha=1.0):                                                    # doctest: +SKIP
-    ...     print(hs.generate_texts(model, ["Tell me about your day."], max_new_tokens=32))
+    ...     print(generate_texts(model, ["Tell me about your day."], max_new_tokens=32))
 """
 
 from __future__ import annotations
