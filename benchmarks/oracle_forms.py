@@ -465,12 +465,13 @@ def _parses(spec: str) -> bool:
 
 
 def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], oracle_data: Any, eval_data: Any,
-                out: Path, tiny: bool) -> tuple[list[Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+                out: Path, tiny: bool, *, unsteered_kl: bool = False
+                ) -> tuple[list[Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """One A-PSR per concept and ``--apsr`` layer set, distilled on the oracles' pairs (saved under
     ``out/apsr-L<layers>/<concept>`` and reloaded by a rerun), and its eval KL on the never-trained eval pairs; each
     ``--apsr-position-variants`` entry adds the same PSRs steering other positions, ``--apsr-bounds`` their floor and
-    centred form (:func:`apsr_bounds`). Returns the evaluated methods, their training records, eval KLs (``"none"``:
-    unsteered) and the between-concept separation of their directions."""
+    centred form (:func:`apsr_bounds`). Returns the evaluated methods, their training records, eval KLs (with
+    ``unsteered_kl`` also ``"none"``, the same KL unsteered) and the between-concept separation of their directions."""
     from tqdm.auto import tqdm
 
     from hooksteer.hypersteer.config import default_layer
@@ -505,13 +506,14 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
     for concept in tqdm(concepts, desc="A-PSR", disable=tiny):
         for method in trained:
             per_concept[method.name][concept.id] = distill_kl(model, method.train(concept), evals.records(concept.id))
-        unsteered[concept.id] = distill_kl(model, trained[0].psrs[concept.id], evals.records(concept.id), alpha=0.0)
+        if unsteered_kl:
+            unsteered[concept.id] = distill_kl(model, trained[0].psrs[concept.id], evals.records(concept.id), alpha=0.0)
         if not floors_to_fit:  # a floor is fitted to every concept's records at once
             train.release(concept.id)
         if not s.apsr_bounds:  # the bounds' eval KL reads them again
             evals.release(concept.id)
     methods, training = [], {}
-    kl = {"none": {"held_out": sum(unsteered.values()) / len(unsteered), "per_concept": unsteered}}
+    kl = {"none": {"held_out": sum(unsteered.values()) / len(unsteered), "per_concept": unsteered}} if unsteered else {}
     separation = {m.name: direction_separation(m.psrs) for m in trained}
     for spec, method in zip(specs, trained, strict=True):
         info = [method.training[c.id] for c in concepts]
@@ -738,12 +740,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         training[form.name] = hypersteer_eval.train(oracle, records, [], out / form.name, tiny, extra=extra)
         oracles[form.name] = oracle
 
-    apsr_methods, apsr_training, apsr_kl, apsr_separation = train_apsrs(s, model, held_out, oracle_data, eval_data,
-                                                                        out, tiny)
+    apsr_methods, apsr_training, apsr_kl, apsr_separation = train_apsrs(  # the oracles' eval KL brings its own "none"
+        s, model, held_out, oracle_data, eval_data, out, tiny, unsteered_kl=not oracles)
     training.update(apsr_training)
     log("eval KL and vector diagnostics ...")
-    if oracles:  # their reference row "none" is computed with them
-        apsr_kl.pop("none", None)
     kl = {**(hypersteer_eval.eval_kl(oracles, {"held_out": list(eval_data.records)}) if oracles else {}), **apsr_kl}
     read_off = {f.name: read_off_kl(oracles[f.name], list(eval_data.records), s.read_off_scales)
                 for f in forms if f.init == "diff" and s.read_off_scales}
