@@ -561,28 +561,19 @@ def apsr_bounds(s: OracleFormsSettings, method: Any, concepts: Sequence[Any], tr
     ``<name>-floor`` — one PSR with the method's settings fitted (and trained) on every concept's pairs at once, the
     same for every concept (saved under ``out/<name>-floor`` and reloaded); ``<name>-centred`` — each concept's PSR
     with its directions minus the mean direction of the other concepts' PSRs (gates kept; nothing trained)."""
-    import json
-
     from hooksteer.hypersteer.fit_steer import FitSteer, leave_one_out_centred
-    from hooksteer.io import atomic_write_text
-    from hooksteer.psr.evaluation import TRAINING_FILE, PSRMethod, settings_mismatch
-    from hooksteer.psr.model import PSR
+    from hooksteer.psr.evaluation import PSRMethod, load_saved_psr, save_psr_with_info
 
     folder = out / f"{method.name}-floor"
-    if saved_floor(out, method.name):
-        floor = PSR.load(folder, train.model)
-        changed = settings_mismatch(floor.config, method.psr_config)
-        if changed:
-            raise ValueError(f"the floor saved in {folder} was fitted with other settings ({', '.join(changed)}); use "
-                             "another --out or delete that folder")
-        info = {**json.loads((folder / TRAINING_FILE).read_text()), "reused": True}
+    saved = load_saved_psr(folder, train.model, method.psr_config)
+    if saved is not None:
+        floor, info = saved[0], {**saved[1], "reused": True}
     else:
         started = time.perf_counter()
         floor = FitSteer(train.model, config=method.psr_config).floor({c.id: train.records(c.id) for c in concepts})
         info = {"method": "psr-floor", "shared_by": [c.id for c in concepts], "seconds": time.perf_counter() - started,
                 "n_teacher_examples": sum(len(train.records(c.id)) for c in concepts)}
-        floor.save(folder)
-        atomic_write_text(folder / TRAINING_FILE, json.dumps(info))
+        save_psr_with_info(floor, folder, info)
         info["reused"] = False
     reused = info["reused"] and all("loaded_from" in method.training[c.id] for c in concepts)
     bounds = []

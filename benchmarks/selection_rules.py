@@ -16,6 +16,10 @@ both halves) and, without generating anything, scores every factor-sweeping meth
 * ``best of all`` — per concept the factor with the best mean score over *both* halves, scored on both halves: the
   factor picked after seeing the scores it is judged on, an upper bound on any per-concept strength rule. Methods
   without factors (prompt steering) are scored on both halves too in that row.
+* ``other sets`` (only with several ``--evaluation`` folders) — one factor per method and evaluation, the best mean
+  score over both halves of the *other* evaluations' concepts, reported on this evaluation's report half: a strength
+  learned on concepts that are never scored with it (e.g. learned on concept set A, applied to set B and back). The
+  factors it picked are in ``results.json`` (``other_sets_factors``).
 
 Each row: mean score over concepts [bootstrap 95 %] and the paired difference to ``--baseline`` and to
 ``--share`` × ``--baseline`` (the same prompts). Several ``--evaluation`` folders (e.g. two sets of concepts, each
@@ -134,6 +138,43 @@ def rule_scores(entries: Sequence[Mapping[str, Any]], coherence_targets: Sequenc
     return out
 
 
+def other_sets_scores(evaluations: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[dict[str, float], list[float | None]]:
+    """The ``other sets`` rule: each evaluation's report-half scores at the factor best on the other evaluations.
+
+    ``evaluations`` holds one method's concept entries per evaluation (concept ids already unique across them). The
+    factor is the one with the best mean score over both halves of every other evaluation's cells (ties: the smaller
+    factor); an evaluation that did not sweep that factor gets none (its concepts are left out, factor ``None``).
+
+    Example:
+        >>> cell = lambda f, s: {"factor": f, "selection": {"score": s}, "report": {"score": s}}
+        >>> one = [{"concept_id": "0:a", "cells": [cell(1.0, 0.1), cell(2.0, 0.3)]}]
+        >>> two = [{"concept_id": "1:a", "cells": [cell(1.0, 0.4), cell(2.0, 0.2)]}]
+        >>> other_sets_scores([one, two])   # set one gets factor 1 (best on two), set two gets factor 2
+        ({'0:a': 0.1, '1:a': 0.2}, [1.0, 2.0])
+    """
+    if len(evaluations) < 2:
+        raise ValueError("the other-sets rule needs at least two evaluations")
+    scores: dict[str, float] = {}
+    picked: list[float | None] = []
+    for i, entries in enumerate(evaluations):
+        others = [c for j, here in enumerate(evaluations) if j != i for e in here for c in _cells(e)]
+        by_factor: dict[float, list[float]] = {}
+        for cell in others:
+            by_factor.setdefault(cell["factor"], []).append(_both(cell))
+        if not by_factor:
+            picked.append(None)
+            continue
+        factor = max(sorted(by_factor), key=lambda f: sum(by_factor[f]) / len(by_factor[f]))
+        found = {e["concept_id"]: next((c["report"]["score"] for c in _cells(e) if c["factor"] == factor), None)
+                 for e in entries}
+        if any(v is None for v in found.values()):
+            picked.append(None)
+            continue
+        picked.append(factor)
+        scores.update({cid: v for cid, v in found.items() if v is not None})
+    return scores, picked
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from hooksteer.evaluate.stats import bootstrap_ci, paired_difference_ci
     from hooksteer.io import atomic_write_text
@@ -160,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     base_report = {e["concept_id"]: e["report"]["score"] for e in by_method[args.baseline]}
     base_all = {e["concept_id"]: _both(e["cells"][0]) for e in by_method[args.baseline]}
     rows = []
+    other_sets_factors: dict[str, list[float | None]] = {}
     for method in methods:
         entries = by_method[method]
         if sorted(e["concept_id"] for e in entries) != sorted(concepts):
@@ -173,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for rule, scores in rule_scores(here[method], args.coherence_targets).items():
                     key = rule if len(per_evaluation) == 1 else _rule_key(rule)
                     rules.setdefault(key, {}).update(scores)
+            if len(per_evaluation) > 1:
+                rules["other sets"], other_sets_factors[method] = other_sets_scores([h[method] for h in per_evaluation])
         for rule, scores in rules.items():
             if len(scores) != len(concepts):  # e.g. a factor only one evaluation swept
                 continue
@@ -190,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "n_concepts": len(concepts), "protocol_reproduced": reproduced,
               "baseline_scores": {"report half": bootstrap_ci(list(base_report.values())).to_dict(),
                                   "both halves": bootstrap_ci(list(base_all.values())).to_dict()},
-              "rows": rows, "seconds": time.perf_counter() - began}
+              "rows": rows, "other_sets_factors": other_sets_factors, "seconds": time.perf_counter() - began}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(report, indent=2))
@@ -228,6 +272,10 @@ def markdown(report: Mapping[str, Any]) -> str:
             for r in report["rows"]]
     lines.append(table(body, ("method", "rule", "score [95 %]", f"− {b} [95 %]", f"− {fmt(share, 1)}×{b} [95 %]",
                               "excludes 0")))
+    if report.get("other_sets_factors"):
+        picked = "; ".join(f"{method} {', '.join('–' if f is None else f'{f:g}' for f in factors)}"
+                           for method, factors in report["other_sets_factors"].items())
+        lines += ["", f"Factors of the 'other sets' rule, per evaluation in the order given: {picked}."]
     return "\n".join(lines) + "\n"
 
 

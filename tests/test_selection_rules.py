@@ -76,6 +76,26 @@ def test_several_evaluations_pool_their_concepts_each_paired_with_its_own_baseli
     assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
 
 
+def test_other_sets_rule_takes_each_sets_factor_from_the_other_sets_only(tmp_path):
+    bench = load_benchmark("selection_rules")
+    first = _evaluation(tmp_path / "one")  # both halves: factor 1 mean 0.30, factor 2 mean 0.15 -> set two uses 1
+    second = _evaluation(tmp_path / "two")
+    saved = json.loads((second / "results.json").read_text())
+    for entry in saved["concepts"]:
+        if entry["method"] == "vec":  # set two favours factor 2 on both halves -> set one uses 2
+            entry["cells"] = [_cell(1.0, 0.0, 0.05), _cell(2.0, 0.6, 0.7)]
+    (second / "results.json").write_text(json.dumps(saved))
+    report = bench.main(["--evaluation", str(first), str(second), "--out", str(tmp_path / "out")])
+    other = next(r for r in report["rows"] if r["rule"] == "other sets")
+    assert report["other_sets_factors"] == {"vec": [2.0, 1.0]}
+    assert other["per_concept"] == {"0:a": 0.1, "0:b": 0.2, "1:a": 0.05, "1:b": 0.05}  # never its own best factor
+    assert "other sets" in (tmp_path / "out" / "results.md").read_text()
+    single = bench.main(["--evaluation", str(first), "--out", str(tmp_path / "single")])
+    assert "other sets" not in {r["rule"] for r in single["rows"]}  # one set has no other set to learn from
+    with pytest.raises(ValueError, match="two evaluations"):
+        bench.other_sets_scores([[]])
+
+
 def test_a_real_evaluation_is_reproduced_by_the_protocol_rule(tmp_path):
     forms = load_benchmark("oracle_forms")
     forms.main(["--tiny", "--out", str(tmp_path / "run"), "--forms", "2:all"])

@@ -81,7 +81,34 @@ def settings_mismatch(saved: PSRConfig, wanted: PSRConfig) -> list[str]:
             out.append(f"{f.name}: {a!r} != {b!r}")
     return out
 
-__all__ = ["PSRTeacherData", "PSRMethod", "PSRSteerer", "accepted_examples", "fidelity_summary", "summarise_added"]
+
+def load_saved_psr(folder: str | Path, model: Any, wanted: PSRConfig) -> tuple[PSR, dict[str, Any]] | None:
+    """The PSR saved in ``folder`` by :func:`save_psr_with_info` and its training info, or None when the folder holds
+    no such pair; a PSR saved with settings other than ``wanted`` (see :func:`settings_mismatch`) is refused.
+
+    Example:
+        >>> save_psr_with_info(psr, "runs/x/concept", {"seconds": 1.0})           # doctest: +SKIP
+        >>> psr, info = load_saved_psr("runs/x/concept", model, psr.config)       # doctest: +SKIP
+    """
+    folder = Path(folder)
+    if not ((folder / CONFIG_FILE).is_file() and (folder / TRAINING_FILE).is_file()):
+        return None
+    psr = PSR.load(folder, model)
+    changed = settings_mismatch(psr.config, wanted)
+    if changed:
+        raise ValueError(f"the PSR saved in {folder} was made with other settings ({', '.join(changed)}); use another "
+                         "folder (benchmark: another --out) or delete that one")
+    return psr, json.loads((folder / TRAINING_FILE).read_text())
+
+
+def save_psr_with_info(psr: PSR, folder: str | Path, info: dict[str, Any]) -> None:
+    """Save ``psr`` (its weights and config) and its training ``info`` (``training_info.json``) in ``folder``."""
+    psr.save(folder)
+    atomic_write_text(Path(folder) / TRAINING_FILE, json.dumps(info, default=str))
+
+
+__all__ = ["PSRTeacherData", "PSRMethod", "PSRSteerer", "accepted_examples", "fidelity_summary", "load_saved_psr",
+           "save_psr_with_info", "summarise_added"]
 
 
 def accepted_examples(result: Any, config: Any) -> dict[str, list[SteeringExample]]:
@@ -323,13 +350,10 @@ class PSRMethod:
             return self.psrs[concept.id]
         model = self.data.model
         folder = Path(self.save_dir) / concept.id if self.save_dir is not None else None
-        if folder is not None and (folder / CONFIG_FILE).is_file() and (folder / TRAINING_FILE).is_file():
-            psr = PSR.load(folder, model)
-            changed = settings_mismatch(psr.config, self.psr_config)
-            if changed:
-                raise ValueError(f"the PSR saved in {folder} was trained with other settings ({', '.join(changed)}); "
-                                 "use another save_dir (benchmark: another --out) or delete that folder")
-            self.training[concept.id] = {**json.loads((folder / TRAINING_FILE).read_text()), "loaded_from": str(folder)}
+        saved = load_saved_psr(folder, model, self.psr_config) if folder is not None else None
+        if saved is not None:
+            psr, info = saved
+            self.training[concept.id] = {**info, "loaded_from": str(folder)}
         else:
             records = self.data.records(concept.id)
             config = dataclasses.replace(self.psr_config, concept_id=concept.id,
@@ -351,8 +375,7 @@ class PSRMethod:
                 "best_step": result.best_step, "stopped_early": result.stopped_early,
                 "regulariser": result.regulariser, **fidelity_summary(result, psr.layers)}
             if folder is not None:
-                psr.save(folder)
-                atomic_write_text(folder / TRAINING_FILE, json.dumps(self.training[concept.id], default=str))
+                save_psr_with_info(psr, folder, self.training[concept.id])
         psr.eval()
         psr.requires_grad_(False)
         self.psrs[concept.id] = psr
