@@ -21,6 +21,10 @@ both halves) and, without generating anything, scores every factor-sweeping meth
   learned on concepts that are never scored with it (e.g. learned on concept set A, applied to set B and back). The
   factors it picked are in ``results.json`` (``other_sets_factors``).
 
+Beside each row (when the evaluations saved their answers, ``generations.json``, and include unsteered ``none``): the
+mean words of the method's report-half answers at the factors the rule picked, divided by those of the unsteered
+answers to the same prompts (a rule that shortens answers is a bug signal).
+
 Each row: mean score over concepts [bootstrap 95 %] and the paired difference to ``--baseline`` and to
 ``--share`` × ``--baseline`` (the same prompts). Several ``--evaluation`` folders (e.g. two sets of concepts, each
 with its own baseline run) are pooled: every concept keeps its pairing with the baseline of its own evaluation, the
@@ -96,17 +100,18 @@ def _both(cell: Mapping[str, Any]) -> float:
     return (cell["selection"]["score"] + cell["report"]["score"]) / 2
 
 
-def rule_scores(entries: Sequence[Mapping[str, Any]], coherence_targets: Sequence[float]) -> dict[str, dict[str, float]]:
-    """Per rule: ``{concept_id: score}`` of one method's concept entries (``results.json``'s ``concepts`` rows).
+def rule_picks(entries: Sequence[Mapping[str, Any]], coherence_targets: Sequence[float]) -> dict[str, dict[str, float]]:
+    """Per rule: ``{concept_id: factor}`` — the factor each rule picks for each of one method's concept entries
+    (``results.json``'s ``concepts`` rows). ``best of all`` picks the factor with the best mean over both halves.
 
     Example:
         >>> cell = lambda f, s_sel, s_rep, flu: {"factor": f, "selection": {"score": s_sel, "fluency": flu,
         ...     "concept": 1.0, "instruction": 1.0}, "report": {"score": s_rep}}
         >>> entry = {"concept_id": "c", "chosen_factor": 2.0, "report": {"score": 0.1},
         ...          "cells": [cell(1.0, 0.2, 0.4, 1.8), cell(2.0, 0.3, 0.1, 1.2)]}
-        >>> rules = rule_scores([entry], [1.5])
-        >>> rules["protocol"]["c"], rules["fixed 1"]["c"], rules["coherence 1.5"]["c"], rules["best of all"]["c"]
-        (0.1, 0.4, 0.4, 0.30000000000000004)
+        >>> picks = rule_picks([entry], [1.5])
+        >>> picks["protocol"]["c"], picks["fixed 1"]["c"], picks["coherence 1.5"]["c"], picks["best of all"]["c"]
+        (2.0, 1.0, 1.0, 1.0)
     """
     from hooksteer.evaluate.protocol import choose_factor
     from hooksteer.evaluate.result import FactorCell
@@ -116,10 +121,9 @@ def rule_scores(entries: Sequence[Mapping[str, Any]], coherence_targets: Sequenc
     for entry in entries:
         cells = _cells(entry)
         chosen = choose_factor([FactorCell(c["factor"], c["selection"], c["report"], False, 0.0) for c in cells])
-        out["protocol"][entry["concept_id"]] = chosen.report["score"]
+        out["protocol"][entry["concept_id"]] = chosen.factor
     for factor in factors:
-        out[f"fixed {factor:g}"] = {e["concept_id"]: next(c["report"]["score"] for c in _cells(e)
-                                                          if c["factor"] == factor) for e in entries}
+        out[f"fixed {factor:g}"] = {e["concept_id"]: factor for e in entries}
 
     def pooled_mean(factor: float) -> float:
         values = [c["selection"]["score"] for e in entries for c in _cells(e) if c["factor"] == factor]
@@ -132,47 +136,70 @@ def rule_scores(entries: Sequence[Mapping[str, Any]], coherence_targets: Sequenc
         for entry in entries:
             cells = sorted(_cells(entry), key=lambda c: c["factor"])
             kept = [c for c in cells if c["selection"]["fluency"] >= target]
-            picked[entry["concept_id"]] = (kept[-1] if kept else cells[0])["report"]["score"]
+            picked[entry["concept_id"]] = (kept[-1] if kept else cells[0])["factor"]
         out[f"coherence {target:g}"] = picked
-    out["best of all"] = {e["concept_id"]: max(_both(c) for c in _cells(e)) for e in entries}
+    out["best of all"] = {e["concept_id"]: max(_cells(e), key=_both)["factor"] for e in entries}
     return out
 
 
-def other_sets_scores(evaluations: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[dict[str, float], list[float | None]]:
-    """The ``other sets`` rule: each evaluation's report-half scores at the factor best on the other evaluations.
+def rule_scores(entries: Sequence[Mapping[str, Any]], coherence_targets: Sequence[float]) -> dict[str, dict[str, float]]:
+    """Per rule: ``{concept_id: score}`` at the factors of :func:`rule_picks` — the report half, except ``best of
+    all``: both halves (its factor was picked on them).
 
-    ``evaluations`` holds one method's concept entries per evaluation (concept ids already unique across them). The
-    factor is the one with the best mean score over both halves of every other evaluation's cells (ties: the smaller
-    factor); an evaluation that did not sweep that factor gets none (its concepts are left out, factor ``None``).
+    Example:
+        >>> cell = lambda f, s_sel, s_rep, flu: {"factor": f, "selection": {"score": s_sel, "fluency": flu,
+        ...     "concept": 1.0, "instruction": 1.0}, "report": {"score": s_rep}}
+        >>> entry = {"concept_id": "c", "chosen_factor": 2.0, "report": {"score": 0.1},
+        ...          "cells": [cell(1.0, 0.2, 0.4, 1.8), cell(2.0, 0.3, 0.1, 1.2)]}
+        >>> rules = rule_scores([entry], [1.5])
+        >>> rules["protocol"]["c"], rules["fixed 1"]["c"], rules["coherence 1.5"]["c"], rules["best of all"]["c"]
+        (0.1, 0.4, 0.4, 0.30000000000000004)
+    """
+    cells = {(e["concept_id"], c["factor"]): c for e in entries for c in _cells(e)}
+    return {rule: {cid: _both(cells[cid, f]) if rule == "best of all" else cells[cid, f]["report"]["score"]
+                   for cid, f in picks.items()}
+            for rule, picks in rule_picks(entries, coherence_targets).items()}
+
+
+def other_sets_picks(evaluations: Sequence[Sequence[Mapping[str, Any]]]) -> list[float | None]:
+    """The ``other sets`` rule: per evaluation (one method's concept entries each), the factor with the best mean
+    score over both halves of every *other* evaluation's cells (ties: the smaller factor); None when this evaluation
+    did not sweep that factor (its concepts are then left out).
 
     Example:
         >>> cell = lambda f, s: {"factor": f, "selection": {"score": s}, "report": {"score": s}}
         >>> one = [{"concept_id": "0:a", "cells": [cell(1.0, 0.1), cell(2.0, 0.3)]}]
         >>> two = [{"concept_id": "1:a", "cells": [cell(1.0, 0.4), cell(2.0, 0.2)]}]
-        >>> other_sets_scores([one, two])   # set one gets factor 1 (best on two), set two gets factor 2
-        ({'0:a': 0.1, '1:a': 0.2}, [1.0, 2.0])
+        >>> other_sets_picks([one, two])   # set one gets factor 1 (best on two), set two gets factor 2
+        [1.0, 2.0]
     """
     if len(evaluations) < 2:
         raise ValueError("the other-sets rule needs at least two evaluations")
-    scores: dict[str, float] = {}
     picked: list[float | None] = []
     for i, entries in enumerate(evaluations):
-        others = [c for j, here in enumerate(evaluations) if j != i for e in here for c in _cells(e)]
         by_factor: dict[float, list[float]] = {}
-        for cell in others:
-            by_factor.setdefault(cell["factor"], []).append(_both(cell))
-        if not by_factor:
-            picked.append(None)
-            continue
-        factor = max(sorted(by_factor), key=lambda f: sum(by_factor[f]) / len(by_factor[f]))
-        found = {e["concept_id"]: next((c["report"]["score"] for c in _cells(e) if c["factor"] == factor), None)
-                 for e in entries}
-        if any(v is None for v in found.values()):
-            picked.append(None)
-            continue
-        picked.append(factor)
-        scores.update({cid: v for cid, v in found.items() if v is not None})
-    return scores, picked
+        for j, here in enumerate(evaluations):
+            for cell in (c for e in here for c in _cells(e)) if j != i else ():
+                by_factor.setdefault(cell["factor"], []).append(_both(cell))
+        factor = max(sorted(by_factor), key=lambda f: sum(by_factor[f]) / len(by_factor[f])) if by_factor else None
+        swept = all(any(c["factor"] == factor for c in _cells(e)) for e in entries)
+        picked.append(factor if factor is not None and swept else None)
+    return picked
+
+
+def answer_words(generations: Sequence[Mapping[str, Any]], method: str, picks: Mapping[str, float | None],
+                 reference: str = "none") -> dict[str, float] | None:
+    """Mean words of ``method``'s report-half answers at the picked factor per concept, of ``reference``'s answers to
+    the same (concept, prompt) pairs, and their ratio (a rule that shortens answers is a bug signal); None when the
+    generations hold no such pair. ``generations`` carry the same concept ids as ``picks``."""
+    words = {(g["method"], g["concept_id"], g["prompt_id"], g["factor"]): len(g["output"].split())
+             for g in generations if g["half"] == "report" and g["method"] in (method, reference)}
+    pairs = [(n, words[reference, cid, prompt, None]) for (m, cid, prompt, factor), n in words.items()
+             if m == method and cid in picks and factor == picks[cid] and (reference, cid, prompt, None) in words]
+    if not pairs:
+        return None
+    mine, ref = sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs)
+    return {"words": mine, "reference_words": ref, "ratio": mine / ref if ref else float("nan"), "n": len(pairs)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -189,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             cid = entry["concept_id"] if len(pooled) == 1 else f"{i}:{entry['concept_id']}"
             methods_here.setdefault(entry["method"], []).append({**entry, "concept_id": cid})
         per_evaluation.append(methods_here)
+    generations = _generations(args.evaluation)
     common_methods = set.intersection(*(set(m) for m in per_evaluation))
     by_method = {m: [e for here in per_evaluation for e in here[m]] for m in per_evaluation[0] if m in common_methods}
     if args.baseline not in by_method:
@@ -199,34 +227,46 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         _fail(f"methods not in every evaluation: {', '.join(unknown)}")
     concepts = [e["concept_id"] for e in by_method[args.baseline]]
     base_report = {e["concept_id"]: e["report"]["score"] for e in by_method[args.baseline]}
-    base_all = {e["concept_id"]: _both(e["cells"][0]) for e in by_method[args.baseline]}
+    # the 'best of all' rows' baseline: a method without factors on both halves; one with factors (e.g. DiffMean) at
+    # its own best factor per concept on both halves (its first cell alone would be an arbitrary factor)
+    base_all = {e["concept_id"]: max((_both(c) for c in _cells(e)), default=_both(e["cells"][0]))
+                for e in by_method[args.baseline]}
     rows = []
     other_sets_factors: dict[str, list[float | None]] = {}
     for method in methods:
         entries = by_method[method]
         if sorted(e["concept_id"] for e in entries) != sorted(concepts):
             _fail(f"{method} and {args.baseline} were scored on different concepts")
-        if not any(_cells(e) for e in entries):
+        cells = {(e["concept_id"], c["factor"]): c for e in entries for c in _cells(e)}
+        picks: dict[str, dict[str, float | None]] = {}
+        if not any(_cells(e) for e in entries):  # no factors (prompt steering): its one cell per concept
+            picks["protocol"] = {e["concept_id"]: None for e in entries}
             rules = {"best of all": {e["concept_id"]: _both(e["cells"][0]) for e in entries},
                      "protocol": {e["concept_id"]: e["report"]["score"] for e in entries}}
         else:  # each evaluation's rules on its own concepts (a pooled factor is chosen per evaluation)
-            rules = {}
             for here in per_evaluation:
-                for rule, scores in rule_scores(here[method], args.coherence_targets).items():
+                for rule, picked in rule_picks(here[method], args.coherence_targets).items():
                     key = rule if len(per_evaluation) == 1 else _rule_key(rule)
-                    rules.setdefault(key, {}).update(scores)
+                    picks.setdefault(key, {}).update(picked)
             if len(per_evaluation) > 1:
-                rules["other sets"], other_sets_factors[method] = other_sets_scores([h[method] for h in per_evaluation])
+                other_sets_factors[method] = other_sets_picks([h[method] for h in per_evaluation])
+                picks["other sets"] = {e["concept_id"]: factor for here, factor in
+                                       zip(per_evaluation, other_sets_factors[method], strict=True)
+                                       if factor is not None for e in here[method]}
+            rules = {rule: {cid: _both(cells[cid, f]) if rule == "best of all" else cells[cid, f]["report"]["score"]
+                            for cid, f in picked.items()} for rule, picked in picks.items()}
         for rule, scores in rules.items():
             if len(scores) != len(concepts):  # e.g. a factor only one evaluation swept
                 continue
             base = base_all if rule == "best of all" else base_report
             values = [scores[c] for c in concepts]
             reference = [base[c] for c in concepts]
+            words = (answer_words(generations, method, picks[rule])
+                     if generations and rule in picks and rule != "best of all" else None)
             rows.append({"method": method, "rule": rule, "score": bootstrap_ci(values).to_dict(),
                          "minus_baseline": paired_difference_ci(values, reference).to_dict(),
                          "minus_share": paired_difference_ci(values, [args.share * v for v in reference]).to_dict(),
-                         "per_concept": dict(zip(concepts, values, strict=True))})
+                         "answer_words": words, "per_concept": dict(zip(concepts, values, strict=True))})
     reproduced = all(abs(r["score"]["mean"] - _saved_mean(by_method[r["method"]])) < 1e-9
                      for r in rows if r["rule"] == "protocol")
     report = {"benchmark": PROG, "command": " ".join(["benchmarks/selection_rules.py", *(argv or sys.argv[1:])]),
@@ -243,6 +283,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(text)
     log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return report
+
+
+def _generations(folders: Sequence[str]) -> list[dict[str, Any]]:
+    """Every evaluation's saved answers (``generations.json``), concept ids prefixed as the entries' are when several
+    evaluations are pooled; empty when any folder has none (the rows then carry no answer lengths)."""
+    paths = [Path(folder) / "generations.json" for folder in folders]
+    if not all(path.is_file() for path in paths):
+        return []
+    out = []
+    for i, path in enumerate(paths):
+        for g in json.loads(path.read_text()):
+            out.append({**g, "concept_id": g["concept_id"] if len(paths) == 1 else f"{i}:{g['concept_id']}"})
+    return out
 
 
 def _rule_key(rule: str) -> str:
@@ -268,10 +321,11 @@ def markdown(report: Mapping[str, Any]) -> str:
              f"'best of all' rows). The protocol rows reproduce the saved scores: "
              f"{'yes' if report['protocol_reproduced'] else 'NO'}.", ""]
     body = [[r["method"], r["rule"], _interval(r["score"]), _interval(r["minus_baseline"]),
-             _interval(r["minus_share"]), "yes" if r["minus_share"]["excludes_zero"] else "no"]
+             _interval(r["minus_share"]), "yes" if r["minus_share"]["excludes_zero"] else "no",
+             "–" if not r.get("answer_words") else fmt(r["answer_words"]["ratio"], 2)]
             for r in report["rows"]]
     lines.append(table(body, ("method", "rule", "score [95 %]", f"− {b} [95 %]", f"− {fmt(share, 1)}×{b} [95 %]",
-                              "excludes 0")))
+                              "excludes 0", "words ÷ unsteered")))
     if report.get("other_sets_factors"):
         picked = "; ".join(f"{method} {', '.join('–' if f is None else f'{f:g}' for f in factors)}"
                            for method, factors in report["other_sets_factors"].items())

@@ -52,6 +52,25 @@ def test_every_rule_scores_what_it_names(tmp_path):
     assert "best of all" in (tmp_path / "out" / "results.md").read_text()
 
 
+def test_each_rule_reports_answer_length_at_the_factors_it_picked(tmp_path):
+    bench = load_benchmark("selection_rules")
+    folder = _evaluation(tmp_path)
+    answers = {("vec", 1.0): "two words", ("vec", 2.0): "now four words here", ("none", None): "one two three four"}
+    generations = [{"method": method, "concept_id": cid, "prompt_id": "p", "half": half, "factor": factor,
+                    "output": text if half == "report" else "selection answers are never counted at all"}
+                   for (method, factor), text in answers.items() for cid in ("a", "b") for half in ("selection", "report")]
+    (folder / "generations.json").write_text(json.dumps(generations))
+    report = bench.main(["--evaluation", str(folder), "--out", str(tmp_path / "out")])
+    ratio = {r["rule"]: r["answer_words"] and r["answer_words"]["ratio"] for r in report["rows"]}
+    assert ratio["fixed 1"] == pytest.approx(0.5) and ratio["fixed 2"] == pytest.approx(1.0)
+    assert ratio["protocol"] == pytest.approx((4 + 2) / 2 / 4)  # a at factor 2, b at factor 1
+    assert ratio["best of all"] is None  # its factor was picked on both halves: no report-half length
+    assert "words ÷ unsteered" in (tmp_path / "out" / "results.md").read_text()
+    (folder / "generations.json").unlink()
+    assert all(r["answer_words"] is None for r in bench.main(["--evaluation", str(folder), "--out",
+                                                                str(tmp_path / "bare")])["rows"])
+
+
 def test_several_evaluations_pool_their_concepts_each_paired_with_its_own_baseline(tmp_path):
     bench = load_benchmark("selection_rules")
     first = _evaluation(tmp_path / "one")
@@ -93,7 +112,9 @@ def test_other_sets_rule_takes_each_sets_factor_from_the_other_sets_only(tmp_pat
     single = bench.main(["--evaluation", str(first), "--out", str(tmp_path / "single")])
     assert "other sets" not in {r["rule"] for r in single["rows"]}  # one set has no other set to learn from
     with pytest.raises(ValueError, match="two evaluations"):
-        bench.other_sets_scores([[]])
+        bench.other_sets_picks([[]])
+    against_vec = bench.main(["--evaluation", str(second), "--out", str(tmp_path / "vs-vec"), "--baseline", "vec"])
+    assert against_vec["baseline_scores"]["both halves"]["mean"] == pytest.approx(0.65)  # its best factor, not the first
 
 
 def test_a_real_evaluation_is_reproduced_by_the_protocol_rule(tmp_path):

@@ -33,7 +33,7 @@ from hooksteer.hypersteer.bounds import ConceptVectors
 from hooksteer.hypersteer.config import VARIANTS, HyperSteerConfig, HyperSteerConfigError, default_layer
 from hooksteer.hypersteer.contrast import prompt_difference_vectors
 from hooksteer.hypersteer.dataset import DistillDataset, DistillDataSettings, build_distill_dataset
-from hooksteer.hypersteer.fit_steer import FitSteer
+from hooksteer.hypersteer.fit_steer import LEARNED_ALPHA, FitSteer
 from hooksteer.hypersteer.gating import steer_with
 from hooksteer.hypersteer.model import HyperSteer, HyperSteerFileError
 from hooksteer.hypersteer.read_off import ReadOffSteer
@@ -52,6 +52,7 @@ __all__ = [
     "DistillDataSettings",
     "DistillDataset",
     "FitSteer",
+    "LEARNED_ALPHA",
     "HyperSteer",
     "HyperSteerConfig",
     "HyperSteerConfigError",

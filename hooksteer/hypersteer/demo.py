@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from hooksteer.hypersteer.diagnostics import mean_pairwise_cosine
+from hooksteer.hypersteer.fit_steer import LEARNED_ALPHA
 
 DEMO_FILE = "demo.json"
 GENERATIONS_FILE = "hypersteer_generations.json"
@@ -78,7 +79,8 @@ class HyperSteerDemoSettings:
     fit_steer: bool = field(default=True, metadata={
         "help": "also steer each held-out concept with FitSteer (its A-PSR fitted in closed form to the prompted "
                 "model's activations on its answers to the training base prompts; nothing trained)"})
-    fit_alpha: float = field(default=1.0, metadata={"help": "FitSteer's strength α (1 = as fitted)"})
+    fit_alpha: float = field(default=LEARNED_ALPHA, metadata={
+        "help": "FitSteer's strength α (1 = as fitted; default: the α learned across concepts, LEARNED_ALPHA)"})
     retrain: bool = field(default=False, metadata={"help": "train a new H even if OUT/hypersteer/ holds one"})
     seed: int = field(default=0, metadata={"help": "split and training seed"})
 

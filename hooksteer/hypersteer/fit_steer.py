@@ -18,7 +18,7 @@ Its bounds, the same as a trained H's (:mod:`hooksteer.hypersteer.bounds`):
 Example:
     >>> fit = FitSteer(model, layers=range(30))                                               # doctest: +SKIP
     >>> psr = fit.write_prompt("Talk about volcanoes in every answer.", probe_prompts)      # doctest: +SKIP
-    >>> with psr.steer(model, alpha=1.0):                                                    # doctest: +SKIP
+    >>> with psr.steer(model, alpha=LEARNED_ALPHA):                                          # doctest: +SKIP
     ...     print(generate_texts(model, ["Tell me about your day."], max_new_tokens=32))
 """
 
@@ -44,7 +44,13 @@ from hooksteer.psr.teacher import (
 )
 from hooksteer.psr.trainer import train_psr
 
-__all__ = ["FitSteer", "centred", "direction_separation", "directions", "fit_config", "leave_one_out_centred"]
+#: FitSteer's strength learned across concepts (SmolLM2-135M-Instruct, A-PSR on every layer): the α with the best mean
+#: score on one set of 20 held-out concepts, applied to the other set (``benchmarks/selection_rules.py``'s ``other
+#: sets`` rule on ``runs/fit_alpha_A`` and ``runs/fit_alpha_B``, α ∈ {1, 1.5, 2, 2.5, 3}); both sets chose 1.5. The
+#: fit itself is α = 1; another model may want another α.
+LEARNED_ALPHA = 1.5
+
+__all__ = ["LEARNED_ALPHA", "FitSteer", "centred", "direction_separation", "directions", "fit_config", "leave_one_out_centred"]
 
 
 def fit_config(model: Any, layers: Sequence[int], **overrides: Any) -> PSRConfig:
