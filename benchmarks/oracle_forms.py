@@ -51,7 +51,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -145,6 +145,13 @@ class OracleFormsSettings:
                 "between-concept cosine of the directions"})
     apsr_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0],
                                       metadata={"help": "A-PSR: α swept (1 = as trained; psr_eval.py's grid)"})
+    select_prompts: int = field(default=0, metadata={
+        "help": "A-PSR: also choose each method's α per concept on this many train (probe) prompts, every one judged, "
+                "instead of on the protocol's selection half of the eval prompts; reported on the same report half "
+                "as '<name>@sel<N>' (0: not)"})
+    select_methods: list[str] = field(default_factory=list, metadata={
+        "help": "the A-PSR methods (as evaluated, e.g. apsr-L0-29-centred) --select-prompts applies to (default: "
+                "every A-PSR method)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     bound_lr: float = field(default=0.05, metadata={"help": "learning rate of the oracle vectors"})
     bound_epochs: float = field(default=12.0, metadata={"help": "oracle training epochs over its pairs"})
@@ -368,6 +375,14 @@ def validate(s: OracleFormsSettings) -> list[str]:
         problems.append("--apsr-position-variants needs --apsr (the PSRs it steers with)")
     if s.apsr_bounds and not s.apsr:
         problems.append("--apsr-bounds needs --apsr (the PSRs whose floor and centred form it scores)")
+    n_probe = max(s.train_prompts, s.oracle_prompts or 0)
+    if s.select_prompts and (not s.apsr or not 2 <= s.select_prompts <= n_probe):
+        problems.append(f"--select-prompts needs --apsr and must be 0 or between 2 and the {n_probe} train prompts")
+    apsr_evaluated = {a.name + suffix for a in apsr for suffix in ("", *(f"@{p}" for p in s.apsr_position_variants),
+                                                                  *(("-floor", "-centred") if s.apsr_bounds else ()))}
+    if s.select_methods and (not s.select_prompts or set(s.select_methods) - apsr_evaluated):
+        problems.append(f"--select-methods needs --select-prompts and must name evaluated A-PSR methods "
+                        f"({', '.join(sorted(apsr_evaluated)) or 'none'}), got {s.select_methods}")
     if s.apsr_steps < 0 or s.apsr_local_steps < 0 or not (0 <= s.apsr_held_out_fraction < 1) or s.apsr_lr <= 0:
         problems.append("--apsr-steps / --apsr-local-steps must be >= 0, --apsr-lr > 0, --apsr-held-out-fraction in "
                         "[0, 1)")
@@ -406,6 +421,8 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
         train += s.held_out * (2 * (n_train + s.eval_prompts) * tokens + steps * 3 * s.apsr_batch_size * tokens
                                + local * len(a.layers) * 0.01)
         generations += per_method * len(s.apsr_factors)
+        generations += (s.held_out * s.select_prompts * rate["generation"] * len(s.apsr_factors)
+                        * (1 if s.select_methods else 1 + 2 * s.apsr_bounds + len(s.apsr_position_variants)))
     return {"setup": rate["setup"], "teacher": pairs * rate["teacher_pair"], "train": train,
             "evaluate": generations * 2.5}  # judge and fluency scoring about 1.5× the generation time
 
@@ -589,6 +606,29 @@ def apsr_bounds(s: OracleFormsSettings, method: Any, concepts: Sequence[Any], tr
     return bounds
 
 
+def factors_chosen_elsewhere(result: Any, selection: Any, suffix: str, roles: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Per-concept rows (as :func:`common.per_concept_rows`) of the methods of ``selection``, named
+    ``<method><suffix>``: each concept's factor is the one with the best mean score over *all* of ``selection``'s
+    prompts for it (ties: the smaller factor), and its ratings are ``result``'s report half at that factor — the
+    protocol with the factor chosen on other (more) prompts than its own selection half."""
+    saved = {(c.method, c.concept_id): c for c in result.concepts}
+    rows = []
+    for picked in selection.concepts:
+        n_sel, n_rep = len(picked.selection_prompt_ids), len(picked.report_prompt_ids)
+
+        def mean_score(cell: Any, n_sel: int = n_sel, n_rep: int = n_rep) -> float:
+            return (n_sel * cell.selection["score"] + n_rep * cell.report["score"]) / (n_sel + n_rep)
+
+        best = max(sorted(picked.cells, key=lambda c: c.factor), key=mean_score)
+        scored = saved[picked.method, picked.concept_id]
+        cell = next((c for c in scored.cells if c.factor == best.factor), None)
+        if cell is None:
+            raise ValueError(f"{picked.method}: factor {best.factor} was chosen but not evaluated on the report half")
+        rows.append({"method": picked.method + suffix, "concept_id": picked.concept_id,
+                     "role": roles.get(picked.concept_id), "chosen_factor": best.factor, **cell.report})
+    return rows
+
+
 def oracle_config(s: OracleFormsSettings, form: Form, n_examples: int, resid_norm: float | None = None) -> Any:
     """The oracle's settings for ``form``; ``resid_norm`` (the residual norm at the form's layer) sets the fixed
     length of a ``norm_factor`` form."""
@@ -761,11 +801,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = evaluate(generator, methods, held_out, eval_prompts, judge=judge, factors=s.factors,
                       max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
                       out_dir=out / "evaluation", progress=not tiny, reuse=reusable)
-    eval_seconds = time.perf_counter() - started
     per_concept = common.per_concept_rows(result, roles)
     names = [m.name for m in methods]
+    selected: list[str] = []
+    if s.select_prompts:
+        chosen = [m for m in apsr_methods if not s.select_methods or m.name in s.select_methods]
+        probes = train_prompts[: s.select_prompts]
+        log(f"choosing α per concept on {len(probes)} train prompts for {len(chosen)} A-PSR methods ...")
+        selection = evaluate(generator, chosen, held_out, probes, judge=judge, factors=s.factors,
+                             max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, seed=s.seed,
+                             out_dir=out / "evaluation_select", progress=not tiny, reuse=reusable)
+        rows = factors_chosen_elsewhere(result, selection, f"@sel{len(probes)}", roles)
+        per_concept += rows
+        selected = list(dict.fromkeys(r["method"] for r in rows))
+        names += selected
+    eval_seconds = time.perf_counter() - started
     scores = common.interval_summary(per_concept, names, roles)
-    comparisons = common.paired_comparisons(per_concept, roles, [*oracles, *resid_names, *apsr_names],
+    comparisons = common.paired_comparisons(per_concept, roles, [*oracles, *resid_names, *apsr_names, *selected],
                                             baselines=("prompt", *s.compare_to), prompt_share=0.9)
     lengths = common.answer_lengths(result, model.tokenizer, reference="none")
     report = {

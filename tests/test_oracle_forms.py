@@ -109,6 +109,10 @@ def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
     (["--apsr-bounds"], "--apsr-bounds needs --apsr"),
     (["--forms"], "--forms must name each form once (none only with --apsr)"),
     (["--apsr", "0-2", "--compare-to", "apsr-L0-2-floor"], "--compare-to names methods this run does not evaluate"),
+    (["--select-prompts", "2"], "--select-prompts needs --apsr"),
+    (["--apsr", "0-2", "--select-prompts", "3"], "between 2 and the 2 train prompts"),
+    (["--apsr", "0-2", "--select-prompts", "2", "--select-methods", "apsr-L0-2-floor"], "--select-methods"),
+    (["--apsr", "0-2", "--select-methods", "apsr-L0-2"], "--select-methods needs --select-prompts"),
 ])
 def test_bad_flags_stop_before_anything_is_written(tmp_path, capsys, flags, message):
     bench = _bench()
@@ -310,3 +314,50 @@ def test_apsr_bounds_score_one_shared_fit_and_the_centred_fits_and_reload(tmp_pa
         monkeypatch.setattr(target, lambda *a, **k: pytest.fail("refitted a saved PSR"))
     again = bench.main(flags)
     assert not evaluated and again["scores"]["held_out"] == report["scores"]["held_out"]
+
+
+def test_select_prompts_choose_each_concepts_alpha_on_the_train_prompts_and_report_the_same_half(tmp_path, monkeypatch):
+    """``--select-prompts N``: each A-PSR method's α per concept is the best mean score over N train prompts (a
+    second evaluation, saved), and the row ``<name>@selN`` reports the main evaluation's report half at that α."""
+    from hooksteer.evaluate.result import load_results
+
+    bench = _bench()
+    out = tmp_path / "select"
+    name = "apsr-L0-2-local0-steps0"
+    flags = ["--tiny", "--out", str(out), "--forms", "--apsr", "0-2:local0:steps0", "--apsr-factors", "1", "4",
+             "--select-prompts", "2"]
+    report = bench.main(flags)
+    assert f"{name}@sel2" in report["scores"]["held_out"]
+    assert (f"{name}@sel2", "prompt") in {(c["a"], c["b"]) for c in report["comparisons"]}
+    main, chosen = load_results(out / "evaluation"), load_results(out / "evaluation_select")
+    assert {c.method for c in chosen.concepts} == {name}
+    assert all(len(c.selection_prompt_ids) + len(c.report_prompt_ids) == 2 for c in chosen.concepts)
+    rows = {r["concept_id"]: r for r in report["per_concept"] if r["method"] == f"{name}@sel2"}
+    for picked in chosen.concepts:
+        means = {c.factor: (c.selection["score"] + c.report["score"]) / 2 for c in picked.cells}
+        best = min(f for f, v in means.items() if v == max(means.values()))  # ties: the smaller α
+        assert rows[picked.concept_id]["chosen_factor"] == best
+        saved = next(c for c in main.concepts if c.method == name and c.concept_id == picked.concept_id)
+        assert rows[picked.concept_id]["score"] == next(c.report["score"] for c in saved.cells if c.factor == best)
+    evaluated = record_evaluated_methods(monkeypatch)
+    again = bench.main(flags)  # a rerun reuses both evaluations
+    assert not evaluated and again["scores"]["held_out"] == report["scores"]["held_out"]
+
+
+def test_factors_chosen_elsewhere_weights_each_half_by_its_prompts_and_breaks_ties_low():
+    from types import SimpleNamespace as NS
+
+    bench = _bench()
+
+    def cell(factor, selection, report):
+        return NS(factor=factor, selection={"score": selection}, report={"score": report, "concept": 1.0})
+
+    picked = NS(method="m", concept_id="c", selection_prompt_ids=["p"], report_prompt_ids=["q", "r", "s"],
+                cells=[cell(2.0, 0.5, 0.5), cell(1.0, 0.5, 0.5)])  # a tie: the smaller α
+    saved = NS(concepts=[NS(method="m", concept_id="c", cells=[cell(1.0, 0.5, 0.25), cell(2.0, 0.5, 0.75)])])
+    rows = bench.factors_chosen_elsewhere(saved, NS(concepts=[picked]), "@sel4", {"c": "held_out"})
+    assert rows == [{"method": "m@sel4", "concept_id": "c", "role": "held_out", "chosen_factor": 1.0,
+                     "score": 0.25, "concept": 1.0}]
+    # per prompt: α 2 → (0.0 + 3 × 0.5) / 4 = 0.375 beats α 1 → (0.9 + 3 × 0.1) / 4 = 0.30 (halves alike: α 1 would win)
+    picked.cells = [cell(2.0, 0.0, 0.5), cell(1.0, 0.9, 0.1)]
+    assert bench.factors_chosen_elsewhere(saved, NS(concepts=[picked]), "", {})[0]["score"] == 0.75
