@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from hooksteer.hypersteer import LEARNED_ALPHA
 from hooksteer.hypersteer.demo import (
     DEMO_FILE,
     GENERATIONS_FILE,
@@ -114,7 +115,7 @@ def test_fit_steer_column_steers_each_concept_with_its_own_fitted_psr(trained):
     model, out, report, lines = trained
     assert all("fit_steer" in row for row in report["rows"]) and "FitSteer" in "\n".join(lines)
     info = report["fit_steer"]
-    assert info["layers"] == list(range(model.cfg.n_layers)) and info["alpha"] == 1.0
+    assert info["layers"] == list(range(model.cfg.n_layers)) and info["alpha"] == LEARNED_ALPHA == 1.5  # the default
     assert -1.0 <= info["mean_direction_cosine"] <= 1.0 + 1e-6 and info["seconds_per_concept"] > 0
     strong = HyperSteerDemoSettings(**{**SMALL.__dict__, "fit_alpha": 50.0})
     pushed = run_hypersteer_demo(model, strong, out_dir=out, print_fn=lambda s: None, verbose=False)
