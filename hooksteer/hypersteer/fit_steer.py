@@ -50,7 +50,8 @@ from hooksteer.psr.trainer import train_psr
 #: fit itself is α = 1; another model may want another α.
 LEARNED_ALPHA = 1.5
 
-__all__ = ["LEARNED_ALPHA", "FitSteer", "centred", "direction_separation", "directions", "fit_config", "leave_one_out_centred"]
+__all__ = ["LEARNED_ALPHA", "FitSteer", "centred", "direction_separation", "directions", "fit_config",
+           "leave_one_out_centred"]
 
 
 def fit_config(model: Any, layers: Sequence[int], **overrides: Any) -> PSRConfig:
