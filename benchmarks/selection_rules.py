@@ -26,7 +26,8 @@ mean words of the method's report-half answers at the factors the rule picked, d
 answers to the same prompts (a rule that shortens answers is a bug signal).
 
 Each row: mean score over concepts [bootstrap 95 %] and the paired difference to ``--baseline`` and to
-``--share`` × ``--baseline`` (the same prompts). Several ``--evaluation`` folders (e.g. two sets of concepts, each
+``--share`` × ``--baseline`` (the same prompts); a baseline that sweeps factors (DiffMean, an oracle) is taken under the
+row's own rule (``fixed 2`` against its ``fixed 2``, ``other sets`` against its ``other sets``). Several ``--evaluation`` folders (e.g. two sets of concepts, each
 with its own baseline run) are pooled: every concept keeps its pairing with the baseline of its own evaluation, the
 rules run per evaluation, and the methods are those every evaluation has. Outputs ``results.json`` / ``results.md``
 under ``--out``.
@@ -227,38 +228,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         _fail(f"methods not in every evaluation: {', '.join(unknown)}")
     concepts = [e["concept_id"] for e in by_method[args.baseline]]
     base_report = {e["concept_id"]: e["report"]["score"] for e in by_method[args.baseline]}
-    # the 'best of all' rows' baseline: a method without factors on both halves; one with factors (e.g. DiffMean) at
-    # its own best factor per concept on both halves (its first cell alone would be an arbitrary factor)
-    base_all = {e["concept_id"]: max((_both(c) for c in _cells(e)), default=_both(e["cells"][0]))
-                for e in by_method[args.baseline]}
+    # a baseline with factors (e.g. DiffMean, or an oracle) is taken under the same rule as each row ('best of all':
+    # its own best factor per concept); one without (prompt steering) as it is, on both halves for 'best of all'
+    base_rules, _, _ = method_rules(args.baseline, per_evaluation, args.coherence_targets)
+    base_all = base_rules["best of all"]
     rows = []
     other_sets_factors: dict[str, list[float | None]] = {}
     for method in methods:
         entries = by_method[method]
         if sorted(e["concept_id"] for e in entries) != sorted(concepts):
             _fail(f"{method} and {args.baseline} were scored on different concepts")
-        cells = {(e["concept_id"], c["factor"]): c for e in entries for c in _cells(e)}
-        picks: dict[str, dict[str, float | None]] = {}
-        if not any(_cells(e) for e in entries):  # no factors (prompt steering): its one cell per concept
-            picks["protocol"] = {e["concept_id"]: None for e in entries}
-            rules = {"best of all": {e["concept_id"]: _both(e["cells"][0]) for e in entries},
-                     "protocol": {e["concept_id"]: e["report"]["score"] for e in entries}}
-        else:  # each evaluation's rules on its own concepts (a pooled factor is chosen per evaluation)
-            for here in per_evaluation:
-                for rule, picked in rule_picks(here[method], args.coherence_targets).items():
-                    key = rule if len(per_evaluation) == 1 else _rule_key(rule)
-                    picks.setdefault(key, {}).update(picked)
-            if len(per_evaluation) > 1:
-                other_sets_factors[method] = other_sets_picks([h[method] for h in per_evaluation])
-                picks["other sets"] = {e["concept_id"]: factor for here, factor in
-                                       zip(per_evaluation, other_sets_factors[method], strict=True)
-                                       if factor is not None for e in here[method]}
-            rules = {rule: {cid: _both(cells[cid, f]) if rule == "best of all" else cells[cid, f]["report"]["score"]
-                            for cid, f in picked.items()} for rule, picked in picks.items()}
+        rules, picks, factors = method_rules(method, per_evaluation, args.coherence_targets)
+        if factors is not None:
+            other_sets_factors[method] = factors
         for rule, scores in rules.items():
             if len(scores) != len(concepts):  # e.g. a factor only one evaluation swept
                 continue
-            base = base_all if rule == "best of all" else base_report
+            base = base_rules[rule] if len(base_rules.get(rule, ())) == len(concepts) else base_report
             values = [scores[c] for c in concepts]
             reference = [base[c] for c in concepts]
             words = (answer_words(generations, method, picks[rule])
@@ -272,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = {"benchmark": PROG, "command": " ".join(["benchmarks/selection_rules.py", *(argv or sys.argv[1:])]),
               "evaluation": [str(f) for f in args.evaluation], "baseline": args.baseline, "share": args.share,
               "n_concepts": len(concepts), "protocol_reproduced": reproduced,
+              "baseline_has_factors": any(_cells(e) for e in by_method[args.baseline]),
               "baseline_scores": {"report half": bootstrap_ci(list(base_report.values())).to_dict(),
                                   "both halves": bootstrap_ci(list(base_all.values())).to_dict()},
               "rows": rows, "other_sets_factors": other_sets_factors, "seconds": time.perf_counter() - began}
@@ -283,6 +270,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(text)
     log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return report
+
+
+def method_rules(method: str, per_evaluation: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]],
+                 coherence_targets: Sequence[float]
+                 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float | None]], list[float | None] | None]:
+    """One method's scores per rule (``{rule: {concept_id: score}}``), the factors each rule picked, and the other-sets
+    factors per evaluation (None with one evaluation or no factors). Each evaluation's rules run on its own concepts
+    (a pooled factor is chosen per evaluation); a method without factors (prompt steering) has only ``protocol``
+    and ``best of all`` (its one cell, on both halves)."""
+    entries = [e for here in per_evaluation for e in here[method]]
+    if not any(_cells(e) for e in entries):  # no factors: its one cell per concept
+        return ({"best of all": {e["concept_id"]: _both(e["cells"][0]) for e in entries},
+                 "protocol": {e["concept_id"]: e["report"]["score"] for e in entries}},
+                {"protocol": {e["concept_id"]: None for e in entries}}, None)
+    picks: dict[str, dict[str, float | None]] = {}
+    for here in per_evaluation:
+        for rule, picked in rule_picks(here[method], coherence_targets).items():
+            picks.setdefault(rule if len(per_evaluation) == 1 else _rule_key(rule), {}).update(picked)
+    factors = None
+    if len(per_evaluation) > 1:
+        factors = other_sets_picks([here[method] for here in per_evaluation])
+        picks["other sets"] = {e["concept_id"]: factor for here, factor in zip(per_evaluation, factors, strict=True)
+                               if factor is not None for e in here[method]}
+    cells = {(e["concept_id"], c["factor"]): c for e in entries for c in _cells(e)}
+    rules = {rule: {cid: _both(cells[cid, f]) if rule == "best of all" else cells[cid, f]["report"]["score"]
+                    for cid, f in picked.items()} for rule, picked in picks.items()}
+    return rules, picks, factors
 
 
 def _generations(folders: Sequence[str]) -> list[dict[str, Any]]:
@@ -318,7 +332,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines = ["# Strength rules re-scored on a finished evaluation", "", f"`{report['command']}`", "",
              f"{report['n_concepts']} concepts from {len(report['evaluation'])} evaluation(s); {b}: {_interval(report['baseline_scores']['report half'])} on the "
              f"report half, {_interval(report['baseline_scores']['both halves'])} on both halves (the baseline of the "
-             f"'best of all' rows). The protocol rows reproduce the saved scores: "
+             f"'best of all' rows){'; with factors, it is taken under each row' + chr(39) + 's rule' if report['baseline_has_factors'] else ''}. "
+             f"The protocol rows reproduce the saved scores: "
              f"{'yes' if report['protocol_reproduced'] else 'NO'}.", ""]
     body = [[r["method"], r["rule"], _interval(r["score"]), _interval(r["minus_baseline"]),
              _interval(r["minus_share"]), "yes" if r["minus_share"]["excludes_zero"] else "no",

@@ -115,6 +115,15 @@ def test_other_sets_rule_takes_each_sets_factor_from_the_other_sets_only(tmp_pat
         bench.other_sets_picks([[]])
     against_vec = bench.main(["--evaluation", str(second), "--out", str(tmp_path / "vs-vec"), "--baseline", "vec"])
     assert against_vec["baseline_scores"]["both halves"]["mean"] == pytest.approx(0.65)  # its best factor, not the first
+    # a baseline with factors is taken under each row's own rule
+    saved["concepts"] += [{**e, "method": "twin", "cells": [_cell(1.0, 0.0, 0.25), _cell(2.0, 0.6, 0.5)]}
+                          for e in saved["concepts"] if e["method"] == "vec"]
+    (second / "results.json").write_text(json.dumps(saved))
+    twin = {r["rule"]: r["minus_baseline"]["mean"] for r in bench.main(
+        ["--evaluation", str(second), "--out", str(tmp_path / "twin"), "--baseline", "vec", "--methods", "twin"])["rows"]}
+    assert twin["fixed 1"] == pytest.approx(0.25 - 0.05) and twin["fixed 2"] == pytest.approx(0.5 - 0.7)
+    assert twin["best of all"] == pytest.approx(0.55 - 0.65)
+    assert "under each row's rule" in (tmp_path / "twin" / "results.md").read_text()
 
 
 def test_a_real_evaluation_is_reproduced_by_the_protocol_rule(tmp_path):
