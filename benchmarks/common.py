@@ -429,13 +429,23 @@ def answer_lengths(result: Any, tokenizer: Any = None, *, reference: str = "none
     for method in result.methods:
         pairs = [(text, answers.get((reference, c, p))) for (m, c, p), text in answers.items() if m == method]
         pairs = [(a, b) for a, b in pairs if b is not None]
-        if not pairs:
-            continue
-        mine = sum(_words(a) for a, _ in pairs) / len(pairs)
-        ref = sum(_words(b) for _, b in pairs) / len(pairs)
-        out[method] = {"words": mine, "reference_words": ref, "ratio": mine / ref if ref else float("nan"),
-                       "shorter_share": sum(_words(a) < _words(b) for a, b in pairs) / len(pairs), "n": len(pairs)}
+        if pairs:
+            out[method] = word_ratio(pairs)
     return out
+
+
+def word_ratio(pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """Mean words of the answers and of their references (``(answer, reference)`` pairs, at least one), the ratio,
+    the share of answers shorter than their reference, and the number of pairs.
+
+    Example:
+        >>> word_ratio([("a b", "a b c d"), ("a b c", "a b c")])["ratio"]
+        0.7142857142857143
+    """
+    mine = sum(_words(a) for a, _ in pairs) / len(pairs)
+    ref = sum(_words(b) for _, b in pairs) / len(pairs)
+    return {"words": mine, "reference_words": ref, "ratio": mine / ref if ref else float("nan"),
+            "shorter_share": sum(_words(a) < _words(b) for a, b in pairs) / len(pairs), "n": len(pairs)}
 
 
 def length_table(lengths: Mapping[str, Mapping[str, float]]) -> str:

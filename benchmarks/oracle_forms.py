@@ -324,6 +324,8 @@ def validate(s: OracleFormsSettings) -> list[str]:
     """Every problem with the settings (empty when they are fine), checked before anything runs (layers are
     checked against the model once it is loaded)."""
     apsr = [parse_apsr(spec) for spec in s.apsr if _parses(spec)]  # the entries that parse (the rest: a problem)
+    apsr_evaluated = {a.name + suffix for a in apsr for suffix in ("", *(f"@{p}" for p in s.apsr_position_variants),
+                                                                  *(("-floor", "-centred") if s.apsr_bounds else ()))}
     problems = common.counts_below_one(s, ("train_concepts", "train_prompts", "teacher_tokens", "top_k",
                                            "teacher_batch", "batch_size", "max_new_tokens", "eval_batch_size",
                                            "threads"))
@@ -358,9 +360,7 @@ def validate(s: OracleFormsSettings) -> list[str]:
             problems.append(str(error))
         else:
             evaluated = {"prompt", "none", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
-                         *(a.name + suffix for a in apsr
-                           for suffix in ("", *(f"@{p}" for p in s.apsr_position_variants),
-                                          *(("-floor", "-centred") if s.apsr_bounds else ()))),
+                         *apsr_evaluated,
                          *(f.name for f in forms), *(f"{parse_form(f).name}@resid" for f in s.resid_forms)}
             unknown = sorted(set(s.compare_to) - evaluated)
             if unknown:
@@ -378,8 +378,6 @@ def validate(s: OracleFormsSettings) -> list[str]:
     n_probe = max(s.train_prompts, s.oracle_prompts or 0)
     if s.select_prompts and (not s.apsr or not 2 <= s.select_prompts <= n_probe):
         problems.append(f"--select-prompts needs --apsr and must be 0 or between 2 and the {n_probe} train prompts")
-    apsr_evaluated = {a.name + suffix for a in apsr for suffix in ("", *(f"@{p}" for p in s.apsr_position_variants),
-                                                                  *(("-floor", "-centred") if s.apsr_bounds else ()))}
     if s.select_methods and (not s.select_prompts or set(s.select_methods) - apsr_evaluated):
         problems.append(f"--select-methods needs --select-prompts and must name evaluated A-PSR methods "
                         f"({', '.join(sorted(apsr_evaluated)) or 'none'}), got {s.select_methods}")
@@ -566,11 +564,9 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
 
 def saved_floor(out: Path, name: str) -> bool:
     """Whether the floor of A-PSR ``name`` is saved under ``out/<name>-floor`` (a rerun reloads it)."""
-    from hooksteer.psr.evaluation import TRAINING_FILE
-    from hooksteer.psr.model import CONFIG_FILE
+    from hooksteer.psr.evaluation import has_saved_psr
 
-    folder = out / f"{name}-floor"
-    return (folder / CONFIG_FILE).is_file() and (folder / TRAINING_FILE).is_file()
+    return has_saved_psr(out / f"{name}-floor")
 
 
 def apsr_bounds(s: OracleFormsSettings, method: Any, concepts: Sequence[Any], train: Any, out: Path) -> list[Any]:

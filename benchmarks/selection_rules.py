@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 for _path in (REPO, REPO / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
-from common import fmt, log  # noqa: E402
+from common import fmt, log, word_ratio  # noqa: E402
 
 PROG = "selection_rules"
 
@@ -143,25 +143,6 @@ def rule_picks(entries: Sequence[Mapping[str, Any]], coherence_targets: Sequence
     return out
 
 
-def rule_scores(entries: Sequence[Mapping[str, Any]], coherence_targets: Sequence[float]) -> dict[str, dict[str, float]]:
-    """Per rule: ``{concept_id: score}`` at the factors of :func:`rule_picks` — the report half, except ``best of
-    all``: both halves (its factor was picked on them).
-
-    Example:
-        >>> cell = lambda f, s_sel, s_rep, flu: {"factor": f, "selection": {"score": s_sel, "fluency": flu,
-        ...     "concept": 1.0, "instruction": 1.0}, "report": {"score": s_rep}}
-        >>> entry = {"concept_id": "c", "chosen_factor": 2.0, "report": {"score": 0.1},
-        ...          "cells": [cell(1.0, 0.2, 0.4, 1.8), cell(2.0, 0.3, 0.1, 1.2)]}
-        >>> rules = rule_scores([entry], [1.5])
-        >>> rules["protocol"]["c"], rules["fixed 1"]["c"], rules["coherence 1.5"]["c"], rules["best of all"]["c"]
-        (0.1, 0.4, 0.4, 0.30000000000000004)
-    """
-    cells = {(e["concept_id"], c["factor"]): c for e in entries for c in _cells(e)}
-    return {rule: {cid: _both(cells[cid, f]) if rule == "best of all" else cells[cid, f]["report"]["score"]
-                   for cid, f in picks.items()}
-            for rule, picks in rule_picks(entries, coherence_targets).items()}
-
-
 def other_sets_picks(evaluations: Sequence[Sequence[Mapping[str, Any]]]) -> list[float | None]:
     """The ``other sets`` rule: per evaluation (one method's concept entries each), the factor with the best mean
     score over both halves of every *other* evaluation's cells (ties: the smaller factor); None when this evaluation
@@ -193,14 +174,11 @@ def answer_words(generations: Sequence[Mapping[str, Any]], method: str, picks: M
     """Mean words of ``method``'s report-half answers at the picked factor per concept, of ``reference``'s answers to
     the same (concept, prompt) pairs, and their ratio (a rule that shortens answers is a bug signal); None when the
     generations hold no such pair. ``generations`` carry the same concept ids as ``picks``."""
-    words = {(g["method"], g["concept_id"], g["prompt_id"], g["factor"]): len(g["output"].split())
+    texts = {(g["method"], g["concept_id"], g["prompt_id"], g["factor"]): g["output"]
              for g in generations if g["half"] == "report" and g["method"] in (method, reference)}
-    pairs = [(n, words[reference, cid, prompt, None]) for (m, cid, prompt, factor), n in words.items()
-             if m == method and cid in picks and factor == picks[cid] and (reference, cid, prompt, None) in words]
-    if not pairs:
-        return None
-    mine, ref = sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs)
-    return {"words": mine, "reference_words": ref, "ratio": mine / ref if ref else float("nan"), "n": len(pairs)}
+    pairs = [(text, texts[reference, cid, prompt, None]) for (m, cid, prompt, factor), text in texts.items()
+             if m == method and cid in picks and factor == picks[cid] and (reference, cid, prompt, None) in texts]
+    return word_ratio(pairs) if pairs else None
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -278,7 +256,18 @@ def method_rules(method: str, per_evaluation: Sequence[Mapping[str, Sequence[Map
     """One method's scores per rule (``{rule: {concept_id: score}}``), the factors each rule picked, and the other-sets
     factors per evaluation (None with one evaluation or no factors). Each evaluation's rules run on its own concepts
     (a pooled factor is chosen per evaluation); a method without factors (prompt steering) has only ``protocol``
-    and ``best of all`` (its one cell, on both halves)."""
+    and ``best of all`` (its one cell, on both halves). Scores are report-half scores at the picked factors, except
+    ``best of all``: both halves (its factor was picked on them).
+
+    Example:
+        >>> cell = lambda f, s_sel, s_rep, flu: {"factor": f, "selection": {"score": s_sel, "fluency": flu,
+        ...     "concept": 1.0, "instruction": 1.0}, "report": {"score": s_rep}}
+        >>> entry = {"concept_id": "c", "chosen_factor": 2.0, "report": {"score": 0.1},
+        ...          "cells": [cell(1.0, 0.2, 0.4, 1.8), cell(2.0, 0.3, 0.1, 1.2)]}
+        >>> rules, picks, _ = method_rules("m", [{"m": [entry]}], [1.5])
+        >>> rules["protocol"]["c"], rules["fixed 1"]["c"], rules["coherence 1.5"]["c"], rules["best of all"]["c"]
+        (0.1, 0.4, 0.4, 0.30000000000000004)
+    """
     entries = [e for here in per_evaluation for e in here[method]]
     if not any(_cells(e) for e in entries):  # no factors: its one cell per concept
         return ({"best of all": {e["concept_id"]: _both(e["cells"][0]) for e in entries},

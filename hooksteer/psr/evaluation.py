@@ -82,6 +82,11 @@ def settings_mismatch(saved: PSRConfig, wanted: PSRConfig) -> list[str]:
     return out
 
 
+def has_saved_psr(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a PSR and its training info, as :func:`save_psr_with_info` writes them."""
+    return (Path(folder) / CONFIG_FILE).is_file() and (Path(folder) / TRAINING_FILE).is_file()
+
+
 def load_saved_psr(folder: str | Path, model: Any, wanted: PSRConfig) -> tuple[PSR, dict[str, Any]] | None:
     """The PSR saved in ``folder`` by :func:`save_psr_with_info` and its training info, or None when the folder holds
     no such pair; a PSR saved with settings other than ``wanted`` (see :func:`settings_mismatch`) is refused.
@@ -91,7 +96,7 @@ def load_saved_psr(folder: str | Path, model: Any, wanted: PSRConfig) -> tuple[P
         >>> psr, info = load_saved_psr("runs/x/concept", model, psr.config)       # doctest: +SKIP
     """
     folder = Path(folder)
-    if not ((folder / CONFIG_FILE).is_file() and (folder / TRAINING_FILE).is_file()):
+    if not has_saved_psr(folder):
         return None
     psr = PSR.load(folder, model)
     changed = settings_mismatch(psr.config, wanted)
@@ -107,7 +112,7 @@ def save_psr_with_info(psr: PSR, folder: str | Path, info: dict[str, Any]) -> No
     atomic_write_text(Path(folder) / TRAINING_FILE, json.dumps(info, default=str))
 
 
-__all__ = ["PSRTeacherData", "PSRMethod", "PSRSteerer", "accepted_examples", "fidelity_summary", "load_saved_psr",
+__all__ = ["PSRTeacherData", "PSRMethod", "PSRSteerer", "accepted_examples", "fidelity_summary", "has_saved_psr", "load_saved_psr",
            "save_psr_with_info", "summarise_added"]
 
 
