@@ -473,6 +473,7 @@ def test_psr_method_sweeps_its_own_alphas_and_refuses_bad_ones(tiny_llama):
     method = PSRMethod(data, config, factors=(0.5, 2))
     assert method.factors == [0.5, 2.0] and method.config()["factors"] == [0.5, 2.0]
     assert "factors" not in PSRMethod(data, config).config()  # the evaluation's factors, as before
-    for bad in ([], [0.0], [float("nan")], [-1.0]):
-        with pytest.raises(ValueError, match="factors must be positive"):
+    for bad, message in (([], "empty"), ([0.0], "must be positive"), ([float("nan")], "must be positive"),
+                         ([-1.0], "must be positive"), ([1.0, 1.0], "duplicates")):
+        with pytest.raises(ValueError, match=message):
             PSRMethod(data, config, factors=bad)

@@ -42,6 +42,7 @@ from torch import nn
 from hooksteer.data.schema import Concept, SteeringExample
 from hooksteer.data.teacher import DEFAULT_STYLE
 from hooksteer.evaluate.methods import Factor, GenerationSettings, derive_seed
+from hooksteer.evaluate.protocol import check_factors
 from hooksteer.io import atomic_write_text
 from hooksteer.psr.model import CONFIG_FILE, PSR, PSRConfig
 from hooksteer.psr.teacher import (
@@ -341,9 +342,7 @@ class PSRMethod:
             raise ValueError(f"teacher data has layers {self.data.layers}, this PSR needs {missing} too")
         self.name = self.name or self.psr_config.short_name
         if self.factors is not None:
-            self.factors = [float(f) for f in self.factors]
-            if not self.factors or any(not (math.isfinite(f) and f > 0) for f in self.factors):
-                raise ValueError(f"factors must be positive numbers, got {self.factors}")
+            self.factors = check_factors(self.factors, positive=True)
 
     def train(self, concept: Concept) -> PSR:
         """Train (or load) the concept's PSR and record its diagnostics in ``training[concept.id]``.

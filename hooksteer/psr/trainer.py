@@ -238,15 +238,22 @@ def _check_records(model: Any, records: Sequence[TeacherRecord], config: PSRConf
         _distill_targets(records)
 
 
-def _eval_loss(model: Any, psr: PSR, records: Sequence[TeacherRecord], kept: Sequence[Tensor], pad: int,
-               chunk: int) -> dict[str, float]:
+def _mean_parts(model: Any, psr: PSR, records: Sequence[TeacherRecord], chunk: int, *,
+                kept: Sequence[Tensor] | None = None, per_predicted_token: bool = False,
+                **loss_options: Any) -> dict[str, float]:
+    """:func:`batch_loss`'s parts over ``records`` in chunks (no gradients, no regulariser), each chunk weighted by
+    its steered span tokens, or by its predicted answer tokens (``per_predicted_token``: the mean of a per-answer-
+    token loss such as the KL). ``loss_options`` go to :func:`batch_loss` (``loss``, ``alpha``)."""
+    pad = pad_token_id(model)
     total: dict[str, float] = {}
     weight = 0
     with torch.no_grad():
         for i in range(0, len(records), chunk):
             part = list(records[i : i + chunk])
-            n = sum(r.n_span for r in part)
-            _, parts = batch_loss(model, psr, make_batch(part, pad), kept=kept[i : i + chunk], regulariser=0.0)
+            batch = make_batch(part, pad)
+            n = int(batch.predict_mask().sum()) if per_predicted_token else sum(r.n_span for r in part)
+            _, parts = batch_loss(model, psr, batch, kept=None if kept is None else kept[i : i + chunk],
+                                  regulariser=0.0, **loss_options)
             for key, value in parts.items():
                 total[key] = total.get(key, 0.0) + value * n
             weight += n
@@ -264,16 +271,8 @@ def distill_kl(model: Any, psr: PSR, records: Sequence[TeacherRecord], *, alpha:
     if not records:
         raise ValueError("no teacher records to measure the KL on")
     _distill_targets(records)  # a clear error when the records carry no teacher log-probs
-    pad = pad_token_id(model)
-    total, weight = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(records), batch_size):
-            batch = make_batch(list(records[i : i + batch_size]), pad)
-            n = int(batch.predict_mask().sum())  # the batch's KL is a mean over its predicted answer tokens
-            _, parts = batch_loss(model, psr, batch, loss="distill", alpha=alpha, regulariser=0.0)
-            total += parts["distill"] * n
-            weight += n
-    return total / max(weight, 1)
+    return _mean_parts(model, psr, records, batch_size, per_predicted_token=True, loss="distill",
+                       alpha=alpha)["distill"]
 
 
 def train_psr(model: Any, records: Sequence[TeacherRecord], config: PSRConfig, *, init: str | None = None,
@@ -333,8 +332,8 @@ def train_psr(model: Any, records: Sequence[TeacherRecord], config: PSRConfig, *
                                       weight_decay=config.weight_decay)
         generator = torch.Generator().manual_seed(config.seed)
         weight = float(config.regulariser)
-        result.initial = _eval_loss(model, psr, train, kept_train, pad, config.batch_size)
-        best = _eval_loss(model, psr, held, kept_held, pad, config.batch_size)["loss"] if held else float("inf")
+        result.initial = _mean_parts(model, psr, train, config.batch_size, kept=kept_train)
+        best = _mean_parts(model, psr, held, config.batch_size, kept=kept_held)["loss"] if held else float("inf")
         result.held_out["initial"] = best if held else None
         best_state, result.best_step, bad = copy.deepcopy(psr.state_dict()), 0, 0
         bar = tqdm(range(1, steps + 1), desc=f"train {config.short_name}", disable=not progress)
@@ -351,7 +350,7 @@ def train_psr(model: Any, records: Sequence[TeacherRecord], config: PSRConfig, *
             optimizer.step()
             entry: dict[str, float] = {"step": step, **parts}
             if held and (step % config.eval_every == 0 or step == steps):
-                current = _eval_loss(model, psr, held, kept_held, pad, config.batch_size)["loss"]
+                current = _mean_parts(model, psr, held, config.batch_size, kept=kept_held)["loss"]
                 entry["held_out_loss"] = current
                 if current < best - 1e-6:
                     best, best_state, result.best_step, bad = current, copy.deepcopy(psr.state_dict()), step, 0
@@ -367,7 +366,7 @@ def train_psr(model: Any, records: Sequence[TeacherRecord], config: PSRConfig, *
             psr.load_state_dict(best_state)
             result.held_out["best"] = best
         psr.requires_grad_(False)
-        result.final = _eval_loss(model, psr, train, kept_train, pad, config.batch_size)
+        result.final = _mean_parts(model, psr, train, config.batch_size, kept=kept_train)
         if diagnose:
             final_pass = steered_pass(model, psr, train, held_out=held, alpha=config.train_alpha, start_layer=first,
                                       start_resid=init_pass.kept, to_end=True)
