@@ -86,6 +86,8 @@ class HyperSteerEvalSettings:
                                                         "choices": ["prompted", "unsteered"]})
     teacher_context: str = field(default="steering_prompt", metadata={
         "help": "what the teacher reads", "choices": ["steering_prompt", "reference_text"]})
+    reference_chars: int = field(default=600, metadata={
+        "help": "characters of the concept's reference text the reference_text teacher reads"})
     teacher_tokens: int = field(default=32, metadata={"help": "max tokens of a teacher answer"})
     top_k: int = field(default=32, metadata={"help": "teacher log-probs kept per position"})
     teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
@@ -159,7 +161,7 @@ class HyperSteerEvalSettings:
 TINY = {"train_concepts": 8, "held_out": 3, "held_in": 1, "train_prompts": 2, "eval_prompts": 2, "teacher_tokens": 6,
         "top_k": 8, "n_blocks": 1, "epochs": 2.0, "batch_size": 4, "lr": 1e-3, "warmup_steps": 0, "bound_epochs": 2.0,
         "factors": [0.5, 2.0], "trained_factors": [1.0], "max_new_tokens": 4, "timing_vectors": 2, "samples": 4,
-        "curve": [4]}
+        "curve": [4], "reference_chars": 40}
 
 # Seconds per unit, measured on the 2-core CPU (1 torch thread) and on an H200; used only for the estimate.
 RATES = {"cpu": {"teacher_pair": 1.5, "train_token": 2.0e-3, "generation": 0.35, "setup": 90.0},
@@ -186,7 +188,7 @@ def validate(s: HyperSteerEvalSettings) -> list[str]:
     """Every problem with the settings (empty when they are fine), checked before anything runs."""
     problems = common.counts_below_one(s, ("train_concepts", "held_out", "train_prompts", "teacher_tokens", "top_k",
                                            "teacher_batch", "n_blocks", "batch_size", "max_new_tokens",
-                                           "eval_batch_size", "threads"))
+                                           "eval_batch_size", "threads", "reference_chars"))
     if s.held_in < 0 or s.held_in > s.train_concepts:
         problems.append("--held-in must be between 0 and --train-concepts")
     if s.eval_prompts < 2:
@@ -349,7 +351,7 @@ def distill_config(s: Any) -> Any:
     from hooksteer.distill import DistillConfig
 
     return DistillConfig(response=s.response, teacher_context=s.teacher_context, max_new_tokens=s.teacher_tokens,
-                         top_k=s.top_k, batch_size=s.teacher_batch)
+                         top_k=s.top_k, batch_size=s.teacher_batch, max_reference_chars=s.reference_chars)
 
 
 def teacher_data(s: HyperSteerEvalSettings, model: Any, generator: Any, concepts: Sequence[Any],

@@ -52,7 +52,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -96,6 +96,11 @@ class OracleFormsSettings:
                                                         "choices": ["prompted", "unsteered"]})
     teacher_context: str = field(default="steering_prompt", metadata={
         "help": "what the teacher reads", "choices": ["steering_prompt", "reference_text"]})
+    reference_chars: int = field(default=600, metadata={
+        "help": "characters of the concept's reference text the reference_text teacher reads"})
+    prompt_background: bool = field(default=False, metadata={
+        "help": "also score prompt steering with the concept's reference text before the steering prompt (method "
+                "prompt-background: what the reference_text teacher reads)"})
     teacher_tokens: int = field(default=32, metadata={"help": "max tokens of a teacher answer"})
     top_k: int = field(default=32, metadata={"help": "teacher log-probs kept per position"})
     teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
@@ -180,7 +185,7 @@ class OracleFormsSettings:
 TINY = {"train_concepts": 4, "held_out": 3, "held_in": 1, "train_prompts": 2, "eval_prompts": 2, "teacher_tokens": 6,
         "top_k": 8, "batch_size": 4, "bound_epochs": 2.0, "forms": ["2:all", "1:prompt"], "factors": [0.5],
         "trained_factors": [1.0, 2.0], "max_new_tokens": 4, "samples": 4, "apsr_local_steps": 2, "apsr_steps": 2,
-        "apsr_eval_every": 1}
+        "apsr_eval_every": 1, "reference_chars": 40}
 
 
 class Form(NamedTuple):
@@ -328,7 +333,7 @@ def validate(s: OracleFormsSettings) -> list[str]:
                                                                   *(("-floor", "-centred") if s.apsr_bounds else ()))}
     problems = common.counts_below_one(s, ("train_concepts", "train_prompts", "teacher_tokens", "top_k",
                                            "teacher_batch", "batch_size", "max_new_tokens", "eval_batch_size",
-                                           "threads"))
+                                           "threads", "reference_chars"))
     if s.held_out < 2:
         problems.append("--held-out must be >= 2 (between-concept cosines and intervals)")
     if s.held_in < 0 or s.held_in > s.train_concepts:
@@ -359,15 +364,19 @@ def validate(s: OracleFormsSettings) -> list[str]:
         except ValueError as error:
             problems.append(str(error))
         else:
-            evaluated = {"prompt", "none", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
-                         *apsr_evaluated,
+            evaluated = {"prompt", "none", *(["prompt-background"] if s.prompt_background else []),
+                         *(f"diffmean-L{layer}" for layer in s.diffmean_layers), *apsr_evaluated,
                          *(f.name for f in forms), *(f"{parse_form(f).name}@resid" for f in s.resid_forms)}
             unknown = sorted(set(s.compare_to) - evaluated)
             if unknown:
                 problems.append(f"--compare-to names methods this run does not evaluate: {', '.join(unknown)} "
                                 f"(evaluated: {', '.join(sorted(evaluated))})")
     if len(apsr) != len(s.apsr) or len({a.name for a in apsr}) != len(apsr):
-        problems.append(f"--apsr must be {APSR_SYNTAX} (LAYERS 20, 10-29 or 0+10+20; N >= 0), each once, got {s.apsr}")
+        problems.append(f"--apsr must be {APSR_SYNTAX} (LAYERS 20, 10-29 or 0+10+20; N >= 0; TEACHER "
+                        f"{' or '.join(APSR_TEACHERS)}), each once, got {s.apsr}")
+    elif any(a.teacher == s.teacher_context for a in apsr):
+        problems.append(f"an --apsr entry names the run's own --teacher-context ({s.teacher_context}): leave it off "
+                        "(an entry's teacher is for another context)")
     elif s.apsr_train_from is not None and any(s.apsr_train_from > max(a.layers) for a in apsr):
         problems.append("--apsr-train-from must be <= the top layer of every --apsr layer set")
     problems += common.counts_below_one(s, ("apsr_batch_size", "apsr_eval_every"))
@@ -413,6 +422,9 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
     generations = per_method * (len(s.forms) * len(s.trained_factors) + len(s.diffmean_layers) * len(s.factors)
                                 + len(s.resid_forms) * len(s.factors) + 2)
     pairs += sum(f.round2 == "onpolicy" for f in map(parse_form, s.forms)) * s.held_out * n_train  # own answers
+    other_teachers = {a.teacher for a in map(parse_apsr, s.apsr)} - {None, s.teacher_context}
+    pairs += len(other_teachers) * s.held_out * (n_train + s.eval_prompts)  # an --apsr entry's own teacher
+    generations += per_method * s.prompt_background
     for a in (parse_apsr(spec) for spec in s.apsr):  # teacher activations (2 passes), local init, end-to-end steps
         tokens = (45 + s.teacher_tokens) * rate["train_token"] / 3
         local, steps = a.settings(s)
@@ -425,21 +437,25 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
             "evaluate": generations * 2.5}  # judge and fluency scoring about 1.5× the generation time
 
 
-APSR_SYNTAX = "LAYERS[:localN][:stepsN]"
+APSR_SYNTAX = "LAYERS[:localN][:stepsN][:TEACHER]"
+APSR_TEACHERS = ("steering_prompt", "reference_text")  # hooksteer.distill.TEACHER_CONTEXTS
 
 
 class ApsrSpec(NamedTuple):
-    """An ``--apsr`` entry: the A-PSR's layers and, when given, its own local / end-to-end step counts."""
+    """An ``--apsr`` entry: the A-PSR's layers and, when given, its own local / end-to-end step counts and its own
+    teacher context (``steering_prompt`` or ``reference_text``; default the run's ``--teacher-context``)."""
 
     layers: tuple[int, ...]
     local_steps: int | None = None
     steps: int | None = None
+    teacher: str | None = None
 
     @property
     def name(self) -> str:
         name = f"apsr-L{common.layer_spec(self.layers)}"
         name += "" if self.local_steps is None else f"-local{self.local_steps}"
-        return name + ("" if self.steps is None else f"-steps{self.steps}")
+        name += "" if self.steps is None else f"-steps{self.steps}"
+        return name + ("" if self.teacher is None else f"-{self.teacher}")
 
     def settings(self, s: OracleFormsSettings) -> tuple[int, int]:
         """(local steps, end-to-end steps): this entry's, else ``--apsr-local-steps`` / ``--apsr-steps``."""
@@ -448,18 +464,23 @@ class ApsrSpec(NamedTuple):
 
 
 def parse_apsr(spec: str) -> ApsrSpec:
-    """``"LAYERS[:localN][:stepsN]"`` → :class:`ApsrSpec`; ``ValueError`` for anything else.
+    """``"LAYERS[:localN][:stepsN][:TEACHER]"`` → :class:`ApsrSpec`; ``ValueError`` for anything else.
 
     Example:
         >>> parse_apsr("0-29").name, parse_apsr("0+10").name, parse_apsr("0-29:local0:steps0").name
         ('apsr-L0-29', 'apsr-L0+10', 'apsr-L0-29-local0-steps0')
         >>> parse_apsr("0-2:steps0")
-        ApsrSpec(layers=(0, 1, 2), local_steps=None, steps=0)
+        ApsrSpec(layers=(0, 1, 2), local_steps=None, steps=0, teacher=None)
+        >>> parse_apsr("0-29:local0:steps0:reference_text").name
+        'apsr-L0-29-local0-steps0-reference_text'
     """
     parts = spec.split(":")
     layers = common.parse_layers(parts[0])
-    options: dict[str, int] = {}
+    options: dict[str, Any] = {}
     for part in parts[1:]:
+        if part in APSR_TEACHERS and "teacher" not in options:
+            options["teacher"] = part
+            continue
         for key, prefix in (("local_steps", "local"), ("steps", "steps")):
             if part.startswith(prefix) and part[len(prefix):].isdigit() and key not in options:
                 options[key] = int(part[len(prefix):])
@@ -480,13 +501,16 @@ def _parses(spec: str) -> bool:
 
 
 def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], oracle_data: Any, eval_data: Any,
-                out: Path, tiny: bool, *, unsteered_kl: bool = False
+                out: Path, tiny: bool, *, unsteered_kl: bool = False,
+                other_teachers: Mapping[str, tuple[Any, Any]] | None = None
                 ) -> tuple[list[Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """One A-PSR per concept and ``--apsr`` layer set, distilled on the oracles' pairs (saved under
     ``out/apsr-L<layers>/<concept>`` and reloaded by a rerun), and its eval KL on the never-trained eval pairs; each
     ``--apsr-position-variants`` entry adds the same PSRs steering other positions, ``--apsr-bounds`` their floor and
-    centred form (:func:`apsr_bounds`). Returns the evaluated methods, their training records, eval KLs (with
-    ``unsteered_kl`` also ``"none"``, the same KL unsteered) and the between-concept separation of their directions."""
+    centred form (:func:`apsr_bounds`). An entry with its own teacher context trains on, and is measured against,
+    ``other_teachers[context]`` (its train and eval data) instead. Returns the evaluated methods, their training
+    records, eval KLs (with ``unsteered_kl`` also ``"none"``, the same KL unsteered, against the run's teacher) and
+    the between-concept separation of their directions."""
     from tqdm.auto import tqdm
 
     from hooksteer.hypersteer.config import default_layer
@@ -500,11 +524,17 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
         return [], {}, {}, {}
     # one teacher pass per concept serves every layer set (records hold each layer any of them steers), as psr_eval.py
     every_layer = sorted({layer for spec in specs for layer in spec.layers})
-    train = PSRTeacherData.from_distill(model, oracle_data, every_layer, concepts=by_id, prefix_tokens="auto")
-    evals = PSRTeacherData.from_distill(model, eval_data, every_layer, concepts=by_id, prefix_tokens="auto")
+    sources = {s.teacher_context: (oracle_data, eval_data), **(other_teachers or {})}
+    missing = sorted({spec.teacher for spec in specs if spec.teacher is not None} - set(sources))
+    if missing:
+        raise ValueError(f"no teacher data for the --apsr teacher context(s) {missing}")
+    data = {context: tuple(PSRTeacherData.from_distill(model, part, every_layer, concepts=by_id, prefix_tokens="auto")
+                           for part in parts) for context, parts in sources.items()
+            if any((spec.teacher or s.teacher_context) == context for spec in specs)}
     train_from = s.apsr_train_from if s.apsr_train_from is not None else default_layer(n_layers)
-    trained = []
+    trained, data_of = [], {}
     for spec in specs:
+        train, evals = data_of[spec.name] = data[spec.teacher or s.teacher_context]
         local_steps, steps = spec.settings(s)
         config = PSRConfig(layers=list(spec.layers), d_model=int(model.cfg.d_model), variant="adaptive",
                            loss="distill", steps=steps, lr=s.apsr_lr, batch_size=s.apsr_batch_size, seed=s.seed,
@@ -520,20 +550,27 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
     floors_to_fit = s.apsr_bounds and any(not saved_floor(out, m.name) for m in trained)
     for concept in tqdm(concepts, desc="A-PSR", disable=tiny):
         for method in trained:
+            evals = data_of[method.name][1]
             per_concept[method.name][concept.id] = distill_kl(model, method.train(concept), evals.records(concept.id))
         if unsteered_kl:
-            unsteered[concept.id] = distill_kl(model, trained[0].psrs[concept.id], evals.records(concept.id), alpha=0.0)
-        if not floors_to_fit:  # a floor is fitted to every concept's records at once
-            train.release(concept.id)
-        if not s.apsr_bounds:  # the bounds' eval KL reads them again
-            evals.release(concept.id)
+            run_evals = data[s.teacher_context][1] if s.teacher_context in data else None
+            if run_evals is not None:
+                unsteered[concept.id] = distill_kl(model, trained[0].psrs[concept.id], run_evals.records(concept.id),
+                                                   alpha=0.0)
+        for train, evals in data.values():
+            if not floors_to_fit:  # a floor is fitted to every concept's records at once
+                train.release(concept.id)
+            if not s.apsr_bounds:  # the bounds' eval KL reads them again
+                evals.release(concept.id)
     methods, training = [], {}
     kl = {"none": {"held_out": sum(unsteered.values()) / len(unsteered), "per_concept": unsteered}} if unsteered else {}
     separation = {m.name: direction_separation(m.psrs) for m in trained}
     for spec, method in zip(specs, trained, strict=True):
+        train, evals = data_of[method.name]
         info = [method.training[c.id] for c in concepts]
         local_steps, steps = spec.settings(s)
         training[method.name] = {"steps": steps, "local_steps": local_steps,
+                                 "teacher_context": spec.teacher or s.teacher_context,
                                  "seconds": sum(float(i.get("train_seconds") or 0.0) for i in info),
                                  "reused": all("loaded_from" in i for i in info),
                                  "best_step": [i.get("best_step") for i in info],
@@ -557,8 +594,9 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
                 separation[bound.name] = direction_separation(bound.psrs)
                 methods.append(bound)
     for concept in concepts:
-        train.release(concept.id)
-        evals.release(concept.id)
+        for train, evals in data.values():
+            train.release(concept.id)
+            evals.release(concept.id)
     return methods, training, kl, separation
 
 
@@ -715,6 +753,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     oracle_data = hypersteer_eval.teacher_data(s, model, generator, held_out, train_prompts, cache, tiny)
     eval_data = hypersteer_eval.teacher_data(s, model, generator, held_out, eval_prompts, cache, tiny)
+    other_teachers = {}  # --apsr entries with a teacher context of their own (same cache: its key holds the context)
+    for context in sorted({a.teacher for a in map(parse_apsr, s.apsr)} - {None}):
+        log(f"teacher ({context}, for the --apsr entries that name it) ...")
+        other = replace(s, teacher_context=context)
+        other_teachers[context] = tuple(hypersteer_eval.teacher_data(other, model, generator, held_out, part, cache,
+                                                                     tiny) for part in (train_prompts, eval_prompts))
     teacher_seconds = time.perf_counter() - started
     keys = [r.steering_prompt for r in oracle_data.records]
 
@@ -768,7 +812,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         oracles[form.name] = oracle
 
     apsr_methods, apsr_training, apsr_kl, apsr_separation = train_apsrs(  # the oracles' eval KL brings its own "none"
-        s, model, held_out, oracle_data, eval_data, out, tiny, unsteered_kl=not oracles)
+        s, model, held_out, oracle_data, eval_data, out, tiny, unsteered_kl=not oracles, other_teachers=other_teachers)
     training.update(apsr_training)
     log("eval KL and vector diagnostics ...")
     kl = {**(hypersteer_eval.eval_kl(oracles, {"held_out": list(eval_data.records)}) if oracles else {}), **apsr_kl}
@@ -779,6 +823,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     diagnostics.update(apsr_separation)
 
     methods: list[Any] = [PromptSteering(), NoSteering()]
+    if s.prompt_background:  # what the reference_text teacher reads (the same reference length)
+        methods.append(PromptSteering(name="prompt-background",
+                                      background_chars=s.reference_chars))
     methods += [DiffMeanMethod(layer=layer, texts_for=texts_for, name=f"diffmean-L{layer}")
                 for layer in s.diffmean_layers]
     methods += [HyperSteerMethod(o, magnitude="trained", factors=s.trained_factors, texts_for=texts_for, name=name)
@@ -791,7 +838,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     roles = {c.id: "held_out" for c in held_out}
     log(f"evaluating {len(methods)} methods on {len(held_out)} held-out concepts × {len(eval_prompts)} prompts ...")
     started = time.perf_counter()
-    reusable = {"prompt", "none", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
+    reusable = {"prompt", "none", "prompt-background", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
                 *(name + suffix for name, info in training.items() if "reused_from" in info for suffix in ("", "@resid")),
                 *(name for name, info in apsr_training.items() if info["reused"])}
     result = evaluate(generator, methods, held_out, eval_prompts, judge=judge, factors=s.factors,
@@ -813,7 +860,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         names += selected
     eval_seconds = time.perf_counter() - started
     scores = common.interval_summary(per_concept, names, roles)
-    comparisons = common.paired_comparisons(per_concept, roles, [*oracles, *resid_names, *apsr_names, *selected],
+    background = ["prompt-background"] if s.prompt_background else []  # against the plain prompt
+    comparisons = common.paired_comparisons(per_concept, roles, [*background, *oracles, *resid_names, *apsr_names,
+                                                                 *selected],
                                             baselines=("prompt", *s.compare_to), prompt_share=0.9)
     lengths = common.answer_lengths(result, model.tokenizer, reference="none")
     report = {

@@ -102,6 +102,9 @@ def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
     (["--apsr", "0-2:steps"], "--apsr must be LAYERS[:localN][:stepsN]"),
     (["--apsr", "0-2:steps1:steps2"], "--apsr must be LAYERS[:localN][:stepsN]"),
     (["--apsr", "0-2:gate"], "--apsr must be LAYERS[:localN][:stepsN]"),
+    (["--apsr", "0-2:reference_text:reference_text"], "--apsr must be LAYERS[:localN][:stepsN][:TEACHER]"),
+    (["--apsr", "0-2:steering_prompt"], "names the run's own --teacher-context (steering_prompt)"),
+    (["--compare-to", "prompt-background"], "--compare-to names methods this run does not evaluate"),
     (["--apsr", "0-1", "--apsr-train-from", "2"], "--apsr-train-from"),
     (["--apsr", "0-2", "--apsr-factors", "0"], "--apsr-factors"),
     (["--compare-to", "apsr-L0-2"], "--compare-to names methods this run does not evaluate"),
@@ -309,6 +312,66 @@ def test_apsr_bounds_score_one_shared_fit_and_the_centred_fits_and_reload(tmp_pa
     assert report["diagnostics"][name]["between_concepts"] == pytest.approx(
         direction_separation(own)["between_concepts"], abs=1e-5)
     # a rerun reloads the floor and every PSR (fitting would fail) and evaluates nothing again
+    evaluated = record_evaluated_methods(monkeypatch)
+    for target in ("hooksteer.psr.evaluation.train_psr", "hooksteer.hypersteer.fit_steer.train_psr"):
+        monkeypatch.setattr(target, lambda *a, **k: pytest.fail("refitted a saved PSR"))
+    again = bench.main(flags)
+    assert not evaluated and again["scores"]["held_out"] == report["scores"]["held_out"]
+
+
+def test_an_apsr_entry_with_its_own_teacher_fits_that_teachers_records_beside_the_runs(tmp_path, monkeypatch):
+    """``--apsr LAYERS:...:reference_text`` in a ``steering_prompt`` run: that entry (and its bounds) is fitted to the
+    reference-text teacher's records and its eval KL measured on that teacher's eval pairs, while the plain entry keeps
+    the run's teacher — both in one evaluation, paired; ``--prompt-background`` scores the reference teacher's own
+    context as prompt steering; a rerun refits and evaluates nothing."""
+    from hooksteer.hypersteer.fit_steer import FitSteer, directions
+    from hooksteer.psr import PSR, distill_kl
+    from hooksteer.psr.evaluation import PSRTeacherData
+
+    bench = _bench()
+    out = tmp_path / "teachers"
+    plain, ref = "apsr-L0-2-local0-steps0", "apsr-L0-2-local0-steps0-reference_text"
+    flags = ["--tiny", "--out", str(out), "--forms", "--apsr", "0-2:local0:steps0", "0-2:local0:steps0:reference_text",
+             "--apsr-bounds", "--apsr-factors", "1", "--prompt-background", "--compare-to", plain, "prompt-background"]
+    report = bench.main(flags)
+    assert {"prompt", "prompt-background", "none", plain, ref, f"{plain}-floor", f"{ref}-floor", f"{plain}-centred",
+            f"{ref}-centred"} == set(report["scores"]["held_out"])
+    assert report["training"][plain]["teacher_context"] == "steering_prompt"
+    assert report["training"][ref]["teacher_context"] == "reference_text"
+    assert {(c["a"], c["b"]) for c in report["comparisons"]} >= {(ref, plain), (ref, "prompt-background")}
+    held_out = report["data"]["held_out"]
+    model = bench.common.load_model(True, 0)
+    settings, _ = bench.parse_settings(flags)
+    concepts, prompts, split = bench.common.load_split(settings, True, out, "oracle_forms")
+    chosen = split.select(concepts, held_out)
+    by_id = {c.id: c for c in chosen}
+    reference = bench.replace(settings, teacher_context="reference_text")
+    parts = {name: [PSRTeacherData.from_distill(model, bench.hypersteer_eval.teacher_data(
+                        s, model, model, chosen, split.select(prompts, ids), out / "teacher", True),
+                        [0, 1, 2], concepts=by_id, prefix_tokens="auto")
+                    for ids in (split.train_prompts, split.eval_prompts)]
+             for name, s in ((plain, settings), (ref, reference))}
+    for concept_id in held_out:
+        for name, (train, evals) in parts.items():
+            saved = PSR.load(out / name / concept_id, model)
+            refit = FitSteer(model, config=saved.config).write(train.records(concept_id))
+            assert torch.allclose(directions(refit), directions(saved), atol=1e-5)  # fitted to this teacher's pairs
+            assert report["eval_kl"][name]["per_concept"][concept_id] == pytest.approx(
+                distill_kl(model, saved, evals.records(concept_id)), rel=1e-4)
+        own = [PSR.load(out / name / concept_id, model) for name in (plain, ref)]
+        assert not torch.allclose(directions(own[0]), directions(own[1]))  # two teachers, two fits
+    # prompt-background reads exactly what the reference-text teacher reads
+    from hooksteer.distill import DistillConfig
+    from hooksteer.distill.teacher import teacher_prompt
+    from hooksteer.evaluate.methods import PromptSteering
+    from hooksteer.models import format_chat
+
+    base = split.select(prompts, split.eval_prompts)[0]
+    steerer = PromptSteering(name="prompt-background", background_chars=40).prepare(model, chosen[0], chosen[1:])
+    config = DistillConfig(teacher_context="reference_text", max_reference_chars=40)
+    assert format_chat(model, steerer.messages([base.text])[0]) == teacher_prompt(model, chosen[0], base, config)
+    assert "Background: " in steerer.messages([base.text])[0]
+    # a rerun reloads every PSR and floor (fitting would fail) and evaluates nothing again
     evaluated = record_evaluated_methods(monkeypatch)
     for target in ("hooksteer.psr.evaluation.train_psr", "hooksteer.hypersteer.fit_steer.train_psr"):
         monkeypatch.setattr(target, lambda *a, **k: pytest.fail("refitted a saved PSR"))

@@ -313,6 +313,21 @@ def test_prompt_baseline_rewrites_message_and_adds_no_hooks(tiny_llama, monkeypa
     assert {g.factor for g in result.generations} == {None}
 
 
+def test_prompt_with_background_puts_the_reference_text_first_and_refuses_what_it_cannot_build(tiny_llama):
+    import dataclasses
+
+    concept = dataclasses.replace(CONCEPTS[0], text="Dogs are loyal animals that people keep as pets.")
+    method = PromptSteering(message_builder=lambda steering, base: f"[{steering}] {base}", background_chars=9)
+    message = method.prepare(tiny_llama, concept, []).messages(["Describe the sea."])[0]
+    assert message == "Background: Dogs are \n\n[Talk about dogs.] Describe the sea."  # cut to 9 characters
+    assert method.config()["background_chars"] == 9 and "background_chars" not in PromptSteering().config()
+    with pytest.raises(ValueError, match="has no reference text"):
+        method.prepare(tiny_llama, dataclasses.replace(concept, text="  "), [])
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="background_chars must be None or a positive integer"):
+            PromptSteering(background_chars=bad)
+
+
 def test_default_message_builder_keeps_both_parts():
     message = default_message_builder()("Talk about dogs.", "Describe the sea.")
     assert "dogs" in message and "Describe the sea." in message

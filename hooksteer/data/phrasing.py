@@ -46,6 +46,7 @@ __all__ = [
     "search_phrasing",
     "steered_chat_prompt",
     "steered_user_message",
+    "with_background",
 ]
 
 #: Where the steering prompt goes. ``split``: first sentence before the request, the rest after it
@@ -88,6 +89,21 @@ def steered_user_message(steering_prompt: str, base_prompt: str, style: str = DE
     match = _FIRST_SENTENCE.match(steer)
     head, tail = (match.group(1), match.group(2)) if match else (steer, steer)
     return f"{head} {base} {tail}"
+
+
+def with_background(reference_text: str, user_message: str, max_chars: int = 600) -> str:
+    """``user_message`` preceded by a concept's reference text (cut to ``max_chars``): what the ``reference_text``
+    distillation teacher reads, and prompt steering with that background (``PromptSteering(background_chars=...)``).
+    An empty reference text leaves the message as it is.
+
+    Example:
+        >>> with_background("Cats are small felines.", "Mention cats. Hi! Mention cats.")
+        'Background: Cats are small felines.\\n\\nMention cats. Hi! Mention cats.'
+    """
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        raise ValueError(f"max_chars must be a positive integer, got {max_chars!r}")
+    reference = reference_text.strip()[:max_chars]
+    return f"Background: {reference}\n\n{user_message}" if reference else user_message
 
 
 def prompt_steered_messages(steering_prompt: str, base_prompt: str, style: str = DEFAULT_STYLE) -> list[dict[str, str]]:

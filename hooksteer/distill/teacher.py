@@ -66,13 +66,14 @@ def steering_prompt_of(concept: Concept, config: DistillConfig) -> str:
 def teacher_prompt(model: Any, concept: Concept, base: BasePrompt, config: DistillConfig) -> str:
     """The chat text the teacher reads: the prompt-steered request (with the concept's reference text
     first when ``teacher_context="reference_text"``)."""
+    from hooksteer.data.phrasing import with_background
     from hooksteer.data.teacher import steered_chat_prompt, steered_user_message
     from hooksteer.models import format_chat
 
     steering = steering_prompt_of(concept, config)
     if config.teacher_context == "reference_text" and concept.text.strip():
-        reference = concept.text.strip()[: config.max_reference_chars]
-        user = f"Background: {reference}\n\n{steered_user_message(steering, base.text, config.style)}"
+        user = with_background(concept.text, steered_user_message(steering, base.text, config.style),
+                               config.max_reference_chars)
         return format_chat(model, user)
     return steered_chat_prompt(model, steering, base.text, config.style)
 

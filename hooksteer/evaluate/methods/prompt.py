@@ -38,14 +38,20 @@ def simple_steered_message(steering_prompt: str, base_prompt: str) -> str:
 
 
 class PromptSteerer:
-    """Generates with the steering instruction written into the user message; installs no hook."""
+    """Generates with the steering instruction written into the user message (after ``background``, when given);
+    installs no hook."""
 
-    def __init__(self, model: nn.Module, steering_prompt: str, builder: MessageBuilder) -> None:
+    def __init__(self, model: nn.Module, steering_prompt: str, builder: MessageBuilder, *, background: str = "",
+                 background_chars: int = 600) -> None:
         self.model, self.steering_prompt, self.builder = model, steering_prompt, builder
-        self.info = {"steering_prompt": steering_prompt}
+        self.background, self.background_chars = background, background_chars
+        self.info = {"steering_prompt": steering_prompt, **({"background": True} if background.strip() else {})}
 
     def messages(self, prompts: Sequence[str]) -> list[str]:
-        return [self.builder(self.steering_prompt, prompt) for prompt in prompts]
+        from hooksteer.data.phrasing import with_background
+
+        return [with_background(self.background, self.builder(self.steering_prompt, prompt), self.background_chars)
+                for prompt in prompts]
 
     def generate(self, prompts: Sequence[str], factors: Sequence[Factor], settings: GenerationSettings,
                  seed: int) -> list[list[str]]:
@@ -61,23 +67,42 @@ class PromptSteering:
         message_builder: ``(steering_prompt, base_prompt) -> user message``; default
             :func:`default_message_builder` (the data module's ``steered_user_message``).
         prompt_index: which of the concept's steering-prompt phrasings to use.
+        background_chars: ``None`` (default): the steering prompt alone. A number: the concept's reference text, cut
+            to that many characters, precedes the message (``"Background: …"``, exactly what the ``reference_text``
+            distillation teacher reads; :func:`hooksteer.data.phrasing.with_background`).
+
+    Example:
+        >>> PromptSteering(background_chars=600, name="prompt+background").config()["background_chars"]
+        600
     """
 
     message_builder: MessageBuilder | None = field(default=None, repr=False)
     prompt_index: int = 0
     name: str = "prompt"
+    background_chars: int | None = None
     uses_factors: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        chars = self.background_chars
+        if chars is not None and (isinstance(chars, bool) or not isinstance(chars, int) or chars < 1):
+            raise ValueError(f"background_chars must be None or a positive integer, got {chars!r}")
 
     def prepare(self, model: nn.Module, concept: Concept, others: Sequence[Concept]) -> PromptSteerer:
         if not concept.steering_prompts:
             raise ValueError(f"concept {concept.id!r} has no steering prompts for prompt steering")
         builder = self.message_builder or default_message_builder()
-        return PromptSteerer(model, concept.steering_prompts[self.prompt_index], builder)
+        if self.background_chars is None:
+            return PromptSteerer(model, concept.steering_prompts[self.prompt_index], builder)
+        if not concept.text.strip():
+            raise ValueError(f"concept {concept.id!r} has no reference text for prompt steering with background")
+        return PromptSteerer(model, concept.steering_prompts[self.prompt_index], builder, background=concept.text,
+                             background_chars=self.background_chars)
 
     def config(self) -> dict[str, Any]:
         builder = self.message_builder or default_message_builder()
         return {"name": self.name, "class": type(self).__name__, "prompt_index": self.prompt_index,
-                "message_builder": f"{builder.__module__}.{getattr(builder, '__name__', type(builder).__name__)}"}
+                "message_builder": f"{builder.__module__}.{getattr(builder, '__name__', type(builder).__name__)}",
+                **({} if self.background_chars is None else {"background_chars": self.background_chars})}
 
 
 class PlainSteerer:
