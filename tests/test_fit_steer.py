@@ -126,3 +126,25 @@ def test_settings_are_checked(tiny_llama):
     with pytest.raises(ValueError, match="d_model"):
         FitSteer(tiny_llama, config=PSRConfig(layers=[0], d_model=7))
     assert fit_config(tiny_llama, [2, 0], fit_ridge=0.1).layers == [0, 2]
+
+
+def test_a_background_text_is_read_before_the_steering_prompt_as_the_reference_teacher_reads_it(tiny_llama):
+    """``FitSteer.teacher_records(..., background=)``: the prompted model reads the background (cut to
+    ``background_chars``) before the steering prompt — the very ``x'`` of the ``reference_text`` distillation teacher —
+    while the plain prompt ``x`` stays the same."""
+    from hooksteer.data.schema import BasePrompt, Concept
+    from hooksteer.distill import DistillConfig, teacher_prompt
+
+    fit = FitSteer(tiny_llama, LAYERS)
+    steering, prompt = TOPICS["river"][0], "Tell me about your day."
+    background = "Rivers carry water from the hills down to the sea."
+    plain = fit.teacher_records(steering, [prompt], max_new_tokens=4)[0]
+    read = fit.teacher_records(steering, [prompt], max_new_tokens=4, background=background, background_chars=30)[0]
+    concept = Concept(id="river", title="River", steering_prompts=[steering], text=background)
+    config = DistillConfig(teacher_context="reference_text", max_reference_chars=30)
+    expected = tiny_llama.to_tokens(teacher_prompt(tiny_llama, concept, BasePrompt(id="b", text=prompt), config))[0]
+    assert torch.equal(read.pair.steered_prompt, expected.cpu())
+    assert len(read.pair.steered_prompt) > len(plain.pair.steered_prompt)
+    assert torch.equal(read.pair.plain_prompt, plain.pair.plain_prompt)
+    with pytest.raises(TypeError, match="background must be a string"):
+        fit.teacher_records(steering, [prompt], background=None)  # type: ignore[arg-type]

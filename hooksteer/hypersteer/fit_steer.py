@@ -105,27 +105,36 @@ class FitSteer:
         return _frozen(psr)
 
     def teacher_records(self, steering_prompt: str, base_prompts: Sequence[str], *, max_new_tokens: int = 32,
-                        batch_size: int = 8) -> list[TeacherRecord]:
-        """The prompted model's greedy answers to ``base_prompts`` and the activation differences on them."""
+                        batch_size: int = 8, background: str = "", background_chars: int = 600
+                        ) -> list[TeacherRecord]:
+        """The prompted model's greedy answers to ``base_prompts`` and the activation differences on them. With a
+        ``background`` (e.g. the concept's Wikipedia intro, cut to ``background_chars``) the prompted model reads it
+        before the steering prompt, as the ``reference_text`` distillation teacher does."""
         from hooksteer.generation import generate_texts
 
         if not isinstance(steering_prompt, str) or not steering_prompt.strip():
             raise ValueError("steering_prompt must be a non-empty string")
         if not base_prompts:
             raise ValueError("give at least one base prompt for the prompted model to answer")
-        texts = [steered_prompt_text(self.model, steering_prompt, prompt) for prompt in base_prompts]
+        if not isinstance(background, str):
+            raise TypeError("background must be a string (empty: the steering prompt alone)")
+        context = {"background": background, "background_chars": background_chars}
+        texts = [steered_prompt_text(self.model, steering_prompt, prompt, **context) for prompt in base_prompts]
         answers = generate_texts(self.model, texts, max_new_tokens=max_new_tokens, chat=False)
         kept = [(prompt, answer) for prompt, answer in zip(base_prompts, answers, strict=True) if answer.strip()]
         if not kept:
             raise ValueError(f"the prompted model gave only empty answers to {len(base_prompts)} base prompts")
-        pairs = [encode_pair(self.model, steering_prompt, prompt, answer, max_response_tokens=max_new_tokens)
-                 for prompt, answer in kept]
+        pairs = [encode_pair(self.model, steering_prompt, prompt, answer, max_response_tokens=max_new_tokens,
+                             **context) for prompt, answer in kept]
         return compute_teacher(self.model, pairs, self.config.layers, batch_size=batch_size,
                                prefix_tokens=template_suffix_length(self.model))
 
-    def write_prompt(self, steering_prompt: str, base_prompts: Sequence[str], *, max_new_tokens: int = 32) -> PSR:
-        """The A-PSR of a (new) steering prompt: :meth:`teacher_records`, then :meth:`write`."""
-        records = self.teacher_records(steering_prompt, base_prompts, max_new_tokens=max_new_tokens)
+    def write_prompt(self, steering_prompt: str, base_prompts: Sequence[str], *, max_new_tokens: int = 32,
+                     background: str = "", background_chars: int = 600) -> PSR:
+        """The A-PSR of a (new) steering prompt: :meth:`teacher_records` (with its ``background``, if any), then
+        :meth:`write`."""
+        records = self.teacher_records(steering_prompt, base_prompts, max_new_tokens=max_new_tokens,
+                                       background=background, background_chars=background_chars)
         return self.write(records, steering_prompt=steering_prompt)
 
 

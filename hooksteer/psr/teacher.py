@@ -63,11 +63,21 @@ def plain_chat_prompt(model: Any, base_prompt: str) -> str:
     return base_prompt
 
 
-def steered_prompt_text(model: Any, steering_prompt: str, base_prompt: str, style: str = DEFAULT_STYLE) -> str:
+def steered_prompt_text(model: Any, steering_prompt: str, base_prompt: str, style: str = DEFAULT_STYLE, *,
+                        background: str = "", background_chars: int = 600) -> str:
     """``x'``: the steering prompt placed with the base prompt (``style``) in the chat template (raw text for a model
-    without one); the plain chat prompt when the steering prompt is empty."""
+    without one); the plain chat prompt when the steering prompt is empty. A ``background`` text (e.g. the concept's
+    reference text, cut to ``background_chars``) precedes the user message as the ``reference_text`` distillation
+    teacher reads it (:func:`hooksteer.data.phrasing.with_background`)."""
     if not steering_prompt.strip():
         return plain_chat_prompt(model, base_prompt)
+    if background.strip():
+        from hooksteer.data.phrasing import with_background
+        from hooksteer.data.teacher import steered_user_message
+        from hooksteer.models import format_chat
+
+        user = with_background(background, steered_user_message(steering_prompt, base_prompt, style), background_chars)
+        return format_chat(model, user) if getattr(getattr(model, "tokenizer", None), "chat_template", None) else user
     if not getattr(getattr(model, "tokenizer", None), "chat_template", None):
         from hooksteer.data.teacher import steered_user_message
 
@@ -175,8 +185,9 @@ def template_suffix_length(model: Any) -> int:
 
 def encode_pair(model: Any, steering_prompt: str, base_prompt: str, response: str, *,
                 style: str = DEFAULT_STYLE, max_response_tokens: int | None = None,
-                concept_id: str = "") -> TeacherPair:
-    """Tokenize ``x``, ``x'`` and ``y'`` (response without BOS, optionally truncated).
+                concept_id: str = "", background: str = "", background_chars: int = 600) -> TeacherPair:
+    """Tokenize ``x``, ``x'`` and ``y'`` (response without BOS, optionally truncated); ``background`` as in
+    :func:`steered_prompt_text`.
 
     Raises:
         ValueError: empty base prompt or empty response.
@@ -186,7 +197,8 @@ def encode_pair(model: Any, steering_prompt: str, base_prompt: str, response: st
     if not isinstance(response, str) or not response.strip():
         raise ValueError("response is empty: the teacher signal lives on response tokens")
     plain = model.to_tokens(plain_chat_prompt(model, base_prompt))[0].cpu()
-    steered = model.to_tokens(steered_prompt_text(model, steering_prompt or "", base_prompt, style))[0].cpu()
+    steered = model.to_tokens(steered_prompt_text(model, steering_prompt or "", base_prompt, style,
+                                                  background=background, background_chars=background_chars))[0].cpu()
     ids = model.to_tokens(response, prepend_bos=False)[0].cpu()
     if max_response_tokens is not None:
         ids = ids[:max_response_tokens]
