@@ -125,3 +125,28 @@ def test_fit_steer_column_steers_each_concept_with_its_own_fitted_psr(trained):
     plain = run_hypersteer_demo(model, off, out_dir=out, print_fn=printed.append, verbose=False)
     assert plain["fit_steer"] is None and not any("fit_steer" in row for row in plain["rows"])
     assert "FitSteer" not in "\n".join(printed)
+
+
+def test_fit_background_fits_each_concept_reading_its_own_reference_text(trained, monkeypatch):
+    """``fit_background_chars=N``: FitSteer fits each held-out concept with that concept's reference text read first
+    (the reference_text teacher), the default fits on the steering prompt alone."""
+    from hooksteer.data.schema import Concept
+    from hooksteer.hypersteer.fit_steer import FitSteer
+
+    model, out, report, _ = trained
+    seen: dict[str, str] = {}
+    original = FitSteer.write_prompt
+
+    def spy(self, steering_prompt, base_prompts, **kwargs):
+        seen[steering_prompt] = kwargs.get("background", "")
+        return original(self, steering_prompt, base_prompts, **kwargs)
+
+    monkeypatch.setattr(FitSteer, "write_prompt", spy)
+    on = run_hypersteer_demo(model, HyperSteerDemoSettings(**{**SMALL.__dict__, "fit_background_chars": 20}),
+                             out_dir=out, print_fn=lambda s: None, verbose=False)
+    meta = json.loads((out / "hypersteer" / "demo.json").read_text())
+    texts = {Concept.from_dict(c).steering_prompt: Concept.from_dict(c).text for c in meta["held_out_concepts"]}
+    assert on["fit_steer"]["background_chars"] == 20 and seen == texts and all(t.strip() for t in texts.values())
+    assert report["fit_steer"]["background_chars"] == 0  # the default: the steering prompt alone
+    with pytest.raises(ValueError, match="fit_background_chars must be >= 0"):
+        HyperSteerDemoSettings(fit_background_chars=-1)

@@ -31,7 +31,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,10 @@ class HyperSteerDemoSettings:
     fit_steer: bool = field(default=True, metadata={
         "help": "also steer each held-out concept with FitSteer (its A-PSR fitted in closed form to the prompted "
                 "model's activations on its answers to the training base prompts; nothing trained)"})
+    fit_background_chars: int = field(default=0, metadata={
+        "help": "FitSteer: characters of the concept's reference text the prompted model reads before the steering "
+                "prompt while FitSteer fits (the reference_text teacher; FitSteer.write_prompt(background=...)); "
+                "0: the steering prompt alone"})
     fit_alpha: float = field(default=LEARNED_ALPHA, metadata={
         "help": "FitSteer's strength α (1 = as fitted; default: the α learned across concepts, LEARNED_ALPHA)"})
     retrain: bool = field(default=False, metadata={"help": "train a new H even if OUT/hypersteer/ holds one"})
@@ -93,6 +97,8 @@ class HyperSteerDemoSettings:
                      "teacher_tokens", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.fit_background_chars < 0:
+            raise ValueError(f"fit_background_chars must be >= 0 (0: no background), got {self.fit_background_chars}")
         if self.n_blocks < 0 or (self.steps is not None and self.steps < 1) or self.epochs <= 0 or self.lr <= 0:
             raise ValueError("n_blocks must be >= 0, steps >= 1, epochs and lr > 0")
 
@@ -187,10 +193,11 @@ def _words(text: str) -> int:
 
 
 def _fit_steer_rows(model: Any, generator: Any, rows: list[dict[str, Any]], probe_prompts: Sequence[str],
-                    s: HyperSteerDemoSettings, verbose: bool) -> dict[str, Any]:
+                    s: HyperSteerDemoSettings, verbose: bool, backgrounds: Mapping[str, str] | None = None
+                    ) -> dict[str, Any]:
     """Add each row's FitSteer answer (``row["fit_steer"]``): the concept's A-PSR on every layer, fitted to the
-    prompted model's answers to ``probe_prompts``, steering at α = ``fit_alpha``; returns its timing and the
-    between-concept cosine of the fitted directions."""
+    prompted model's answers to ``probe_prompts`` (reading ``backgrounds[concept_id]`` first, when given), steering
+    at α = ``fit_alpha``; returns its timing and the between-concept cosine of the fitted directions."""
     from hooksteer.generation import generate_texts
     from hooksteer.hypersteer.fit_steer import FitSteer, direction_separation
 
@@ -201,7 +208,9 @@ def _fit_steer_rows(model: Any, generator: Any, rows: list[dict[str, Any]], prob
     fit = FitSteer(model, range(int(model.cfg.n_layers)))
     psrs, started = {}, time.perf_counter()
     for row in rows:
-        psr = fit.write_prompt(row["steering_prompt"], probe_prompts, max_new_tokens=s.teacher_tokens)
+        psr = fit.write_prompt(row["steering_prompt"], probe_prompts, max_new_tokens=s.teacher_tokens,
+                               background=(backgrounds or {}).get(row["concept_id"], ""),
+                               background_chars=max(1, s.fit_background_chars))
         with psr.steer(generator, alpha=s.fit_alpha):
             row["fit_steer"] = generate_texts(generator, [row["base_prompt"]], max_new_tokens=s.max_new_tokens)[0]
         psrs[row["concept_id"]] = psr
@@ -210,7 +219,8 @@ def _fit_steer_rows(model: Any, generator: Any, rows: list[dict[str, Any]], prob
     if cosine is not None:
         _log(f"FitSteer: {seconds / len(rows):.1f} s per concept; mean cosine between the concepts' fitted directions "
              f"{cosine:.3f}", verbose)
-    return {"layers": fit.config.layers, "alpha": s.fit_alpha, "seconds_per_concept": seconds / len(rows),
+    return {"layers": fit.config.layers, "alpha": s.fit_alpha, "background_chars": s.fit_background_chars,
+            "seconds_per_concept": seconds / len(rows),
             "mean_direction_cosine": cosine, "answer_words_mean": sum(_words(r["fit_steer"]) for r in rows) / len(rows)}
 
 
@@ -280,7 +290,9 @@ def run_hypersteer_demo(
         rows.append({"concept": concept.title, "concept_id": concept.id, "steering_prompt": concept.steering_prompt,
                      "base_prompt": request, "unsteered": unsteered, "prompt_steered": prompt_steered,
                      "hypersteer": hyper_steered, "hypersteer_norm": raw.norm() * s.factor})
-    fit_report = _fit_steer_rows(model, generator, rows, meta["train_prompts"], s, verbose) if s.fit_steer else None
+    backgrounds = {c.id: c.text for c in concepts} if s.fit_background_chars else None
+    fit_report = (_fit_steer_rows(model, generator, rows, meta["train_prompts"], s, verbose, backgrounds)
+                  if s.fit_steer else None)
     for row in rows:
         columns = {"unsteered": row["unsteered"], f"prompt-steered ({row['concept']})": row["prompt_steered"],
                    f"HyperSteer ({row['concept']}, held out)": row["hypersteer"]}
