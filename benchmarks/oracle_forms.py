@@ -26,7 +26,11 @@ steering, no steering and (optionally) DiffMean:
    ``--apsr-bounds`` adds, per ``--apsr`` entry, the bounds of :class:`~hooksteer.hypersteer.FitSteer` (the HyperSteer
    that fits an A-PSR to a new steering prompt's activations in closed form, ``--apsr 0-29:local0:steps0``): its floor
    (one PSR fitted to every concept's pairs at once) and its centred form (each concept's directions minus the other
-   concepts' mean); ``--forms`` may then be empty;
+   concepts' mean); ``--forms`` may then be empty. An ``--apsr`` entry ending in a teacher context
+   (``0-29:local0:steps0:reference_text`` in a ``steering_prompt`` run, or the other way round) is fitted to, and its
+   eval KL measured against, that teacher (its records cached beside the run's), so both fits are paired in one
+   evaluation; ``--prompt-background`` adds prompt steering reading what the ``reference_text`` teacher reads (the
+   concept's reference text, then the steering prompt: method ``prompt-background``);
 4. **eval KL** on the never-trained eval pairs, and the between-concept cosine of each form's vectors;
 5. **steering score** (AxBench protocol: factor chosen on half of the eval prompts, reported on the other half),
    each oracle at multiples of its trained norm (``--trained-factors``) at its own positions, and the

@@ -5,7 +5,9 @@ answer give what the prompt changes in the activations at every layer, ``D_l = A
 the A-PSR of :mod:`hooksteer.psr` is fitted to what is still missing there (rank-1 direction ``z_l``, ridge
 least-squares gate ``λ_l(h) = ReLU(w_l·h + b_l)``; ``PSRConfig(init="fit", local_steps=0, steps=0)``), layer by
 layer in one steered pass. No parameter is trained, so a steering prompt never seen before gets its steering as
-any other does: a few prompted answers, two passes and a least-squares fit per layer (seconds on a CPU).
+any other does: a few prompted answers, two passes and a least-squares fit per layer (seconds on a CPU). With a
+``background`` text (e.g. the concept's Wikipedia intro) the prompted model reads it before the steering prompt, as
+the ``reference_text`` distillation teacher does, and the fit follows that richer teacher.
 
 Its bounds, the same as a trained H's (:mod:`hooksteer.hypersteer.bounds`):
 
@@ -18,6 +20,8 @@ Its bounds, the same as a trained H's (:mod:`hooksteer.hypersteer.bounds`):
 Example:
     >>> fit = FitSteer(model, layers=range(30))                                               # doctest: +SKIP
     >>> psr = fit.write_prompt("Talk about volcanoes in every answer.", probe_prompts)      # doctest: +SKIP
+    >>> psr = fit.write_prompt("Talk about volcanoes in every answer.", probe_prompts,      # doctest: +SKIP
+    ...                        background="A volcano is a rupture in the crust of a planet ...")
     >>> with psr.steer(model, alpha=LEARNED_ALPHA):                                          # doctest: +SKIP
     ...     print(generate_texts(model, ["Tell me about your day."], max_new_tokens=32))
 """
