@@ -552,15 +552,14 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
     per_concept: dict[str, dict[str, float]] = {m.name: {} for m in trained}
     unsteered: dict[str, float] = {}  # the same KL at α = 0: no steering, the reference of every eval KL
     floors_to_fit = s.apsr_bounds and any(not saved_floor(out, m.name) for m in trained)
+    run_evals = data[s.teacher_context][1] if unsteered_kl and s.teacher_context in data else None
     for concept in tqdm(concepts, desc="A-PSR", disable=tiny):
         for method in trained:
             evals = data_of[method.name][1]
             per_concept[method.name][concept.id] = distill_kl(model, method.train(concept), evals.records(concept.id))
-        if unsteered_kl:
-            run_evals = data[s.teacher_context][1] if s.teacher_context in data else None
-            if run_evals is not None:
-                unsteered[concept.id] = distill_kl(model, trained[0].psrs[concept.id], run_evals.records(concept.id),
-                                                   alpha=0.0)
+        if run_evals is not None:
+            unsteered[concept.id] = distill_kl(model, trained[0].psrs[concept.id], run_evals.records(concept.id),
+                                               alpha=0.0)
         for train, evals in data.values():
             if not floors_to_fit:  # a floor is fitted to every concept's records at once
                 train.release(concept.id)

@@ -324,11 +324,13 @@ def test_an_apsr_entry_with_its_own_teacher_fits_that_teachers_records_beside_th
     reference-text teacher's records and its eval KL measured on that teacher's eval pairs, while the plain entry keeps
     the run's teacher — both in one evaluation, paired; ``--prompt-background`` scores the reference teacher's own
     context as prompt steering; a rerun refits and evaluates nothing."""
+    from hooksteer.distill import TEACHER_CONTEXTS
     from hooksteer.hypersteer.fit_steer import FitSteer, directions
     from hooksteer.psr import PSR, distill_kl
     from hooksteer.psr.evaluation import PSRTeacherData
 
     bench = _bench()
+    assert bench.APSR_TEACHERS == TEACHER_CONTEXTS  # kept as a literal so --help imports no hooksteer module
     out = tmp_path / "teachers"
     plain, ref = "apsr-L0-2-local0-steps0", "apsr-L0-2-local0-steps0-reference_text"
     flags = ["--tiny", "--out", str(out), "--forms", "--apsr", "0-2:local0:steps0", "0-2:local0:steps0:reference_text",

@@ -208,9 +208,9 @@ def _fit_steer_rows(model: Any, generator: Any, rows: list[dict[str, Any]], prob
     fit = FitSteer(model, range(int(model.cfg.n_layers)))
     psrs, started = {}, time.perf_counter()
     for row in rows:
-        psr = fit.write_prompt(row["steering_prompt"], probe_prompts, max_new_tokens=s.teacher_tokens,
-                               background=(backgrounds or {}).get(row["concept_id"], ""),
-                               background_chars=max(1, s.fit_background_chars))
+        context = ({"background": backgrounds[row["concept_id"]], "background_chars": s.fit_background_chars}
+                   if backgrounds else {})
+        psr = fit.write_prompt(row["steering_prompt"], probe_prompts, max_new_tokens=s.teacher_tokens, **context)
         with psr.steer(generator, alpha=s.fit_alpha):
             row["fit_steer"] = generate_texts(generator, [row["base_prompt"]], max_new_tokens=s.max_new_tokens)[0]
         psrs[row["concept_id"]] = psr

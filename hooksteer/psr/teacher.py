@@ -71,18 +71,18 @@ def steered_prompt_text(model: Any, steering_prompt: str, base_prompt: str, styl
     teacher reads it (:func:`hooksteer.data.phrasing.with_background`)."""
     if not steering_prompt.strip():
         return plain_chat_prompt(model, base_prompt)
-    if background.strip():
-        from hooksteer.data.phrasing import with_background
-        from hooksteer.data.teacher import steered_user_message
-        from hooksteer.models import format_chat
+    from hooksteer.data.teacher import steered_user_message
 
-        user = with_background(background, steered_user_message(steering_prompt, base_prompt, style), background_chars)
-        return format_chat(model, user) if getattr(getattr(model, "tokenizer", None), "chat_template", None) else user
-    if not getattr(getattr(model, "tokenizer", None), "chat_template", None):
-        from hooksteer.data.teacher import steered_user_message
-
+    has_template = bool(getattr(getattr(model, "tokenizer", None), "chat_template", None))
+    if not background.strip():
+        if has_template:
+            return steered_chat_prompt(model, steering_prompt, base_prompt, style)
         return steered_user_message(steering_prompt, base_prompt, style)
-    return steered_chat_prompt(model, steering_prompt, base_prompt, style)
+    from hooksteer.data.phrasing import with_background
+    from hooksteer.models import format_chat
+
+    user = with_background(background, steered_user_message(steering_prompt, base_prompt, style), background_chars)
+    return format_chat(model, user) if has_template else user
 
 
 @dataclass
