@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--negatives", type=int, default=16, help="training concepts used only as DiffMean/PCA negatives")
     ev.add_argument("--prompts", type=int, default=None, help="number of eval base prompts, split in halves (default 10)")
     ev.add_argument("--factors", type=str, default=None, help="steering factors, e.g. '0.2,0.5,1' (× residual norm)")
-    ev.add_argument("--methods", default=None, help="comma-separated: prompt,diffmean,pca,random,none")
+    ev.add_argument("--methods", default=None, help="comma-separated: prompt,prefix,diffmean,pca,random,none")
     ev.add_argument("--layer", type=int, default=None, help="block index for vector methods (default: a third)")
     ev.add_argument("--max-new-tokens", type=int, default=None)
     ev.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (AxBench: T=1.0)")

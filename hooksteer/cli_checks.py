@@ -210,6 +210,9 @@ def _check_evaluate(args: argparse.Namespace) -> None:
                              f"{sorted(METHOD_FACTORIES)}")
         if len(set(names)) != len(names):
             raise UsageError(f"--methods lists a method twice: {names}")
+        if "prefix" in names and getattr(args, "model_class", "bridge") != "bridge":
+            raise UsageError("--methods prefix needs --model-class bridge (prefix steering runs on its Hugging Face "
+                             "twin)")
     output_dir(args.out)
 
 

@@ -183,6 +183,8 @@ BAD_EVALUATE = [
     ("`--factors 0.1,nan`", ["--factors", "0.1,nan", "--out", "{out}"], "finite", False),
     ("`--factors 0.1,0.1`", ["--factors", "0.1,0.1", "--out", "{out}"], "duplicates", False),
     ("unknown method", ["--methods", "prompt,bogus", "--out", "{out}"], "unknown method", False),
+    ("`--methods prefix --model-class hooked`", ["--methods", "prefix", "--model-class", "hooked", "--out", "{out}"],
+     "--model-class bridge", False),
     ("`--max-new-tokens 0`", ["--max-new-tokens", "0", "--out", "{out}"], "--max-new-tokens", False),
     ("`--sample --temperature 0`", ["--sample", "--temperature", "0", "--out", "{out}"], "--temperature", False),
     ("`--layer -1`", ["--layer", "-1", "--out", "{out}"], "--layer", False),

@@ -46,6 +46,7 @@ from hooksteer.evaluate.methods import (
     concept_reference,
     derive_seed,
 )
+from hooksteer.evaluate.methods.common import check_factors  # noqa: F401 - importable from here too
 from hooksteer.evaluate.result import (  # noqa: F401 - load_results also importable from here
     SCORE_FIELDS,
     ConceptResult,
@@ -68,24 +69,6 @@ PromptSource = Sequence[BasePrompt] | Mapping[str, Sequence[BasePrompt]]
 
 
 # ---------------------------------------------------------------------------- validation and splits
-def check_factors(factors: Sequence[float], *, positive: bool = False) -> list[float]:
-    """Validate a factor sweep: non-empty, finite (and > 0 with ``positive``, e.g. a PSR's α), no duplicates.
-
-    Example:
-        >>> check_factors([0.5, 1])
-        [0.5, 1.0]
-    """
-    values = [float(f) for f in factors]
-    if not values:
-        raise ValueError("factors is empty: give at least one steering factor")
-    bad = [f for f in values if not math.isfinite(f) or (positive and f <= 0)]
-    if bad:
-        raise ValueError(f"factors must be {'positive' if positive else 'finite'} numbers, got {bad}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"factors contain duplicates: {values}")
-    return values
-
-
 def split_prompts(prompts: Sequence[BasePrompt], seed: int, concept_id: str) -> tuple[list[BasePrompt], list[BasePrompt]]:
     """Deterministic (selection, report) halves of ``prompts`` for one concept (selection gets ``n // 2``).
 

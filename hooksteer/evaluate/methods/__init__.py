@@ -8,6 +8,7 @@ answers to a batch of base prompts at a list of steering factors. This keeps the
   ``factor · magnitude · unit(v)`` to the residual stream at every position (AxBench);
 * :class:`PromptSteering` rewrites the user message and installs no hook (factor ignored);
 * :class:`NoSteering` generates plainly (reference);
+* :class:`PrefixSteering` lets the answer attend to the steering prompt's own keys and values (a bridge only);
 * later methods plug in through the same two calls: HyperSteer returns a :class:`VectorSteerer` whose
   ``direction`` is a callable giving one vector per base prompt (per-row ``(batch, d_model)``
   directions are supported by the hooks), PSR a steerer that installs a gated hook.
@@ -30,6 +31,7 @@ Modules (every name below is importable from ``hooksteer.evaluate.methods``):
 * :mod:`.vector_methods` — :class:`VectorMethod`, :class:`DiffMeanMethod`, :class:`PCAMethod`,
   :class:`RandomControl`;
 * :mod:`.prompt` — :class:`PromptSteering`, :class:`NoSteering` (no hook);
+* :mod:`.prefix` — :class:`PrefixSteering` (the answer attends to the steering prompt's keys and values);
 * :mod:`.registry` — :func:`build_methods` by name.
 
 Example:
@@ -48,6 +50,7 @@ from hooksteer.evaluate.methods.common import (
     derive_seed,
 )
 from hooksteer.evaluate.methods.magnitudes import max_projection, residual_norm
+from hooksteer.evaluate.methods.prefix import PrefixSteerer, PrefixSteering
 from hooksteer.evaluate.methods.prompt import (
     MessageBuilder,
     NoSteering,
@@ -86,6 +89,8 @@ __all__ = [
     "NoSteering",
     "PCAMethod",
     "PlainSteerer",
+    "PrefixSteerer",
+    "PrefixSteering",
     "PromptSteerer",
     "PromptSteering",
     "RandomControl",

@@ -101,3 +101,20 @@ def _generate_plain(model: nn.Module, prompts: Sequence[str], settings: Generati
         outputs.extend(_generate(model, [prompts[i] for i in chunk], settings, derive_seed(seed, k)))
     return outputs
 
+
+def check_factors(factors: Sequence[float], *, positive: bool = False) -> list[float]:
+    """Validate a factor sweep: non-empty, finite (and > 0 with ``positive``, e.g. a PSR's α), no duplicates.
+
+    Example:
+        >>> check_factors([0.5, 1])
+        [0.5, 1.0]
+    """
+    values = [float(f) for f in factors]
+    if not values:
+        raise ValueError("factors is empty: give at least one steering factor")
+    bad = [f for f in values if not math.isfinite(f) or (positive and f <= 0)]
+    if bad:
+        raise ValueError(f"factors must be {'positive' if positive else 'finite'} numbers, got {bad}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"factors contain duplicates: {values}")
+    return values

@@ -1,16 +1,18 @@
-"""Methods by name, for the CLI and benchmarks: ``prompt``, ``diffmean``, ``pca``, ``random``, ``none``."""
+"""Methods by name, for the CLI and benchmarks: ``prompt``, ``prefix``, ``diffmean``, ``pca``, ``random``, ``none``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 from hooksteer.evaluate.methods.common import SteeringMethod
+from hooksteer.evaluate.methods.prefix import PrefixSteering
 from hooksteer.evaluate.methods.prompt import NoSteering, PromptSteering
 from hooksteer.evaluate.methods.texts import TextsFor
 from hooksteer.evaluate.methods.vector_methods import DiffMeanMethod, PCAMethod, RandomControl
 
 METHOD_FACTORIES: dict[str, Callable[..., SteeringMethod]] = {
     "prompt": PromptSteering,
+    "prefix": PrefixSteering,
     "diffmean": DiffMeanMethod,
     "pca": PCAMethod,
     "random": RandomControl,
@@ -20,7 +22,7 @@ METHOD_FACTORIES: dict[str, Callable[..., SteeringMethod]] = {
 
 def build_methods(names: Sequence[str], *, layer: int | None = None, seed: int = 0,
                   texts_for: TextsFor | None = None) -> list[SteeringMethod]:
-    """Methods by name (``prompt,diffmean,pca,random,none``); vector methods share ``layer`` and ``texts_for``.
+    """Methods by name (``prompt,prefix,diffmean,pca,random,none``); vector methods share ``layer`` and ``texts_for``.
 
     Example:
         >>> [m.name for m in build_methods(["prompt", "diffmean"])]
