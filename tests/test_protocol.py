@@ -328,6 +328,24 @@ def test_prompt_with_background_puts_the_reference_text_first_and_refuses_what_i
             PromptSteering(background_chars=bad)
 
 
+def test_prompt_steering_places_the_steering_prompt_by_style(tiny_llama):
+    placed = {style: PromptSteering(style=style).prepare(tiny_llama, CONCEPTS[0], []).messages(["Describe the sea."])[0]
+              for style in ("prefix", "suffix", "split")}
+    assert placed == {"prefix": "Talk about dogs.\n\nDescribe the sea.", "suffix": "Describe the sea.\n\nTalk about dogs.",
+                      "split": "Talk about dogs. Describe the sea. Talk about dogs."}
+    assert PromptSteering(style="prefix").config()["style"] == "prefix" and "style" not in PromptSteering().config()
+    assert PromptSteering(style="split").config()["message_builder"] != PromptSteering(style="prefix").config()[
+        "message_builder"]
+    with pytest.raises(ValueError, match="style must be None or one of"):
+        PromptSteering(style="system")
+    from hooksteer.data.phrasing import STYLES
+    from hooksteer.evaluate.methods.prompt import USER_TURN_STYLES
+
+    assert set(USER_TURN_STYLES) == set(STYLES) - {"system"}  # "system" leaves the user turn plain
+    with pytest.raises(ValueError, match="not both"):
+        PromptSteering(style="prefix", message_builder=lambda steering, base: base)
+
+
 def test_default_message_builder_keeps_both_parts():
     message = default_message_builder()("Talk about dogs.", "Describe the sea.")
     assert "dogs" in message and "Describe the sea." in message
