@@ -30,7 +30,12 @@ steering, no steering and (optionally) DiffMean:
    (``0-29:local0:steps0:reference_text`` in a ``steering_prompt`` run, or the other way round) is fitted to, and its
    eval KL measured against, that teacher (its records cached beside the run's), so both fits are paired in one
    evaluation; ``--prompt-background`` adds prompt steering reading what the ``reference_text`` teacher reads (the
-   concept's reference text, then the steering prompt: method ``prompt-background``);
+   concept's reference text, then the steering prompt: method ``prompt-background``); ``--prefix-positions response
+   after_start`` adds prefix steering (:mod:`hooksteer.prefix_attention`: those positions attend to the steering
+   prompt's own keys and values in every layer; no training, no vector), the attention route prompting also uses,
+   swept at ``--prefix-factors`` × the prefix's attention weight (``--prefix-pooled``: also one mean key and value per
+   layer and KV head instead of every token's); ``--prompt-styles prefix`` scores prompt steering with the steering
+   prompt placed before the request, as prefix steering reads it (the baseline ``prompt`` keeps its placement);
 4. **eval KL** on the never-trained eval pairs, and the between-concept cosine of each form's vectors;
 5. **steering score** (AxBench protocol: factor chosen on half of the eval prompts, reported on the other half),
    each oracle at multiples of its trained norm (``--trained-factors``) at its own positions, and the
@@ -70,6 +75,7 @@ from common import fmt, log  # noqa: E402
 
 DEFAULT_OUT = REPO / "runs" / "benchmarks" / "oracle_forms"
 POSITION_CHOICES = ("all", "prompt", "answer")
+PREFIX_POSITIONS = ("response", "generated", "after_start", "all")  # hooksteer.prefix_attention.POSITIONS (pinned by a test)
 
 
 @dataclass
@@ -105,6 +111,21 @@ class OracleFormsSettings:
     prompt_background: bool = field(default=False, metadata={
         "help": "also score prompt steering with the concept's reference text before the steering prompt (method "
                 "prompt-background: what the reference_text teacher reads)"})
+    prompt_styles: list[str] = field(default_factory=list, metadata={
+        "help": "also score prompt steering with the steering prompt placed this way in the user message (prefix: "
+                "before the request, as prefix steering reads it; suffix: after it), named prompt-<style>; the "
+                "baseline 'prompt' keeps the default placement (split)", "choices": ["prefix", "suffix"]})
+    prefix_positions: list[str] = field(default_factory=list, metadata={
+        "help": "also score prefix steering (hooksteer.prefix_attention: these positions attend to the steering "
+                "prompt's own keys and values in every layer, no training, no vector; response: the assistant header "
+                "and the answer, after_start: every token after the steering prompt, as prompting reads it), named "
+                "prefix-<positions>", "choices": list(PREFIX_POSITIONS)})
+    prefix_pooled: bool = field(default=False, metadata={
+        "help": "also score each --prefix-positions mode attending to the pooled prefix (one mean key and value per "
+                "layer and KV head, weighted as the keys it stands for: a fixed-size summary), named "
+                "prefix-<positions>-pooled"})
+    prefix_factors: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0], metadata={
+        "help": "prefix steering: multipliers of the prefix keys' attention weight swept (1 = as prompted)"})
     teacher_tokens: int = field(default=32, metadata={"help": "max tokens of a teacher answer"})
     top_k: int = field(default=32, metadata={"help": "teacher log-probs kept per position"})
     teacher_batch: int = field(default=16, metadata={"help": "pairs per teacher batch"})
@@ -329,6 +350,17 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[OracleFormsSettin
     return settings, args
 
 
+def prompt_style_names(s: OracleFormsSettings) -> list[str]:
+    """The evaluated prompt-steering placements' names (``prompt-prefix``, …)."""
+    return [f"prompt-{style}" for style in s.prompt_styles]
+
+
+def prefix_names(s: OracleFormsSettings) -> list[str]:
+    """The evaluated prefix-steering methods' names (``prefix-response``, ``prefix-after-start``, …)."""
+    return [f"prefix-{positions.replace('_', '-')}{suffix}" for suffix in ("", *(["-pooled"] if s.prefix_pooled else []))
+            for positions in s.prefix_positions]
+
+
 def validate(s: OracleFormsSettings) -> list[str]:
     """Every problem with the settings (empty when they are fine), checked before anything runs (layers are
     checked against the model once it is loaded)."""
@@ -369,6 +401,7 @@ def validate(s: OracleFormsSettings) -> list[str]:
             problems.append(str(error))
         else:
             evaluated = {"prompt", "none", *(["prompt-background"] if s.prompt_background else []),
+                         *prefix_names(s), *prompt_style_names(s),
                          *(f"diffmean-L{layer}" for layer in s.diffmean_layers), *apsr_evaluated,
                          *(f.name for f in forms), *(f"{parse_form(f).name}@resid" for f in s.resid_forms)}
             unknown = sorted(set(s.compare_to) - evaluated)
@@ -399,7 +432,18 @@ def validate(s: OracleFormsSettings) -> list[str]:
                         "[0, 1)")
     if any(layer < 0 for layer in s.diffmean_layers):
         problems.append("--diffmean-layers must be >= 0")
-    for name in ("factors", "trained_factors", "apsr_factors"):
+    unknown_modes = sorted(set(s.prefix_positions) - set(PREFIX_POSITIONS))
+    if unknown_modes:
+        problems.append(f"--prefix-positions: unknown mode(s) {unknown_modes}; choose from {list(PREFIX_POSITIONS)}")
+    if len(set(s.prefix_positions)) != len(s.prefix_positions):
+        problems.append(f"--prefix-positions must name each mode once, got {s.prefix_positions}")
+    if s.prefix_pooled and not s.prefix_positions:
+        problems.append("--prefix-pooled needs --prefix-positions (the modes it scores pooled)")
+    if len(set(s.prompt_styles)) != len(s.prompt_styles):
+        problems.append(f"--prompt-styles must name each placement once, got {s.prompt_styles}")
+    if len(set(s.prefix_factors)) != len(s.prefix_factors):
+        problems.append(f"--prefix-factors must not repeat a factor, got {s.prefix_factors}")
+    for name in ("factors", "trained_factors", "apsr_factors", "prefix_factors"):
         values = getattr(s, name)
         if not values or any(not (math.isfinite(v) and v > 0) for v in values):
             problems.append(f"--{name.replace('_', '-')} must be positive numbers")
@@ -428,7 +472,8 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
     pairs += sum(f.round2 == "onpolicy" for f in map(parse_form, s.forms)) * s.held_out * n_train  # own answers
     other_teachers = {a.teacher for a in map(parse_apsr, s.apsr)} - {None, s.teacher_context}
     pairs += len(other_teachers) * s.held_out * (n_train + s.eval_prompts)  # an --apsr entry's own teacher
-    generations += per_method * s.prompt_background
+    generations += per_method * (s.prompt_background + len(s.prompt_styles)
+                                 + len(prefix_names(s)) * len(s.prefix_factors))
     for a in (parse_apsr(spec) for spec in s.apsr):  # teacher activations (2 passes), local init, end-to-end steps
         tokens = (45 + s.teacher_tokens) * rate["train_token"] / 3
         local, steps = a.settings(s)
@@ -714,6 +759,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     settings, args = parse_settings(argv)
     s, tiny = settings, args.tiny
+    if s.prefix_positions and (tiny or s.model is not None):
+        raise SystemExit("oracle_forms: error: --prefix-positions needs the embedded model's TransformerBridge (not "
+                         "--tiny or --model): prefix steering runs on its Hugging Face twin")
     device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
     forms = [parse_form(f) for f in s.forms]
     estimate = estimate_seconds(s, device)
@@ -734,7 +782,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from hooksteer.settings import save_settings
 
     save_settings(settings, out / "settings.json")
-    from hooksteer.evaluate.methods import DiffMeanMethod, NoSteering, PromptSteering, pool_texts_for
+    from hooksteer.evaluate.methods import (
+        DiffMeanMethod,
+        NoSteering,
+        PrefixSteering,
+        PromptSteering,
+        pool_texts_for,
+    )
     from hooksteer.evaluate.protocol import evaluate
     from hooksteer.hypersteer.bounds import ConceptVectors
     from hooksteer.hypersteer.contrast import prompt_difference_vectors
@@ -829,6 +883,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if s.prompt_background:  # what the reference_text teacher reads (the same reference length)
         methods.append(PromptSteering(name="prompt-background",
                                       background_chars=s.reference_chars))
+    methods += [PromptSteering(style=style, name=name) for style, name in zip(s.prompt_styles, prompt_style_names(s),
+                                                                              strict=True)]
+    prefixes = [PrefixSteering(positions=positions, factors=s.prefix_factors, pooled=pooled)
+                for pooled in (False, *([True] if s.prefix_pooled else [])) for positions in s.prefix_positions]
+    methods += prefixes
     methods += [DiffMeanMethod(layer=layer, texts_for=texts_for, name=f"diffmean-L{layer}")
                 for layer in s.diffmean_layers]
     methods += [HyperSteerMethod(o, magnitude="trained", factors=s.trained_factors, texts_for=texts_for, name=name)
@@ -841,7 +900,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     roles = {c.id: "held_out" for c in held_out}
     log(f"evaluating {len(methods)} methods on {len(held_out)} held-out concepts × {len(eval_prompts)} prompts ...")
     started = time.perf_counter()
-    reusable = {"prompt", "none", "prompt-background", *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
+    reusable = {"prompt", "none", "prompt-background", *prefix_names(s), *prompt_style_names(s),
+                *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
                 *(name + suffix for name, info in training.items() if "reused_from" in info for suffix in ("", "@resid")),
                 *(name for name, info in apsr_training.items() if info["reused"])}
     result = evaluate(generator, methods, held_out, eval_prompts, judge=judge, factors=s.factors,
@@ -864,8 +924,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     eval_seconds = time.perf_counter() - started
     scores = common.interval_summary(per_concept, names, roles)
     background = ["prompt-background"] if s.prompt_background else []  # against the plain prompt
-    comparisons = common.paired_comparisons(per_concept, roles, [*background, *oracles, *resid_names, *apsr_names,
-                                                                 *selected],
+    comparisons = common.paired_comparisons(per_concept, roles, [*background, *prompt_style_names(s), *prefix_names(s),
+                                                                 *oracles,
+                                                                 *resid_names, *apsr_names, *selected],
                                             baselines=("prompt", *s.compare_to), prompt_share=0.9)
     lengths = common.answer_lengths(result, model.tokenizer, reference="none")
     report = {
@@ -880,8 +941,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "resid_norms": {str(k): v for k, v in resid_norms.items()},
         "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
     }
-    common.write_samples(result, held_out, out / "samples.md", s.samples, methods=["none", "prompt", *oracles,
-                                                                                   *resid_names, *apsr_names])
+    common.write_samples(result, held_out, out / "samples.md", s.samples,
+                         methods=["none", "prompt", *prompt_style_names(s), *prefix_names(s), *oracles, *resid_names,
+                                  *apsr_names])
     common.save_report(report, out, began, markdown)
     return report
 

@@ -84,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: s
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(annotation) in (list, tuple) or (
                 optional and any(typing.get_origin(a) in (list, tuple) for a in typing.get_args(annotation))):
-            parser.add_argument(flag, nargs="*", type=kind, default=default, help=help_text)
+            parser.add_argument(flag, nargs="*", type=kind, default=default, help=help_text,
+                                choices=f.metadata.get("choices"))
         else:
             parser.add_argument(flag, type=_optional_number(kind) if optional else kind, default=default,
                                 help=help_text, choices=f.metadata.get("choices"))

@@ -116,6 +116,15 @@ def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
     (["--apsr", "0-2", "--select-prompts", "3"], "between 2 and the 2 train prompts"),
     (["--apsr", "0-2", "--select-prompts", "2", "--select-methods", "apsr-L0-2-floor"], "--select-methods"),
     (["--apsr", "0-2", "--select-methods", "apsr-L0-2"], "--select-methods needs --select-prompts"),
+    (["--prefix-positions", "response", "response"], "--prefix-positions must name each mode once"),
+    (["--prefix-positions", "prompt"], "invalid choice"),
+    (["--apsr", "0-2", "--apsr-position-variants", "sideways"], "invalid choice"),
+    (["--prefix-factors", "0"], "--prefix-factors must be positive"),
+    (["--prefix-factors", "1", "1"], "--prefix-factors must not repeat"),
+    (["--prefix-pooled"], "--prefix-pooled needs --prefix-positions"),
+    (["--prompt-styles", "prefix", "prefix"], "--prompt-styles must name each placement once"),
+    (["--prompt-styles", "system"], "invalid choice"),
+    (["--compare-to", "prefix-response"], "--compare-to names methods this run does not evaluate"),
 ])
 def test_bad_flags_stop_before_anything_is_written(tmp_path, capsys, flags, message):
     bench = _bench()
@@ -124,6 +133,25 @@ def test_bad_flags_stop_before_anything_is_written(tmp_path, capsys, flags, mess
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_prefix_steering_needs_the_embedded_bridge_and_names_its_modes(tmp_path):
+    from hooksteer.prefix_attention import POSITIONS
+
+    bench = _bench()
+    assert bench.PREFIX_POSITIONS == POSITIONS  # kept as a literal so --help imports no hooksteer module
+    with pytest.raises(SystemExit, match="needs the embedded model's TransformerBridge"):
+        bench.main(["--tiny", "--out", str(tmp_path / "out"), "--prefix-positions", "response"])
+    assert not (tmp_path / "out").exists()
+    settings = bench.OracleFormsSettings(prefix_positions=["response", "after_start"],
+                                         compare_to=["prefix-after-start"])
+    assert bench.prefix_names(settings) == ["prefix-response", "prefix-after-start"]
+    pooled = bench.OracleFormsSettings(prefix_positions=["response"], prefix_pooled=True)
+    assert bench.prefix_names(pooled) == ["prefix-response", "prefix-response-pooled"]
+    assert bench.validate(settings) == []
+    styled = bench.OracleFormsSettings(prompt_styles=["prefix"], compare_to=["prompt-prefix"])
+    assert bench.prompt_style_names(styled) == ["prompt-prefix"] and bench.validate(styled) == []
+    assert "unknown mode" in " ".join(bench.validate(bench.OracleFormsSettings(prefix_positions=["prompt"])))
 
 
 @pytest.mark.parametrize("flags", [["--forms", "9:all"], ["--apsr", "0-9"]])
