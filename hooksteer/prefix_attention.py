@@ -189,7 +189,8 @@ def steering_prompt_prefix(model: Any, steering_prompt: str) -> PrefixKV:
     if span < 1 or steered[start + span:] != plain[start:]:
         raise ValueError(f"could not find the steering prompt {steering_prompt!r} as one span in front of the "
                          "request in the chat template")
-    return prefix_from_tokens(hf_twin(model), steered, start, span, text=steering_prompt)
+    with model_lock(model):  # the twin's attention implementation changes for the pass
+        return prefix_from_tokens(hf_twin(model), steered, start, span, text=steering_prompt)
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,10 @@ def _query_rows(active: _Active, mask: Tensor | None, batch: int, q_len: int, kv
     if active.positions == "response":
         return index >= q_len - active.template_tokens
     # after_start: the unpadded position (left padding = keys the last query may not see) is >= start
-    padding = (mask[:, 0, -1, :] < 0).sum(dim=-1, keepdim=True) if mask is not None else 0
+    if mask is None:
+        return index >= active.prefix.start
+    blocked = ~mask[:, 0, -1, :] if mask.dtype == torch.bool else mask[:, 0, -1, :] < 0
+    padding = blocked.sum(dim=-1, keepdim=True)
     return index - padding >= active.prefix.start
 
 
@@ -288,7 +292,9 @@ def _prefix_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     keys, values = repeat_kv(key, groups), repeat_kv(value, groups)
     scores = torch.matmul(query, keys.transpose(2, 3)) * scaling
     batch, _, q_len, kv_len = scores.shape
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # an sdpa-style mask: True = attend
+        scores = scores.masked_fill(~attention_mask[..., :kv_len], torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
         scores = scores + attention_mask[..., :kv_len]
     elif q_len > 1:
         causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=scores.device).tril(kv_len - q_len)

@@ -242,3 +242,29 @@ def test_a_pooled_prefix_is_one_key_per_layer_weighted_as_the_keys_it_stands_for
     assert "pooled" not in PrefixSteering().config()  # configs of saved evaluations stay comparable
     with pytest.raises(ValueError, match="weight"):
         PrefixKV(prefix.keys, prefix.values, 0, weight=0.0)
+
+
+@torch.no_grad()
+def test_a_boolean_mask_is_read_like_the_additive_one(twin):
+    """The attention function accepts both mask kinds Hugging Face builds (True / 0 = attend)."""
+    from hooksteer.prefix_attention import _prefix_attention
+
+    attention = twin.model.layers[0].self_attn
+    heads, kv_heads = twin.config.num_attention_heads, twin.config.num_key_value_heads
+    dim = attention.head_dim
+    generator = torch.Generator().manual_seed(17)
+    query = torch.randn(2, heads, 5, dim, generator=generator)
+    key, value = (torch.randn(2, kv_heads, 5, dim, generator=generator) for _ in range(2))
+    allowed = torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()
+    allowed[0, :, :, :2] = False  # two padding keys in row 0
+    allowed[0, :, :2, :2] = torch.eye(2, dtype=torch.bool)  # padded queries see themselves (no empty row)
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    by_bool, _ = _prefix_attention(attention, query, key, value, allowed, scaling=dim ** -0.5)
+    by_float, _ = _prefix_attention(attention, query, key, value, additive, scaling=dim ** -0.5)
+    torch.testing.assert_close(by_bool, by_float)
+    prefix = prefix_from_tokens(twin, _ids(twin, 6, 18), start=1, span=3)
+    with attend_to_prefix(twin, prefix, factor=2.0, positions="after_start"):
+        steered_bool, _ = _prefix_attention(attention, query, key, value, allowed, scaling=dim ** -0.5)
+        steered_float, _ = _prefix_attention(attention, query, key, value, additive, scaling=dim ** -0.5)
+    torch.testing.assert_close(steered_bool, steered_float)
+    assert (steered_bool - by_bool).abs().max() > 1e-4
