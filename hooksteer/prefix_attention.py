@@ -10,13 +10,17 @@ right after the chat template's user header), and :func:`attend_to_prefix` lets 
 * ``"response"`` (default): the last ``template_tokens`` prompt tokens (those that open the assistant turn) and
   every generated token; the request itself is read exactly as without steering;
 * ``"generated"``: generated tokens only;
-* ``"after_start"``: every token from where the steering prompt stood on, which is what prompting does (the
-  request is read after the steering prompt), up to the request's own keys not moving;
+* ``"after_start"``: every token from where the steering prompt stood on, as prompting reads it (the request is
+  read after the steering prompt; only the chat header sits nearer the request than when prompted);
 * ``"all"``: every token.
 
 Keys sit at the rotary positions they would have in ``x'`` relative to the request, so a query sees them at the
 distances prompting shows them. ``factor`` multiplies the attention weight of every prefix key before the
 softmax is normalised (``log factor`` added to its logits): ``1`` is the prefix as prompted, ``0`` no steering.
+
+Measured on the embedded model (README, *HyperSteer*): ``"after_start"`` steers like prompting with the same
+placement, ``"response"`` names the concept but drops the request more often, and :meth:`PrefixKV.pooled` does not
+steer.
 
 It runs on a Hugging Face Llama-style decoder (rotary, ``model.layers[i].self_attn``): a ``TransformerBridge``'s
 weight-sharing twin (:func:`hooksteer.fast_generation.hf_twin`) during :func:`generate_with_prefix`.
@@ -144,7 +148,7 @@ def prefix_from_tokens(model: nn.Module, tokens: Sequence[int] | Tensor, start: 
         >>> prefix = prefix_from_tokens(twin, ids, start=4, span=9)                    # doctest: +SKIP
     """
     ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
-    if not 0 <= start or span < 1 or start + span > ids.shape[1]:
+    if start < 0 or span < 1 or start + span > ids.shape[1]:
         raise ValueError(f"span {start}:{start + span} does not fit {ids.shape[1]} tokens")
     layers, _ = _decoder(model)
     device = next(model.parameters()).device
@@ -153,18 +157,11 @@ def prefix_from_tokens(model: nn.Module, tokens: Sequence[int] | Tensor, start: 
     cache = out.past_key_values
     keys, values = [], []
     for index in range(len(layers)):
-        layer_keys, layer_values = _cache_layer(cache, index)
+        layer_keys, layer_values = cache.layers[index].keys, cache.layers[index].values
         part = slice(start, start + span)
         keys.append(_rotate(model, layer_keys[:, :, part], -span)[0].detach())
         values.append(layer_values[0, :, part].detach())
     return PrefixKV(tuple(keys), tuple(values), start, text)
-
-
-def _cache_layer(cache: Any, index: int) -> tuple[Tensor, Tensor]:
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return layers[index].keys, layers[index].values
-    return cache.key_cache[index], cache.value_cache[index]  # older transformers
 
 
 def steering_prompt_prefix(model: Any, steering_prompt: str) -> PrefixKV:
