@@ -885,9 +885,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                       background_chars=s.reference_chars))
     methods += [PromptSteering(style=style, name=name) for style, name in zip(s.prompt_styles, prompt_style_names(s),
                                                                               strict=True)]
-    prefixes = [PrefixSteering(positions=positions, factors=s.prefix_factors, pooled=pooled)
+    methods += [PrefixSteering(positions=positions, factors=s.prefix_factors, pooled=pooled)
                 for pooled in (False, *([True] if s.prefix_pooled else [])) for positions in s.prefix_positions]
-    methods += prefixes
     methods += [DiffMeanMethod(layer=layer, texts_for=texts_for, name=f"diffmean-L{layer}")
                 for layer in s.diffmean_layers]
     methods += [HyperSteerMethod(o, magnitude="trained", factors=s.trained_factors, texts_for=texts_for, name=name)

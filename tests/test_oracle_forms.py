@@ -177,14 +177,20 @@ def test_tiny_pipeline_scores_every_form_and_resumes(tmp_path, monkeypatch):
     assert (out / "oracle-L1-prompt" / "model.safetensors").is_file()
     # a rerun reloads the trained oracles instead of retraining them, and evaluates only what it adds
     evaluated = record_evaluated_methods(monkeypatch)
-    again = bench.main(["--tiny", "--out", str(out), "--diffmean-layers", "1", "--resid-forms", "1:prompt"])
+    again = bench.main(["--tiny", "--out", str(out), "--diffmean-layers", "1", "--resid-forms", "1:prompt",
+                        "--prompt-styles", "prefix"])
     assert all("reused_from" in info for info in again["training"].values())
-    assert set(evaluated) == {"oracle-L1-prompt@resid"}
-    assert {k: v for k, v in again["scores"]["held_out"].items() if not k.endswith("@resid")} == report["scores"][
-        "held_out"]
+    assert set(evaluated) == {"oracle-L1-prompt@resid", "prompt-prefix"}
+    added = ("oracle-L1-prompt@resid", "prompt-prefix")
+    assert {k: v for k, v in again["scores"]["held_out"].items() if k not in added} == report["scores"]["held_out"]
+    assert {(c["a"], c["b"]) for c in again["comparisons"] if c["a"] == "prompt-prefix"} == {
+        ("prompt-prefix", "prompt"), ("prompt-prefix", "0.9×prompt")}
     resid = [m for m in json.loads((out / "evaluation" / "results.json").read_text())["config"]["methods"]
              if m["name"] == "oracle-L1-prompt@resid"]
     assert resid and resid[0]["magnitude"] == "resid_norm" and resid[0]["positions"] == "prompt"
+    styled = [m for m in json.loads((out / "evaluation" / "results.json").read_text())["config"]["methods"]
+              if m["name"] == "prompt-prefix"]
+    assert styled and styled[0]["style"] == "prefix"
     assert "ceiling of each steering form" in (out / "results.md").read_text()
 
 
