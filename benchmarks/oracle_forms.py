@@ -124,6 +124,12 @@ class OracleFormsSettings:
         "help": "also score each --prefix-positions mode attending to the pooled prefix (one mean key and value per "
                 "layer and KV head, weighted as the keys it stands for: a fixed-size summary), named "
                 "prefix-<positions>-pooled"})
+    prefix_combine: list[str] = field(default_factory=list, metadata={
+        "help": "A-PSR methods (as evaluated, e.g. apsr-L0-29-local0-steps0) also scored while each --prefix-positions "
+                "mode attends to the steering prompt at --prefix-combine-factor (its own α sweep kept), named "
+                "<method>+prefix-<positions>"})
+    prefix_combine_factor: float = field(default=1.0, metadata={
+        "help": "prefix steering's attention-weight multiplier in the --prefix-combine rows"})
     prefix_factors: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0], metadata={
         "help": "prefix steering: multipliers of the prefix keys' attention weight swept (1 = as prompted)"})
     teacher_tokens: int = field(default=32, metadata={"help": "max tokens of a teacher answer"})
@@ -361,6 +367,11 @@ def prefix_names(s: OracleFormsSettings) -> list[str]:
             for positions in s.prefix_positions]
 
 
+def combined_names(s: OracleFormsSettings) -> list[str]:
+    """The evaluated A-PSR + prefix methods' names (``<method>+prefix-<positions>``)."""
+    return [f"{name}+prefix-{positions.replace('_', '-')}" for name in s.prefix_combine for positions in s.prefix_positions]
+
+
 def validate(s: OracleFormsSettings) -> list[str]:
     """Every problem with the settings (empty when they are fine), checked before anything runs (layers are
     checked against the model once it is loaded)."""
@@ -401,7 +412,7 @@ def validate(s: OracleFormsSettings) -> list[str]:
             problems.append(str(error))
         else:
             evaluated = {"prompt", "none", *(["prompt-background"] if s.prompt_background else []),
-                         *prefix_names(s), *prompt_style_names(s),
+                         *prefix_names(s), *prompt_style_names(s), *combined_names(s),
                          *(f"diffmean-L{layer}" for layer in s.diffmean_layers), *apsr_evaluated,
                          *(f.name for f in forms), *(f"{parse_form(f).name}@resid" for f in s.resid_forms)}
             unknown = sorted(set(s.compare_to) - evaluated)
@@ -439,6 +450,12 @@ def validate(s: OracleFormsSettings) -> list[str]:
         problems.append(f"--prefix-positions must name each mode once, got {s.prefix_positions}")
     if s.prefix_pooled and not s.prefix_positions:
         problems.append("--prefix-pooled needs --prefix-positions (the modes it scores pooled)")
+    if s.prefix_combine and (not s.prefix_positions or set(s.prefix_combine) - apsr_evaluated
+                             or len(set(s.prefix_combine)) != len(s.prefix_combine)):
+        problems.append(f"--prefix-combine needs --prefix-positions and must name evaluated A-PSR methods once "
+                        f"({', '.join(sorted(apsr_evaluated)) or 'none'}), got {s.prefix_combine}")
+    if not (math.isfinite(s.prefix_combine_factor) and s.prefix_combine_factor > 0):
+        problems.append("--prefix-combine-factor must be a positive number")
     if len(set(s.prompt_styles)) != len(s.prompt_styles):
         problems.append(f"--prompt-styles must name each placement once, got {s.prompt_styles}")
     if len(set(s.prefix_factors)) != len(s.prefix_factors):
@@ -473,7 +490,8 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
     other_teachers = {a.teacher for a in map(parse_apsr, s.apsr)} - {None, s.teacher_context}
     pairs += len(other_teachers) * s.held_out * (n_train + s.eval_prompts)  # an --apsr entry's own teacher
     generations += per_method * (s.prompt_background + len(s.prompt_styles)
-                                 + len(prefix_names(s)) * len(s.prefix_factors))
+                                 + len(prefix_names(s)) * len(s.prefix_factors)
+                                 + len(combined_names(s)) * len(s.apsr_factors))
     for a in (parse_apsr(spec) for spec in s.apsr):  # teacher activations (2 passes), local init, end-to-end steps
         tokens = (45 + s.teacher_tokens) * rate["train_token"] / 3
         local, steps = a.settings(s)
@@ -787,6 +805,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         NoSteering,
         PrefixSteering,
         PromptSteering,
+        WithPrefix,
         pool_texts_for,
     )
     from hooksteer.evaluate.protocol import evaluate
@@ -896,10 +915,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for name in resid_names]
     methods += apsr_methods
     apsr_names = [m.name for m in apsr_methods]
+    by_name = {m.name: m for m in apsr_methods}
+    methods += [WithPrefix(by_name[name], positions=positions, prefix_factor=s.prefix_combine_factor)
+                for name in s.prefix_combine for positions in s.prefix_positions]
     roles = {c.id: "held_out" for c in held_out}
     log(f"evaluating {len(methods)} methods on {len(held_out)} held-out concepts × {len(eval_prompts)} prompts ...")
     started = time.perf_counter()
     reusable = {"prompt", "none", "prompt-background", *prefix_names(s), *prompt_style_names(s),
+                *(m.name for m in methods if isinstance(m, WithPrefix) and apsr_training.get(m.inner.name, {}).get(
+                    "reused")),
                 *(f"diffmean-L{layer}" for layer in s.diffmean_layers),
                 *(name + suffix for name, info in training.items() if "reused_from" in info for suffix in ("", "@resid")),
                 *(name for name, info in apsr_training.items() if info["reused"])}
@@ -924,7 +948,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     scores = common.interval_summary(per_concept, names, roles)
     background = ["prompt-background"] if s.prompt_background else []  # against the plain prompt
     comparisons = common.paired_comparisons(per_concept, roles, [*background, *prompt_style_names(s), *prefix_names(s),
-                                                                 *oracles,
+                                                                 *combined_names(s), *oracles,
                                                                  *resid_names, *apsr_names, *selected],
                                             baselines=("prompt", *s.compare_to), prompt_share=0.9)
     lengths = common.answer_lengths(result, model.tokenizer, reference="none")
@@ -941,8 +965,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seconds": {"teacher": teacher_seconds, "evaluate": eval_seconds, "total": 0.0},
     }
     common.write_samples(result, held_out, out / "samples.md", s.samples,
-                         methods=["none", "prompt", *prompt_style_names(s), *prefix_names(s), *oracles, *resid_names,
-                                  *apsr_names])
+                         methods=["none", "prompt", *prompt_style_names(s), *prefix_names(s), *combined_names(s),
+                                  *oracles, *resid_names, *apsr_names])
     common.save_report(report, out, began, markdown)
     return report
 

@@ -55,7 +55,7 @@ from hooksteer.generation import (
 )
 from hooksteer.hooks import model_lock
 
-__all__ = ["POSITIONS", "PrefixKV", "attend_to_prefix", "generate_with_prefix", "prefix_from_tokens",
+__all__ = ["POSITIONS", "PrefixKV", "PrefixUse", "attend_to_prefix", "generate_with_prefix", "prefix_from_tokens",
            "steering_prompt_prefix"]
 
 #: Which query positions attend to the prefix (see the module docstring).
@@ -190,12 +190,21 @@ def steering_prompt_prefix(model: Any, steering_prompt: str) -> PrefixKV:
         return prefix_from_tokens(hf_twin(model), steered, start, span, text=steering_prompt)
 
 
+@dataclass
+class PrefixUse:
+    """What an :func:`attend_to_prefix` block did: ``forward_passes`` counts the model's forward passes that ran
+    through the prefix attention (0 after the block: nothing inside ran on this model)."""
+
+    forward_passes: int = 0
+
+
 @dataclass(frozen=True)
 class _Active:
     prefix: PrefixKV
     log_factor: float
     positions: str
     template_tokens: int
+    use: PrefixUse
 
 
 @contextmanager
@@ -215,8 +224,9 @@ def _implementation(model: nn.Module, active: _Active | None) -> Iterator[None]:
 
 @contextmanager
 def attend_to_prefix(model: nn.Module, prefix: PrefixKV, *, factor: float = 1.0, positions: str = "response",
-                     template_tokens: int = 0) -> Iterator[None]:
-    """Inside the block, the chosen query positions of the HF decoder ``model`` also attend to ``prefix``.
+                     template_tokens: int = 0) -> Iterator[PrefixUse]:
+    """Inside the block, the chosen query positions of the HF decoder ``model`` also attend to ``prefix``; yields a
+    :class:`PrefixUse` that counts the forward passes that did.
 
     Args:
         model: a Hugging Face Llama-style causal LM (e.g. ``hf_twin(bridge)``); its attention runs eagerly here.
@@ -250,8 +260,9 @@ def attend_to_prefix(model: nn.Module, prefix: PrefixKV, *, factor: float = 1.0,
     if isinstance(template_tokens, bool) or not isinstance(template_tokens, int) or template_tokens < 0:
         raise ValueError(f"template_tokens must be an integer >= 0, got {template_tokens!r}")
     log_factor = math.log(factor) if factor > 0 else -math.inf
-    with _implementation(model, _Active(prefix, log_factor, positions, template_tokens)):
-        yield
+    use = PrefixUse()
+    with _implementation(model, _Active(prefix, log_factor, positions, template_tokens, use)):
+        yield use
 
 
 def _register() -> None:
@@ -297,6 +308,8 @@ def _prefix_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
         causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=scores.device).tril(kv_len - q_len)
         scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
     active: _Active | None = getattr(_ACTIVE, "value", None)
+    if active is not None and int(module.layer_idx) == 0:
+        active.use.forward_passes += 1
     if active is None or active.log_factor == -math.inf:
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         return torch.matmul(weights, values).transpose(1, 2).contiguous(), weights

@@ -122,6 +122,9 @@ def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
     (["--prefix-factors", "0"], "--prefix-factors must be positive"),
     (["--prefix-factors", "1", "1"], "--prefix-factors must not repeat"),
     (["--prefix-pooled"], "--prefix-pooled needs --prefix-positions"),
+    (["--apsr", "0-2", "--prefix-combine", "apsr-L0-2"], "--prefix-combine needs --prefix-positions"),
+    (["--apsr", "0-2", "--prefix-positions", "response", "--prefix-combine", "apsr-L0-9"], "--prefix-combine needs"),
+    (["--prefix-combine-factor", "0"], "--prefix-combine-factor must be a positive number"),
     (["--prompt-styles", "prefix", "prefix"], "--prompt-styles must name each placement once"),
     (["--prompt-styles", "system"], "invalid choice"),
     (["--compare-to", "prefix-response"], "--compare-to names methods this run does not evaluate"),
@@ -149,6 +152,9 @@ def test_prefix_steering_needs_the_embedded_bridge_and_names_its_modes(tmp_path)
     pooled = bench.OracleFormsSettings(prefix_positions=["response"], prefix_pooled=True)
     assert bench.prefix_names(pooled) == ["prefix-response", "prefix-response-pooled"]
     assert bench.validate(settings) == []
+    combined = bench.OracleFormsSettings(apsr=["0-2"], prefix_positions=["after_start"], prefix_combine=["apsr-L0-2"],
+                                         compare_to=["apsr-L0-2+prefix-after-start"])
+    assert bench.combined_names(combined) == ["apsr-L0-2+prefix-after-start"] and bench.validate(combined) == []
     styled = bench.OracleFormsSettings(prompt_styles=["prefix"], compare_to=["prompt-prefix"])
     assert bench.prompt_style_names(styled) == ["prompt-prefix"] and bench.validate(styled) == []
     assert "unknown mode" in " ".join(bench.validate(bench.OracleFormsSettings(prefix_positions=["prompt"])))

@@ -268,3 +268,75 @@ def test_a_boolean_mask_is_read_like_the_additive_one(twin):
         steered_float, _ = _prefix_attention(attention, query, key, value, additive, scaling=dim ** -0.5)
     torch.testing.assert_close(steered_bool, steered_float)
     assert (steered_bool - by_bool).abs().max() > 1e-4
+
+
+class _VectorMethod:
+    """A minimal inner method: one fixed residual vector (through ``hs.steer``, or a foreign hook), × factor."""
+
+    name, uses_factors, factors = "vector", True, None
+
+    def __init__(self, foreign: bool = False) -> None:
+        self.foreign = foreign
+
+    def prepare(self, model, concept, others):
+        method = self
+
+        class Steerer:
+            info = {"inner": True}
+
+            def generate(self, prompts, factors, settings, seed):
+                vector = hs.SteeringVector("blocks.0.hook_resid_post", torch.ones(model.cfg.d_model))
+                rows = []
+                for factor in factors:
+                    if method.foreign:  # a plain TransformerLens hook: generation leaves the twin
+                        hook = model.hook_dict["blocks.0.hook_resid_post"]
+                        hook.add_hook(lambda activation, hook, f=factor: activation + f)
+                        try:
+                            rows.append(generate_texts(model, prompts, max_new_tokens=settings.max_new_tokens))
+                        finally:
+                            model.reset_hooks()
+                        continue
+                    with hs.steer(model, vector * factor):
+                        rows.append(generate_texts(model, prompts, max_new_tokens=settings.max_new_tokens))
+                return rows
+
+        return Steerer()
+
+    def config(self):
+        return {"name": self.name}
+
+
+def test_with_prefix_runs_the_inner_method_while_the_prefix_is_attended_to(tiny_bridge):
+    from hooksteer.evaluate.methods import WithPrefix
+
+    concept = Concept(id="lava", title="Lava", description="molten rock", steering_prompts=["Talk about lava flows."],
+                      text="Lava is molten rock.")
+    prompts, settings = ["Tell me a story.", "Describe your day, please."], GenerationSettings(max_new_tokens=6)
+    inner = _VectorMethod().prepare(tiny_bridge, concept, []).generate(prompts, [0.0, 3.0], settings, seed=0)
+    method = WithPrefix(_VectorMethod(), positions="after_start", prefix_factor=50.0)
+    assert method.name == "vector+prefix-after-start" and method.config()["inner"] == {"name": "vector"}
+    steerer = method.prepare(tiny_bridge, concept, [])
+    combined = steerer.generate(prompts, [0.0, 3.0], settings, seed=0)
+    prefix = steering_prompt_prefix(tiny_bridge, "Talk about lava flows.")
+    alone = generate_with_prefix(tiny_bridge, prompts, prefix, factor=50.0, positions="after_start", max_new_tokens=6)
+    assert combined[0] == alone and combined[0] != inner[0]  # factor 0: the prefix alone
+    assert combined[1] != alone                              # the vector still acts under the prefix
+    assert steerer.info["inner"] and steerer.info["prefix_positions"] == "after_start"
+    with pytest.raises(RuntimeError, match="without the bridge's Hugging Face twin"):
+        WithPrefix(_VectorMethod(foreign=True)).prepare(tiny_bridge, concept, []).generate(prompts, [1.0], settings, 0)
+    for bad in ({"prefix_factor": 0.0}, {"positions": "prompt"}):
+        with pytest.raises(ValueError):
+            WithPrefix(_VectorMethod(), **bad)
+    with pytest.raises(TypeError, match="steering method"):
+        WithPrefix("vector")
+
+
+@torch.no_grad()
+def test_attend_to_prefix_counts_the_passes_through_the_prefix(twin):
+    b = _ids(twin, 6, 19)
+    prefix = prefix_from_tokens(twin, torch.cat([_ids(twin, 3, 20), b]), start=0, span=3)
+    with attend_to_prefix(twin, prefix, positions="all") as use:
+        assert use.forward_passes == 0
+        twin(input_ids=b[None])
+        twin(input_ids=b[None])
+    assert use.forward_passes == 2

@@ -50,7 +50,7 @@ from hooksteer.evaluate.methods.common import (
     derive_seed,
 )
 from hooksteer.evaluate.methods.magnitudes import max_projection, residual_norm
-from hooksteer.evaluate.methods.prefix import PrefixSteerer, PrefixSteering
+from hooksteer.evaluate.methods.prefix import PrefixSteerer, PrefixSteering, WithPrefix, WithPrefixSteerer
 from hooksteer.evaluate.methods.prompt import (
     MessageBuilder,
     NoSteering,
@@ -98,6 +98,8 @@ __all__ = [
     "TextsFor",
     "VectorMethod",
     "VectorSteerer",
+    "WithPrefix",
+    "WithPrefixSteerer",
     "build_methods",
     "concept_reference",
     "concept_sentences",

@@ -1,8 +1,9 @@
-"""Prefix steering: the answer attends to the steering prompt's own keys and values, the request is read plainly.
+"""Prefix steering: chosen positions attend to the steering prompt's own keys and values.
 
 :class:`PrefixSteering` builds each concept's prefix with :func:`hooksteer.prefix_attention.steering_prompt_prefix`
 (no training: the frozen model maps the steering prompt to its per-layer keys and values) and generates with
 :func:`hooksteer.prefix_attention.generate_with_prefix`; the factor scales the prefix's attention weight.
+:class:`WithPrefix` runs another method (e.g. a PSR or FitSteer's A-PSR) while a fixed prefix is attended to.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from torch import nn
 
 from hooksteer.data.schema import Concept
 from hooksteer.evaluate.methods.common import Factor, GenerationSettings, _chunks, check_factors, derive_seed
-from hooksteer.prefix_attention import POSITIONS, PrefixKV, generate_with_prefix, steering_prompt_prefix
+from hooksteer.prefix_attention import (
+    POSITIONS,
+    PrefixKV,
+    attend_to_prefix,
+    generate_with_prefix,
+    steering_prompt_prefix,
+)
 
-__all__ = ["PrefixSteerer", "PrefixSteering"]
+__all__ = ["PrefixSteerer", "PrefixSteering", "WithPrefix", "WithPrefixSteerer"]
 
 
 class PrefixSteerer:
@@ -91,3 +98,75 @@ class PrefixSteering:
         return {"name": self.name, "class": type(self).__name__, "positions": self.positions,
                 "prompt_index": self.prompt_index, "style": "prefix", **({"pooled": True} if self.pooled else {}),
                 **({} if self.factors is None else {"factors": list(self.factors)})}
+
+
+class WithPrefixSteerer:
+    """Generates with an inner steerer while the chosen positions attend to one concept's prefix."""
+
+    def __init__(self, model: nn.Module, inner: Any, prefix: PrefixKV, positions: str, prefix_factor: float) -> None:
+        self.model, self.inner, self.prefix = model, inner, prefix
+        self.positions, self.prefix_factor = positions, prefix_factor
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {**getattr(self.inner, "info", {}), "prefix_tokens": self.prefix.span,
+                "prefix_positions": self.positions, "prefix_factor": self.prefix_factor}
+
+    def generate(self, prompts: Sequence[str], factors: Sequence[Factor], settings: GenerationSettings,
+                 seed: int) -> list[list[str]]:
+        from hooksteer.fast_generation import hf_twin
+        from hooksteer.hooks import model_lock
+        from hooksteer.psr.teacher import template_suffix_length
+
+        with model_lock(self.model), attend_to_prefix(hf_twin(self.model), self.prefix, factor=self.prefix_factor,
+                                                       positions=self.positions,
+                                                       template_tokens=template_suffix_length(self.model)) as use:
+            outputs = self.inner.generate(prompts, factors, settings, seed)
+        if use.forward_passes == 0:
+            raise RuntimeError("the inner method generated without the bridge's Hugging Face twin, so nothing attended "
+                               "to the prefix: its hooks must be hooksteer steering at hook_resid_pre / hook_resid_post")
+        return outputs
+
+
+@dataclass
+class WithPrefix:
+    """``inner``'s steering (its own factor sweep) while the chosen positions also attend to the concept's steering
+    prompt at a fixed ``prefix_factor``: a residual form and the attention route together.
+
+    Example:
+        >>> WithPrefix(PrefixSteering(positions="response"), positions="after_start").name
+        'prefix-response+prefix-after-start'
+    """
+
+    inner: Any
+    positions: str = "after_start"
+    prefix_factor: float = 1.0
+    prompt_index: int = 0
+    name: str = ""
+    uses_factors: bool = field(default=True, init=False)
+    factors: Sequence[float] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if not callable(getattr(self.inner, "prepare", None)) or not callable(getattr(self.inner, "config", None)):
+            raise TypeError(f"inner must be a steering method (prepare, config), got {type(self.inner).__name__}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; choose from {list(POSITIONS)}")
+        factor = self.prefix_factor
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0 or factor == float("inf"):
+            raise ValueError(f"prefix_factor must be a finite number > 0, got {factor!r}")
+        self.uses_factors = bool(self.inner.uses_factors)
+        self.factors = getattr(self.inner, "factors", None)
+        self.name = self.name or f"{self.inner.name}+prefix-{self.positions.replace('_', '-')}"
+
+    def prepare(self, model: nn.Module, concept: Concept, others: Sequence[Concept]) -> WithPrefixSteerer:
+        if len(concept.steering_prompts) <= self.prompt_index:
+            raise ValueError(f"concept {concept.id!r} has {len(concept.steering_prompts)} steering prompts, "
+                             f"the prefix needs index {self.prompt_index}")
+        prefix = steering_prompt_prefix(model, concept.steering_prompts[self.prompt_index])
+        return WithPrefixSteerer(model, self.inner.prepare(model, concept, others), prefix, self.positions,
+                                 float(self.prefix_factor))
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "class": type(self).__name__, "inner": self.inner.config(),
+                "positions": self.positions, "prefix_factor": float(self.prefix_factor),
+                "prompt_index": self.prompt_index}
