@@ -55,7 +55,7 @@ from hooksteer.generation import (
 )
 from hooksteer.hooks import model_lock
 
-__all__ = ["POSITIONS", "PrefixKV", "PrefixUse", "attend_to_prefix", "generate_with_prefix", "prefix_from_tokens",
+__all__ = ["POSITIONS", "PrefixKV", "PrefixUse", "attend_on_bridge", "attend_to_prefix", "generate_with_prefix", "prefix_from_tokens",
            "steering_prompt_prefix"]
 
 #: Which query positions attend to the prefix (see the module docstring).
@@ -327,6 +327,27 @@ def _prefix_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     return output.transpose(1, 2).contiguous(), weights[..., :kv_len]
 
 
+@contextmanager
+def attend_on_bridge(model: Any, prefix: PrefixKV, *, factor: float = 1.0,
+                     positions: str = "response") -> Iterator[tuple[nn.Module, PrefixUse]]:
+    """:func:`attend_to_prefix` on a ``TransformerBridge``'s Hugging Face twin, holding the bridge's lock, with
+    ``"response"`` counting the chat template's assistant header; yields ``(twin, use)``. Whatever generates on the
+    twin inside the block (``generate_texts`` takes the twin whenever only hooksteer steering is installed) attends
+    to the prefix; ``use.forward_passes`` says whether anything did.
+
+    Example:
+        >>> with attend_on_bridge(bridge, prefix, positions="after_start") as (twin, use):  # doctest: +SKIP
+        ...     texts = generate_texts(bridge, ["Tell me a story."])
+    """
+    from hooksteer.psr.teacher import template_suffix_length
+
+    with model_lock(model):
+        twin = hf_twin(model)
+        with attend_to_prefix(twin, prefix, factor=factor, positions=positions,
+                              template_tokens=template_suffix_length(model)) as use:
+            yield twin, use
+
+
 def generate_with_prefix(model: Any, prompts: Sequence[str], prefix: PrefixKV, *, factor: float = 1.0,
                          positions: str = "response", max_new_tokens: int = 40, chat: bool = True,
                          do_sample: bool = False, temperature: float = 1.0, seed: int | None = None) -> list[str]:
@@ -337,24 +358,20 @@ def generate_with_prefix(model: Any, prompts: Sequence[str], prefix: PrefixKV, *
     Example:
         >>> generate_with_prefix(bridge, ["How do I bake bread?"], prefix, factor=2.0)  # doctest: +SKIP
     """
-    from hooksteer.psr.teacher import template_suffix_length
-
     if not isinstance(prefix, PrefixKV):
         raise TypeError(f"prefix must be a PrefixKV (from steering_prompt_prefix), got {type(prefix).__name__}")
     texts = chat_prompts(model, prompts) if chat else check_texts(prompts, "prompts")
     check_generation_settings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature)
     check_context(model, [int(tokenize(model, text).shape[0]) + prefix.span for text in texts], max_new_tokens)
-    template_tokens = template_suffix_length(model)
-    with model_lock(model), torch.random.fork_rng(devices=_cuda_devices(model), enabled=seed is not None):
+    with torch.random.fork_rng(devices=_cuda_devices(model), enabled=seed is not None), attend_on_bridge(
+            model, prefix, factor=factor, positions=positions) as (twin, _):
         if seed is not None:
             torch.manual_seed(seed)
         plan = fast_path_hooks(model)
         if plan is None:
             raise ValueError("generate_with_prefix runs on the bridge's Hugging Face twin: remove hooks other than "
                              "hooksteer steering at hook_resid_pre / hook_resid_post")
-        twin = hf_twin(model)
-        with twin_hooks(twin, plan), attend_to_prefix(twin, prefix, factor=factor, positions=positions,
-                                                       template_tokens=template_tokens):
+        with twin_hooks(twin, plan):
             rows = _generate_with_hf_loop(model, twin, texts, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                           temperature=temperature, stop_at_eos=True)
     return [_decode_until_eos(model, row) for row in rows]

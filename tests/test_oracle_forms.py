@@ -155,6 +155,23 @@ def test_prefix_steering_needs_the_embedded_bridge_and_names_its_modes(tmp_path)
     combined = bench.OracleFormsSettings(apsr=["0-2"], prefix_positions=["after_start"], prefix_combine=["apsr-L0-2"],
                                          compare_to=["apsr-L0-2+prefix-after-start"])
     assert bench.combined_names(combined) == ["apsr-L0-2+prefix-after-start"] and bench.validate(combined) == []
+    # the names validate() derives without importing hooksteer are the ones the built methods carry
+    from hooksteer.evaluate.methods import PrefixSteering, WithPrefix
+
+    both = bench.OracleFormsSettings(prefix_positions=["response", "after_start"], prefix_pooled=True)
+    assert [PrefixSteering(positions=p, pooled=q).name for q in (False, True) for p in both.prefix_positions] == (
+        bench.prefix_names(both))
+
+    class Inner:
+        name, uses_factors = "apsr-L0-2", True
+
+        def prepare(self, *args):
+            return None
+
+        def config(self):
+            return {}
+
+    assert [WithPrefix(Inner(), positions=p).name for p in combined.prefix_positions] == bench.combined_names(combined)
     styled = bench.OracleFormsSettings(prompt_styles=["prefix"], compare_to=["prompt-prefix"])
     assert bench.prompt_style_names(styled) == ["prompt-prefix"] and bench.validate(styled) == []
     assert "unknown mode" in " ".join(bench.validate(bench.OracleFormsSettings(prefix_positions=["prompt"])))

@@ -19,12 +19,20 @@ from hooksteer.evaluate.methods.common import Factor, GenerationSettings, _chunk
 from hooksteer.prefix_attention import (
     POSITIONS,
     PrefixKV,
-    attend_to_prefix,
+    attend_on_bridge,
     generate_with_prefix,
     steering_prompt_prefix,
 )
 
 __all__ = ["PrefixSteerer", "PrefixSteering", "WithPrefix", "WithPrefixSteerer"]
+
+
+def concept_prefix(model: nn.Module, concept: Concept, prompt_index: int) -> PrefixKV:
+    """The prefix of the concept's ``prompt_index``-th steering prompt (refused when it has no such phrasing)."""
+    if len(concept.steering_prompts) <= prompt_index:
+        raise ValueError(f"concept {concept.id!r} has {len(concept.steering_prompts)} steering prompts, the prefix "
+                         f"needs index {prompt_index}")
+    return steering_prompt_prefix(model, concept.steering_prompts[prompt_index])
 
 
 class PrefixSteerer:
@@ -88,10 +96,7 @@ class PrefixSteering:
             self.factors = check_factors(self.factors, positive=True)
 
     def prepare(self, model: nn.Module, concept: Concept, others: Sequence[Concept]) -> PrefixSteerer:
-        if len(concept.steering_prompts) <= self.prompt_index:
-            raise ValueError(f"concept {concept.id!r} has {len(concept.steering_prompts)} steering prompts, "
-                             f"prefix steering needs index {self.prompt_index}")
-        prefix = steering_prompt_prefix(model, concept.steering_prompts[self.prompt_index])
+        prefix = concept_prefix(model, concept, self.prompt_index)
         return PrefixSteerer(model, prefix.pooled() if self.pooled else prefix, self.positions)
 
     def config(self) -> dict[str, Any]:
@@ -114,13 +119,7 @@ class WithPrefixSteerer:
 
     def generate(self, prompts: Sequence[str], factors: Sequence[Factor], settings: GenerationSettings,
                  seed: int) -> list[list[str]]:
-        from hooksteer.fast_generation import hf_twin
-        from hooksteer.hooks import model_lock
-        from hooksteer.psr.teacher import template_suffix_length
-
-        with model_lock(self.model), attend_to_prefix(hf_twin(self.model), self.prefix, factor=self.prefix_factor,
-                                                       positions=self.positions,
-                                                       template_tokens=template_suffix_length(self.model)) as use:
+        with attend_on_bridge(self.model, self.prefix, factor=self.prefix_factor, positions=self.positions) as (_, use):
             outputs = self.inner.generate(prompts, factors, settings, seed)
         if use.forward_passes == 0:
             raise RuntimeError("the inner method generated without the bridge's Hugging Face twin, so nothing attended "
@@ -159,10 +158,7 @@ class WithPrefix:
         self.name = self.name or f"{self.inner.name}+prefix-{self.positions.replace('_', '-')}"
 
     def prepare(self, model: nn.Module, concept: Concept, others: Sequence[Concept]) -> WithPrefixSteerer:
-        if len(concept.steering_prompts) <= self.prompt_index:
-            raise ValueError(f"concept {concept.id!r} has {len(concept.steering_prompts)} steering prompts, "
-                             f"the prefix needs index {self.prompt_index}")
-        prefix = steering_prompt_prefix(model, concept.steering_prompts[self.prompt_index])
+        prefix = concept_prefix(model, concept, self.prompt_index)
         return WithPrefixSteerer(model, self.inner.prepare(model, concept, others), prefix, self.positions,
                                  float(self.prefix_factor))
 
