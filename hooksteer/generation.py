@@ -2,15 +2,22 @@
 
 Example:
     >>> from hooksteer.generation import generate_texts                    # doctest: +SKIP
-    >>> with hs.steer(model, vec * 4.0, positions="generated"):
+    >>> with hs.steer(model, vec * 4.0, positions="generated"):         # doctest: +SKIP
     ...     answers = generate_texts(model, ["Tell me about your day."], max_new_tokens=40)
+    >>> with record_answers() as recorded:                                 # doctest: +SKIP
+    ...     generate_texts(model, ["Tell me about your day."], max_new_tokens=128)
+    >>> recorded[0].n_tokens, recorded[0].ended                            # doctest: +SKIP
+    (57, True)
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -169,9 +176,50 @@ def _generate_with_hf_loop(model: Any, hf_module: Any, texts: list[str], *, max_
     return list(output[:, encoded["input_ids"].shape[1]:])
 
 
+@dataclass(frozen=True)
+class GeneratedAnswer:
+    """One decoded answer as :func:`record_answers` saw it: its text, the tokens the model wrote before its
+    end-of-text token (all of them when it wrote none; padding after EOS not counted) and whether it wrote one
+    (``ended``: the answer finished before ``max_new_tokens``; ``False``: it was cut at the limit)."""
+
+    text: str
+    n_tokens: int
+    ended: bool
+
+
+_RECORDING = threading.local()
+
+
+@contextmanager
+def record_answers() -> Iterator[list[GeneratedAnswer]]:
+    """Record every answer decoded in this thread inside the block — by :func:`generate_texts`, and so by every
+    evaluation method and :func:`hooksteer.prefix_attention.generate_with_prefix` — in the order decoded (a
+    batch's rows in order). Blocks nest: each records what was decoded while it was open.
+
+    Example:
+        >>> from hooksteer.testing import tiny_model
+        >>> model = tiny_model("llama", seed=0)
+        >>> with record_answers() as recorded:
+        ...     _ = generate_texts(model, ["Hi", "Tell me more"], max_new_tokens=5, stop_at_eos=False)
+        >>> [(a.n_tokens, a.ended) for a in recorded]
+        [(5, False), (5, False)]
+    """
+    stack = _RECORDING.__dict__.setdefault("stack", [])
+    recorded: list[GeneratedAnswer] = []
+    stack.append(recorded)
+    try:
+        yield recorded
+    finally:
+        stack.remove(recorded)
+
+
 def _decode_until_eos(model: Any, tokens: torch.Tensor) -> str:
     eos = getattr(model.tokenizer, "eos_token_id", None)
     ids = tokens.tolist()
-    if eos is not None and eos in ids:
+    ended = eos is not None and eos in ids
+    if ended:
         ids = ids[: ids.index(eos)]
-    return model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    text = model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    for recorded in getattr(_RECORDING, "stack", ()):
+        recorded.append(GeneratedAnswer(text, len(ids), ended))
+    return text
