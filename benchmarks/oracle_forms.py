@@ -171,8 +171,8 @@ class OracleFormsSettings:
         "choices": ["response", "generated", "after_sink"]})
     apsr_position_variants: list[str] = field(default_factory=list, metadata={
         "help": "A-PSR: also score the same PSRs steering these positions instead (e.g. after_sink, the best A-PSR of "
-                "psr_eval.py), named apsr-L<layers>@<positions>",
-        "choices": ["response", "generated", "after_sink"]})
+                "psr_eval.py; generated+K: the answer's first K+1 tokens unsteered, then the PSR), named "
+                "apsr-L<layers>@<positions>"})
     apsr_bounds: bool = field(default=False, metadata={
         "help": "A-PSR: also score each --apsr entry's bounds as a HyperSteer (hooksteer.hypersteer.FitSteer): its "
                 "floor (one PSR with the same settings fitted to every concept's pairs at once, steering every "
@@ -430,6 +430,12 @@ def validate(s: OracleFormsSettings) -> list[str]:
     problems += common.counts_below_one(s, ("apsr_batch_size", "apsr_eval_every"))
     if s.apsr_position_variants and not s.apsr:
         problems.append("--apsr-position-variants needs --apsr (the PSRs it steers with)")
+    from hooksteer.psr.hooks import generated_delay
+
+    bad_modes = [m for m in s.apsr_position_variants if m not in APSR_POSITION_VARIANTS and generated_delay(m) is None]
+    if bad_modes or len(set(s.apsr_position_variants)) != len(s.apsr_position_variants):
+        problems.append(f"--apsr-position-variants must name each of {', '.join(APSR_POSITION_VARIANTS)} or "
+                        f"generated+K (K >= 0) at most once, got {s.apsr_position_variants}")
     if s.apsr_bounds and not s.apsr:
         problems.append("--apsr-bounds needs --apsr (the PSRs whose floor and centred form it scores)")
     n_probe = max(s.train_prompts, s.oracle_prompts or 0)
@@ -505,7 +511,8 @@ def estimate_seconds(s: OracleFormsSettings, device: str, n_layers: int = 30) ->
 
 
 APSR_SYNTAX = "LAYERS[:localN][:stepsN][:TEACHER]"
-APSR_TEACHERS = ("steering_prompt", "reference_text")  # hooksteer.distill.TEACHER_CONTEXTS
+APSR_TEACHERS = ("steering_prompt", "reference_text")
+APSR_POSITION_VARIANTS = ("response", "generated", "after_sink")  # and generated+K  # hooksteer.distill.TEACHER_CONTEXTS
 
 
 class ApsrSpec(NamedTuple):

@@ -118,7 +118,9 @@ def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
     (["--apsr", "0-2", "--select-methods", "apsr-L0-2"], "--select-methods needs --select-prompts"),
     (["--prefix-positions", "response", "response"], "--prefix-positions must name each mode once"),
     (["--prefix-positions", "prompt"], "invalid choice"),
-    (["--apsr", "0-2", "--apsr-position-variants", "sideways"], "invalid choice"),
+    (["--apsr", "0-2", "--apsr-position-variants", "sideways"], "--apsr-position-variants must name each of"),
+    (["--apsr", "0-2", "--apsr-position-variants", "generated+"], "--apsr-position-variants must name each of"),
+    (["--apsr", "0-2", "--apsr-position-variants", "after_sink", "after_sink"], "at most once"),
     (["--prefix-factors", "0"], "--prefix-factors must be positive"),
     (["--prefix-factors", "1", "1"], "--prefix-factors must not repeat"),
     (["--prefix-pooled"], "--prefix-pooled needs --prefix-positions"),
@@ -328,6 +330,26 @@ def test_apsr_rows_train_per_concept_score_at_their_own_alphas_and_reload(tmp_pa
     assert again["training"]["apsr-L0-2"]["reused"] and not evaluated
     assert again["scores"]["held_out"] == report["scores"]["held_out"]
 
+
+
+def test_a_delayed_position_variant_steers_after_the_answers_first_tokens(tmp_path):
+    """``--apsr-position-variants generated+K``: the same PSRs, named ``<name>@generated+K``; at every factor its
+    answers start as the unsteered ones (the first K+1 tokens are written unsteered), unlike the PSR's own."""
+    bench = _bench()
+    out = tmp_path / "delayed"
+    report = bench.main(["--tiny", "--out", str(out), "--forms", "--apsr", "0-2:local0:steps0", "--apsr-factors", "4",
+                         "--apsr-position-variants", "generated+2", "--max-new-tokens", "6"])
+    name = "apsr-L0-2-local0-steps0"
+    assert {name, f"{name}@generated+2"} <= set(report["scores"]["held_out"])
+    configs = {m["name"]: m for m in json.loads((out / "evaluation" / "results.json").read_text())["config"]["methods"]}
+    assert configs[f"{name}@generated+2"]["positions_at_inference"] == "generated+2"
+    tokenizer = bench.common.load_model(True, 0).tokenizer
+    answers = {(g["method"], g["concept_id"], g["prompt_id"]): g["output"]
+               for g in json.loads((out / "evaluation" / "generations.json").read_text())}
+    start = lambda text: tokenizer(text, add_special_tokens=False).input_ids[:2]  # noqa: E731
+    keys = [(c, p) for m, c, p in answers if m == "none"]
+    assert all(start(answers[f"{name}@generated+2", c, p]) == start(answers["none", c, p]) for c, p in keys)
+    assert any(answers[name, c, p] != answers["none", c, p] for c, p in keys)
 
 
 def test_apsr_bounds_score_one_shared_fit_and_the_centred_fits_and_reload(tmp_path, monkeypatch):

@@ -78,6 +78,40 @@ def test_response_mode_steers_the_first_answer_token(tiny_llama):
         assert (not torch.allclose(steered, plain, atol=1e-4)) is changes
 
 
+def test_delayed_mode_writes_the_first_tokens_unsteered_then_steers(tiny_bridge):
+    """``"generated+K"``: the answer's first K+1 tokens are the unsteered ones (in a left-padded batch too, on the
+    bridge's fast path), later tokens change; ``"generated+0"`` is ``"generated"``."""
+    from hooksteer.generation import generate_tokens
+
+    d_model = tiny_bridge.cfg.d_model
+    g = torch.Generator().manual_seed(3)
+    psr = PSR(PSRConfig(layers=[0, 1], d_model=d_model, variant="adaptive", positions="generated"))
+    for layer in (0, 1):
+        psr.set_layer(layer, weight=torch.zeros(d_model), bias=1.0, z=torch.randn(d_model, generator=g) * 30)
+    texts = [plain_chat_prompt(tiny_bridge, t) for t in ("Hi.", "Tell me a long story about the river castle.")]
+    plain = generate_tokens(tiny_bridge, texts, max_new_tokens=8, stop_at_eos=False)
+    runs = {}
+    for mode in ("generated", "generated+0", "generated+3"):
+        with psr.steer(tiny_bridge, 1.0, positions=mode):
+            runs[mode] = generate_tokens(tiny_bridge, texts, max_new_tokens=8, stop_at_eos=False)
+    for row in range(2):
+        assert runs["generated+0"][row].tolist() == runs["generated"][row].tolist()
+        assert runs["generated+3"][row][:4].tolist() == plain[row][:4].tolist()
+        assert runs["generated+3"][row].tolist() != plain[row].tolist()
+        assert runs["generated"][row][:2].tolist() != plain[row][:2].tolist()
+
+
+def test_unknown_modes_are_refused_when_the_hooks_are_made(tiny_llama):
+    from hooksteer.psr.evaluation import PSRMethod
+
+    psr = _random_psr([0, 1])
+    for mode in ("generated+", "generated+-1", "later"):
+        with pytest.raises(ValueError, match="generated\\+K"), psr.steer(tiny_llama, 1.0, positions=mode):
+            pass
+    with pytest.raises(ValueError, match="generated\\+K"):
+        PSRMethod(data=None, psr_config=psr.config, positions="later")
+
+
 # ============================================================================ training path == inference path
 def test_trained_apsr_activations_match_inference_hooks(tiny_llama):
     """The activations the training code computes (steered pass) equal those under the inference hooks on the

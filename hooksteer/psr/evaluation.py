@@ -44,6 +44,7 @@ from hooksteer.data.teacher import DEFAULT_STYLE
 from hooksteer.evaluate.methods import Factor, GenerationSettings, derive_seed
 from hooksteer.evaluate.protocol import check_factors
 from hooksteer.io import atomic_write_text
+from hooksteer.psr.hooks import check_mode
 from hooksteer.psr.model import CONFIG_FILE, PSR, PSRConfig
 from hooksteer.psr.teacher import (
     TeacherPair,
@@ -312,7 +313,8 @@ class PSRMethod:
         magnitude: ``"alpha"`` (default) or ``"resid_norm"`` — see the module docstring.
         save_dir: if given, PSRs are saved to ``save_dir/<concept_id>`` and reloaded from there when present.
         name: method name (default ``config.short_name``, e.g. ``a-psr-mse``).
-        positions: steer other positions at inference than the config's (e.g. ``"after_sink"``).
+        positions: steer other positions at inference than the config's (e.g. ``"after_sink"``, or
+            ``"generated+4"``: the answer's first 5 tokens unsteered).
         diagnose: record the per-layer fidelity, dead gates and NLL while training.
         factors: this method's own α sweep (``None``: the evaluation's ``factors``), e.g. ``(0.5, 1, 2, 4)``
             beside vector methods swept at multiples of their trained norm.
@@ -335,6 +337,8 @@ class PSRMethod:
     def __post_init__(self) -> None:
         if not isinstance(self.psr_config, PSRConfig):
             raise TypeError("psr_config must be a PSRConfig")
+        if isinstance(self.positions, str):
+            check_mode(self.positions)
         if self.magnitude not in ("resid_norm", "alpha"):
             raise ValueError(f"magnitude must be 'resid_norm' or 'alpha', got {self.magnitude!r}")
         missing = [layer for layer in self.psr_config.layers if layer not in self.data.layers]

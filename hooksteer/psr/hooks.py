@@ -6,6 +6,8 @@ Where a PSR acts (``PSRConfig.positions``):
   turn, the same in ``x`` and ``x'``) and every generated token — the last prompt token predicts the first
   answer token, so that token is steered too;
 * ``"generated"``: generated tokens only;
+* ``"generated+K"`` (inference only): generated tokens from the (K+1)-th on — the answer's first K+1 tokens are
+  written unsteered, so it starts on the request before the PSR acts (``"generated+0"`` = ``"generated"``);
 * ``"after_sink"``: every position from ``sink_tokens`` on (the whole prompt except the attention sink);
 * ``"all"``, or explicit absolute positions.
 
@@ -17,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -26,7 +29,36 @@ from torch import Tensor, nn
 from hooksteer.hooks import AddGated, PositionTracker
 from hooksteer.vectors import check_finite
 
-__all__ = ["PSRHook", "RowScaledGate", "steer_mask"]
+__all__ = ["INFERENCE_MODES", "PSRHook", "RowScaledGate", "check_mode", "generated_delay", "steer_mask"]
+
+#: Named modes a PSR can steer at inference (``"generated+K"`` besides: see :func:`generated_delay`).
+INFERENCE_MODES: tuple[str, ...] = ("response", "generated", "after_sink", "all")
+_DELAYED = re.compile(r"generated\+(\d{1,4})")
+
+
+def generated_delay(mode: Any) -> int | None:
+    """K of a ``"generated+K"`` mode (generated tokens from the (K+1)-th on are steered), else ``None``.
+
+    Example:
+        >>> generated_delay("generated+4"), generated_delay("generated"), generated_delay([3, 4])
+        (4, None, None)
+    """
+    match = _DELAYED.fullmatch(mode) if isinstance(mode, str) else None
+    return int(match.group(1)) if match else None
+
+
+def check_mode(mode: Any) -> Any:
+    """``mode`` itself when a PSR can steer it (a named mode, ``"generated+K"`` or explicit positions), else a
+    ``ValueError`` naming the choices.
+
+    Example:
+        >>> check_mode("generated+8")
+        'generated+8'
+    """
+    if isinstance(mode, str) and mode not in INFERENCE_MODES and generated_delay(mode) is None:
+        raise ValueError(f"positions must be one of {INFERENCE_MODES}, 'generated+K' (K >= 0) or explicit indices, "
+                         f"got {mode!r}")
+    return mode
 
 
 def steer_mask(mode: Any, absolute: Int[Tensor, "batch pos"], prompt_lengths: Int[Tensor, " batch"] | None, *,
@@ -36,9 +68,11 @@ def steer_mask(mode: Any, absolute: Int[Tensor, "batch pos"], prompt_lengths: In
     Example:
         >>> absolute = torch.tensor([[-1, 0, 1, 2, 3], [0, 1, 2, 3, 4]])
         >>> steer_mask("response", absolute, torch.tensor([3, 4]), template_tokens=1).int().tolist()
-        [[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]]
+        [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]
         >>> steer_mask("after_sink", absolute, None, sink_tokens=1).int().tolist()
         [[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]]
+        >>> steer_mask("generated+1", absolute, torch.tensor([2, 3])).int().tolist()
+        [[0, 0, 0, 0, 1], [0, 0, 0, 0, 1]]
     """
     real = absolute >= 0
     if isinstance(mode, str):
@@ -53,6 +87,9 @@ def steer_mask(mode: Any, absolute: Int[Tensor, "batch pos"], prompt_lengths: In
             return real & (absolute >= start - int(template_tokens))
         if mode == "generated":
             return absolute >= start
+        delay = generated_delay(mode)
+        if delay is not None:
+            return absolute >= start + delay
         raise ValueError(f"unknown positions mode {mode!r}")
     return torch.isin(absolute, torch.as_tensor(mode, dtype=torch.long, device=absolute.device).reshape(-1))
 
@@ -69,7 +106,7 @@ class PSRHook(AddGated):
     def __init__(self, direction: Tensor, gate: Any, coefficient: float = 1.0, *, mode: Any = "response",
                  template_tokens: int = 0, sink_tokens: int = 1, tracker: PositionTracker | None = None,
                  record: bool = False) -> None:
-        self.mode = mode if isinstance(mode, str) else torch.as_tensor(mode, dtype=torch.long).reshape(-1)
+        self.mode = check_mode(mode) if isinstance(mode, str) else torch.as_tensor(mode, dtype=torch.long).reshape(-1)
         self.template_tokens, self.sink_tokens = int(template_tokens), int(sink_tokens)
         super().__init__(direction, gate, coefficient, positions="all", tracker=tracker)
         self.record = record
