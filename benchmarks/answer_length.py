@@ -58,7 +58,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output folder (results.json, results.md, answers.json)")
     parser.add_argument("--psr", nargs="*", default=[],
                         help="A-PSR folders inside each run to steer with (one saved PSR per concept), e.g. "
-                             "apsr-L0-29-local0-steps0 (FitSteer)")
+                             "apsr-L0-29-local0-steps0 (FitSteer); FOLDER@POSITIONS steers other positions, e.g. "
+                             "apsr-L0-29-local0-steps0@generated+8 (as oracle_forms' --apsr-position-variants)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.5], help="α of every --psr (default 1.5)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="token limit per answer (default 128)")
     parser.add_argument("--batch-size", type=int, default=16, help="answers per generation batch")
@@ -88,8 +89,8 @@ def validate(args: argparse.Namespace) -> list[str]:
         if tiny != bool(args.tiny):
             problems.append(f"--run {run} was made {'with' if tiny else 'without'} --tiny; this run is "
                             f"{'with' if args.tiny else 'without'} it")
-        problems += [f"--psr {name}: {run / name} is not a folder of saved PSRs" for name in args.psr
-                     if not (run / name).is_dir()]
+        problems += [f"--psr {name}: {run / name.split('@')[0]} is not a folder of saved PSRs" for name in args.psr
+                     if not (run / name.split("@")[0]).is_dir()]
     models = {(s.get("model"), s.get("seed")) for s in (json.loads((r / "settings.json").read_text()) for r in runs
                                                         if (r / "settings.json").is_file())}
     if len(models) > 1:
@@ -100,6 +101,13 @@ def validate(args: argparse.Namespace) -> list[str]:
         problems.append("--out must not be one of the runs (they are only read)")
     if args.answers is not None and not Path(args.answers).is_file():
         problems.append(f"--answers {args.answers} is not a file")
+    from hooksteer.psr.hooks import check_mode
+
+    for name in args.psr:
+        try:
+            check_mode(name.split("@", 1)[1]) if "@" in name else None
+        except ValueError as error:
+            problems.append(f"--psr {name}: {error}")
     if len(set(args.psr)) != len(args.psr):
         problems.append("--psr names a folder twice")
     if not args.alphas or any(not (math.isfinite(a) and a > 0) for a in args.alphas):
@@ -141,7 +149,7 @@ def run_data(run: Path, tiny: bool) -> tuple[list[Any], list[Any]]:
 
 
 def method_rows(psr_names: Sequence[str], alphas: Sequence[float]) -> list[tuple[str, str | None, float | None]]:
-    """``(row name, PSR folder, α)`` for every method: unsteered, prompt steering, each PSR at each α.
+    """``(row name, --psr entry, α)`` for every method: unsteered, prompt steering, each PSR at each α.
 
     Example:
         >>> method_rows(["apsr-L0-2"], [1.0, 1.5])[2:]
@@ -164,7 +172,7 @@ def distinct_bigrams(text: str) -> float:
 
 
 def saved_answers(run: Path) -> dict[tuple[str, str, str, float | None], str]:
-    """The run's saved evaluation answers by (method, concept, prompt, factor), for the prefix check."""
+    """The run's saved evaluation answers by (method, concept, prompt, factor), for the agreement check."""
     path = run / "evaluation" / "generations.json"
     if not path.is_file():
         return {}
@@ -191,13 +199,15 @@ def generate_run(run: Path, tiny: bool, generator: Any, args: argparse.Namespace
     for concept in tqdm(concepts, desc=f"{run.name}", disable=tiny):
         others = [c for c in concepts if c.id != concept.id]
         report_ids = {p.id for p in split_prompts(prompts, seed, concept.id)[1]}
-        for name, folder, alpha in method_rows(args.psr, args.alphas):
-            if folder is None:
+        for name, entry, alpha in method_rows(args.psr, args.alphas):
+            if entry is None:
                 method = NoSteering() if name == "none" else PromptSteering()
                 steerer, factor, saved_key = method.prepare(generator, concept, others), None, (name, None)
             else:
+                folder, _, positions = entry.partition("@")  # FOLDER or FOLDER@POSITIONS
                 psr = PSR.load(run / folder / concept.id, generator)
-                steerer, factor, saved_key = PSRSteerer(generator, psr, 1.0), alpha, (folder, alpha)
+                steerer = PSRSteerer(generator, psr, 1.0, positions=positions or None)
+                factor, saved_key = alpha, (entry, alpha)  # oracle_forms names a variant FOLDER@POSITIONS too
             with record_answers() as recorded:
                 outputs = steerer.generate([p.text for p in prompts], [factor], settings,
                                            derive_seed(seed, name, concept.id))[0]

@@ -106,8 +106,25 @@ def test_long_answers_are_counted_per_method_and_agree_with_the_saved_evaluation
     assert not (tmp_path / "x").exists()
 
 
+def test_a_psr_entry_may_steer_other_positions(tiny_run, tmp_path):
+    """``FOLDER@generated+K``: the same saved PSRs, the answer's first K+1 tokens unsteered."""
+    import json
+
+    bench = load_benchmark("answer_length")
+    bench.main(["--tiny", "--run", str(tiny_run), "--psr", "apsr-L0-2-local0-steps0@generated+3",
+                "apsr-L0-2-local0-steps0", "--alphas", "8", "--max-new-tokens", "10", "--out", str(tmp_path / "out")])
+    answers = json.loads((tmp_path / "out" / "answers.json").read_text())
+    by = {(a["method"], a["concept_id"], a["prompt_id"]): a["output"] for a in answers}
+    keys = [(c, p) for m, c, p in by if m == "none"]
+    tokenizer = bench.common.load_model(True, 0).tokenizer
+    start = lambda text: tokenizer(text, add_special_tokens=False).input_ids[:3]  # noqa: E731  (4 written unsteered)
+    assert all(start(by["apsr-L0-2-local0-steps0@generated+3@8", c, p]) == start(by["none", c, p]) for c, p in keys)
+    assert any(by["apsr-L0-2-local0-steps0@8", c, p] != by["none", c, p] for c, p in keys)
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--psr", "apsr-L9"], "is not a folder of saved PSRs"),
+    (["--psr", "apsr-L0-2-local0-steps0@later"], "generated+K"),
     (["--alphas", "0"], "--alphas must be positive numbers"),
     (["--alphas", "1", "1"], "--alphas names a value twice"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
