@@ -66,6 +66,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--tiny", action="store_true", help="runs made with oracle_forms --tiny (tests)")
+    parser.add_argument("--judge", action="store_true",
+                        help="also rate every answer with the evaluation's judge (concept, instruction, fluency, "
+                             "score) and compare each method's score with prompt steering's")
+    parser.add_argument("--half", choices=["all", "report"], default="all",
+                        help="eval prompts to answer: all, or each concept's report half (the protocol's split)")
     parser.add_argument("--answers", default=None,
                         help="summarise this earlier answers.json again instead of generating (same --run, --psr, "
                              "--alphas and --max-new-tokens as the run that wrote it)")
@@ -180,25 +185,29 @@ def saved_answers(run: Path) -> dict[tuple[str, str, str, float | None], str]:
             for g in json.loads(path.read_text())}
 
 
-def generate_run(run: Path, tiny: bool, generator: Any, args: argparse.Namespace, tag: str) -> list[dict[str, Any]]:
-    """Every method's long answers for one run's held-out concepts × eval prompts, one record per answer."""
+def generate_run(run: Path, tiny: bool, generator: Any, args: argparse.Namespace, tag: str,
+                 judge: Any = None) -> list[dict[str, Any]]:
+    """Every method's long answers for one run's held-out concepts × eval prompts (``--half``), one record per
+    answer; with a ``judge`` each answer also carries its ratings."""
     from tqdm.auto import tqdm
 
     from hooksteer.evaluate.methods import GenerationSettings, NoSteering, PromptSteering
     from hooksteer.evaluate.methods.common import derive_seed
+    from hooksteer.evaluate.methods.texts import concept_reference
     from hooksteer.evaluate.protocol import split_prompts
     from hooksteer.generation import record_answers
     from hooksteer.psr import PSR
     from hooksteer.psr.evaluation import PSRSteerer
 
-    concepts, prompts = run_data(run, tiny)
+    concepts, every_prompt = run_data(run, tiny)
     saved = saved_answers(run)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     seed = int(json.loads((run / "settings.json").read_text()).get("seed", 0))
     records = []
     for concept in tqdm(concepts, desc=f"{run.name}", disable=tiny):
         others = [c for c in concepts if c.id != concept.id]
-        report_ids = {p.id for p in split_prompts(prompts, seed, concept.id)[1]}
+        report_ids = {p.id for p in split_prompts(every_prompt, seed, concept.id)[1]}
+        prompts = [p for p in every_prompt if args.half == "all" or p.id in report_ids]
         for name, entry, alpha in method_rows(args.psr, args.alphas):
             if entry is None:
                 method = NoSteering() if name == "none" else PromptSteering()
@@ -215,12 +224,18 @@ def generate_run(run: Path, tiny: bool, generator: Any, args: argparse.Namespace
                 raise RuntimeError(f"{name}: the recorded answers are not the returned ones (generation order)")
             for prompt, answer in zip(prompts, recorded, strict=True):
                 short = saved.get((saved_key[0], concept.id, prompt.id, saved_key[1]))
+                rated = {}
+                if judge is not None:
+                    ratings = judge.rate(concept_reference(concept), prompt.text, [answer.text])[0]
+                    rated = {"concept": ratings.concept, "instruction": ratings.instruction,
+                             "fluency": ratings.fluency, "score": ratings.score}
                 records.append({"method": name, "concept_id": f"{tag}{concept.id}", "prompt_id": prompt.id,
                                 "half": "report" if prompt.id in report_ids else "selection", "factor": factor,
                                 "output": answer.text, "tokens": answer.n_tokens, "ended": answer.ended,
                                 "words": len(answer.text.split()), "distinct_bigrams": distinct_bigrams(answer.text),
                                 "agrees_with_saved": None if short is None else (answer.text.startswith(short)
-                                                                                   or short.startswith(answer.text))})
+                                                                                   or short.startswith(answer.text)),
+                                **rated})
     return records
 
 
@@ -277,7 +292,23 @@ def summarise(records: Sequence[Mapping[str, Any]], methods: Sequence[str], seed
             "loop_share": sum(1 for r in records if r["method"] == method and r["distinct_bigrams"] < LOOP_BELOW)
             / max(1, sum(r["method"] == method for r in records)),
             "agrees_with_saved": sum(checked) / len(checked) if checked else None, "n_checked": len(checked)})
+        if all("score" in r for r in records) and records:
+            rows[-1]["judged"] = judged(per_concept, method, concepts, seed)
     return rows
+
+
+def judged(per_concept: Any, method: str, concepts: Sequence[str], seed: int) -> dict[str, Any]:
+    """A method's mean ratings and score over ``concepts`` [bootstrap 95 %], and its score's paired differences to
+    prompt steering and to 0.9 × prompt steering (the same prompts)."""
+    from hooksteer.evaluate.stats import bootstrap_ci, paired_difference_ci
+
+    mine, prompt = per_concept(method, "score"), per_concept("prompt", "score")
+    a, b = [mine[c] for c in concepts], [prompt[c] for c in concepts]
+    return {"score": bootstrap_ci(a, seed=seed).to_dict(),
+            **{key: sum(per_concept(method, key)[c] for c in concepts) / len(concepts)
+               for key in ("concept", "instruction", "fluency")},
+            "minus_prompt": paired_difference_ci(a, b, seed=seed).to_dict(),
+            "minus_share_prompt": paired_difference_ci(a, [0.9 * x for x in b], seed=seed).to_dict()}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -292,7 +323,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     n_methods = len(method_rows(args.psr, args.alphas))
     calls = n_methods * sum(len(x["held_out_concepts"]) * math.ceil(len(x["eval_prompts"]) / args.batch_size)
                             for x in splits)
-    n_answers = n_methods * sum(len(x["held_out_concepts"]) * len(x["eval_prompts"]) for x in splits)
+    per_concept = [len(x["eval_prompts"]) - (len(x["eval_prompts"]) // 2 if args.half == "report" else 0)
+                   for x in splits]  # the report half: all but the selection half's n // 2
+    n_answers = n_methods * sum(len(x["held_out_concepts"]) * n for x, n in zip(splits, per_concept, strict=True))
     estimate = calls * args.max_new_tokens * SECONDS_PER_TOKEN_STEP
     if args.answers is not None:
         estimate = 0.0
@@ -306,11 +339,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else common.load_model(args.tiny, first["seed"], first.get("model")))
     methods = [name for name, _, _ in method_rows(args.psr, args.alphas)]
     records = saved_records(Path(args.answers), methods) if args.answers is not None else []
+    judge = None
+    if args.judge and args.answers is None:  # rated by the unsteered model (as oracle_forms' judge)
+        judge = common.make_judge(args.tiny, common.load_model(args.tiny, first["seed"], first.get("model")))
     for i, run in enumerate(runs if args.answers is None else []):
-        records += generate_run(run, args.tiny, generator, args, f"{i}:" if len(runs) > 1 else "")
+        records += generate_run(run, args.tiny, generator, args, f"{i}:" if len(runs) > 1 else "", judge)
     report = {"benchmark": PROG, "command": " ".join(["benchmarks/answer_length.py", *(argv or sys.argv[1:])]),
               "runs": [str(r) for r in runs], "psr": args.psr, "alphas": args.alphas,
               "max_new_tokens": args.max_new_tokens, "tiny": args.tiny, "answers_from": args.answers,
+              "half": args.half,
               "rows": summarise(records, methods, args.seed), "seconds": time.perf_counter() - began}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -346,6 +383,15 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines.append(table(body, ("method", "tokens [95 %]", "− unsteered [95 %]", "excludes 0", "tokens ÷ unsteered",
                               "ended", "words", "words ÷ unsteered", "distinct bigrams", "loops",
                               "agrees with the saved answer")))
+    scored = [r for r in rows if "judged" in r]
+    if scored:
+        body = [[r["method"], fmt(r["judged"]["concept"], 2), fmt(r["judged"]["instruction"], 2),
+                 fmt(r["judged"]["fluency"], 2), _interval(r["judged"]["score"], 3),
+                 _interval(r["judged"]["minus_prompt"], 3), _interval(r["judged"]["minus_share_prompt"], 3)]
+                for r in scored]
+        lines += ["", f"Judged at {report['max_new_tokens']} tokens (the evaluation's judge; mean over concepts):", "",
+                  table(body, ("method", "concept", "instruction", "fluency", "score [95 %]", "− prompt [95 %]",
+                               "− 0.9× prompt [95 %]"))]
     return "\n".join(lines) + "\n"
 
 

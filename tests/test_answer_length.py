@@ -106,6 +106,21 @@ def test_long_answers_are_counted_per_method_and_agree_with_the_saved_evaluation
     assert not (tmp_path / "x").exists()
 
 
+def test_judged_report_half_scores_every_answer_and_pairs_it_with_prompt_steering(tiny_run, tmp_path):
+    import json
+
+    bench = load_benchmark("answer_length")
+    report = bench.main(["--tiny", "--run", str(tiny_run), "--psr", "apsr-L0-2-local0-steps0", "--alphas", "2",
+                         "--max-new-tokens", "8", "--judge", "--half", "report", "--out", str(tmp_path / "out")])
+    answers = json.loads((tmp_path / "out" / "answers.json").read_text())
+    assert {a["half"] for a in answers} == {"report"} and all("score" in a for a in answers)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert rows["prompt"]["judged"]["minus_prompt"]["mean"] == 0
+    mine = [a["score"] for a in answers if a["method"] == "apsr-L0-2-local0-steps0@2"]
+    assert rows["apsr-L0-2-local0-steps0@2"]["judged"]["score"]["mean"] == pytest.approx(sum(mine) / len(mine))
+    assert "Judged at 8 tokens" in (tmp_path / "out" / "results.md").read_text()
+
+
 def test_a_psr_entry_may_steer_other_positions(tiny_run, tmp_path):
     """``FOLDER@generated+K``: the same saved PSRs, the answer's first K+1 tokens unsteered."""
     import json
