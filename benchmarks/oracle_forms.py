@@ -172,7 +172,7 @@ class OracleFormsSettings:
     apsr_position_variants: list[str] = field(default_factory=list, metadata={
         "help": "A-PSR: also score the same PSRs steering these positions instead (e.g. after_sink, the best A-PSR of "
                 "psr_eval.py; generated+K: the answer's first K+1 tokens unsteered, then the PSR), named "
-                "apsr-L<layers>@<positions>"})
+                "apsr-L<layers>@<positions>; with --apsr-bounds the floor too (<name>-floor@<positions>)"})
     apsr_bounds: bool = field(default=False, metadata={
         "help": "A-PSR: also score each --apsr entry's bounds as a HyperSteer (hooksteer.hypersteer.FitSteer): its "
                 "floor (one PSR with the same settings fitted to every concept's pairs at once, steering every "
@@ -376,8 +376,9 @@ def validate(s: OracleFormsSettings) -> list[str]:
     """Every problem with the settings (empty when they are fine), checked before anything runs (layers are
     checked against the model once it is loaded)."""
     apsr = [parse_apsr(spec) for spec in s.apsr if _parses(spec)]  # the entries that parse (the rest: a problem)
-    apsr_evaluated = {a.name + suffix for a in apsr for suffix in ("", *(f"@{p}" for p in s.apsr_position_variants),
-                                                                  *(("-floor", "-centred") if s.apsr_bounds else ()))}
+    variants = [f"@{p}" for p in s.apsr_position_variants]
+    apsr_evaluated = {a.name + suffix for a in apsr for suffix in ("", *variants, *(
+        ("-floor", "-centred", *(f"-floor{v}" for v in variants)) if s.apsr_bounds else ()))}
     problems = common.counts_below_one(s, ("train_concepts", "train_prompts", "teacher_tokens", "top_k",
                                            "teacher_batch", "batch_size", "max_new_tokens", "eval_batch_size",
                                            "threads", "reference_chars"))
@@ -651,14 +652,7 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
         values = per_concept[method.name]
         kl[method.name] = {"held_out": sum(values.values()) / len(values), "per_concept": values}
         methods.append(method)
-        for positions in s.apsr_position_variants:  # the same trained PSRs, steering other positions
-            if positions == s.apsr_positions:
-                continue
-            variant = PSRMethod(train, method.psr_config, name=f"{method.name}@{positions}", factors=s.apsr_factors,
-                                positions=positions, diagnose=False)
-            variant.psrs, variant.training = method.psrs, method.training
-            training[variant.name] = {**training[method.name], "same_psrs_as": method.name}
-            methods.append(variant)
+        methods += position_variants(s, method, training)
         if s.apsr_bounds:
             for bound in apsr_bounds(s, method, concepts, train, out):
                 values = {c.id: distill_kl(model, bound.psrs[c.id], evals.records(c.id)) for c in concepts}
@@ -666,11 +660,30 @@ def train_apsrs(s: OracleFormsSettings, model: Any, concepts: Sequence[Any], ora
                 training[bound.name] = {**training[method.name], **bound.training[concepts[0].id]["bound"]}
                 separation[bound.name] = direction_separation(bound.psrs)
                 methods.append(bound)
+                if bound.name.endswith("-floor"):  # the floor at the variant's positions: its bound there
+                    methods += position_variants(s, bound, training)
     for concept in concepts:
         for train, evals in data.values():
             train.release(concept.id)
             evals.release(concept.id)
     return methods, training, kl, separation
+
+
+def position_variants(s: OracleFormsSettings, method: Any, training: dict[str, Any]) -> list[Any]:
+    """``method``'s PSRs steering each ``--apsr-position-variants`` entry's positions instead (named
+    ``<name>@<positions>``; nothing new is fitted), their training records pointing at ``method``'s."""
+    from hooksteer.psr.evaluation import PSRMethod
+
+    variants = []
+    for positions in s.apsr_position_variants:
+        if positions == s.apsr_positions:
+            continue
+        variant = PSRMethod(method.data, method.psr_config, name=f"{method.name}@{positions}", factors=s.apsr_factors,
+                            positions=positions, diagnose=False)
+        variant.psrs, variant.training = method.psrs, method.training
+        training[variant.name] = {**training[method.name], "same_psrs_as": method.name}
+        variants.append(variant)
+    return variants
 
 
 def saved_floor(out: Path, name: str) -> bool:

@@ -333,14 +333,18 @@ def test_apsr_rows_train_per_concept_score_at_their_own_alphas_and_reload(tmp_pa
 
 
 def test_a_delayed_position_variant_steers_after_the_answers_first_tokens(tmp_path):
-    """``--apsr-position-variants generated+K``: the same PSRs, named ``<name>@generated+K``; at every factor its
+    """``--apsr-position-variants generated+K``: the same PSRs (and, with bounds, the floor), named
+    ``<name>@generated+K``; at every factor its
     answers start as the unsteered ones (the first K+1 tokens are written unsteered), unlike the PSR's own."""
     bench = _bench()
     out = tmp_path / "delayed"
     report = bench.main(["--tiny", "--out", str(out), "--forms", "--apsr", "0-2:local0:steps0", "--apsr-factors", "4",
-                         "--apsr-position-variants", "generated+2", "--max-new-tokens", "6"])
+                         "--apsr-position-variants", "generated+2", "--apsr-bounds", "--max-new-tokens", "6"])
     name = "apsr-L0-2-local0-steps0"
-    assert {name, f"{name}@generated+2"} <= set(report["scores"]["held_out"])
+    assert {name, f"{name}@generated+2", f"{name}-floor", f"{name}-floor@generated+2"} <= set(
+        report["scores"]["held_out"])
+    assert f"{name}-centred@generated+2" not in report["scores"]["held_out"]  # the floor is the bound at the variant
+    assert report["training"][f"{name}-floor@generated+2"]["same_psrs_as"] == f"{name}-floor"
     configs = {m["name"]: m for m in json.loads((out / "evaluation" / "results.json").read_text())["config"]["methods"]}
     assert configs[f"{name}@generated+2"]["positions_at_inference"] == "generated+2"
     tokenizer = bench.common.load_model(True, 0).tokenizer
