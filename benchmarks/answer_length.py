@@ -9,7 +9,7 @@ the answers again with a much higher limit (128 tokens by default) — unsteered
 (``prompt``, the baseline's placement) and with saved A-PSRs (FitSteer and the like, ``--psr NAME``, at each
 ``--alphas`` α) — and records, per answer, the tokens the model wrote before its end-of-text token, whether it wrote
 one before the limit (:func:`hooksteer.generation.record_answers`), its words and its share of distinct word bigrams
-(a repetition signal). Nothing is judged and the runs are only read.
+(a repetition signal, :func:`hooksteer.evaluate.judges.text.distinct_bigram_ratio`, as the judges count it). Nothing is judged and the runs are only read.
 
 Per method: mean tokens over concepts [bootstrap 95 %], the paired difference to unsteered (same prompts), the
 ratio of mean tokens, the share of answers that ended before the limit, words and the distinct-bigram share. As a
@@ -164,18 +164,6 @@ def method_rows(psr_names: Sequence[str], alphas: Sequence[float]) -> list[tuple
             *((f"{name}@{alpha:g}", name, alpha) for name in psr_names for alpha in alphas)]
 
 
-def distinct_bigrams(text: str) -> float:
-    """Share of an answer's word bigrams that are distinct (1 = no bigram repeated; 1 for under two words).
-
-    Example:
-        >>> distinct_bigrams("a b a b a b"), distinct_bigrams("the sky is blue")
-        (0.4, 1.0)
-    """
-    words = text.split()
-    pairs = list(zip(words, words[1:], strict=False))
-    return len(set(pairs)) / len(pairs) if pairs else 1.0
-
-
 def saved_answers(run: Path) -> dict[tuple[str, str, str, float | None], str]:
     """The run's saved evaluation answers by (method, concept, prompt, factor), for the agreement check."""
     path = run / "evaluation" / "generations.json"
@@ -191,6 +179,7 @@ def generate_run(run: Path, tiny: bool, generator: Any, args: argparse.Namespace
     answer; with a ``judge`` each answer also carries its ratings."""
     from tqdm.auto import tqdm
 
+    from hooksteer.evaluate.judges.text import distinct_bigram_ratio
     from hooksteer.evaluate.methods import GenerationSettings, NoSteering, PromptSteering
     from hooksteer.evaluate.methods.common import derive_seed
     from hooksteer.evaluate.methods.texts import concept_reference
@@ -232,7 +221,7 @@ def generate_run(run: Path, tiny: bool, generator: Any, args: argparse.Namespace
                 records.append({"method": name, "concept_id": f"{tag}{concept.id}", "prompt_id": prompt.id,
                                 "half": "report" if prompt.id in report_ids else "selection", "factor": factor,
                                 "output": answer.text, "tokens": answer.n_tokens, "ended": answer.ended,
-                                "words": len(answer.text.split()), "distinct_bigrams": distinct_bigrams(answer.text),
+                                "words": len(answer.text.split()), "distinct_bigrams": distinct_bigram_ratio(answer.text),
                                 "agrees_with_saved": None if short is None else (answer.text.startswith(short)
                                                                                    or short.startswith(answer.text)),
                                 **rated})
@@ -240,8 +229,11 @@ def generate_run(run: Path, tiny: bool, generator: Any, args: argparse.Namespace
 
 
 def saved_records(path: Path, methods: Sequence[str]) -> list[dict[str, Any]]:
-    """An earlier run's answers (``answers.json``), checked to hold every method of this one."""
-    records = json.loads(path.read_text())
+    """An earlier run's answers (``answers.json``), checked to hold every method of this one; the distinct-bigram
+    share is recounted from each answer's text (it is derived, not measured)."""
+    from hooksteer.evaluate.judges.text import distinct_bigram_ratio
+
+    records = [{**r, "distinct_bigrams": distinct_bigram_ratio(r["output"])} for r in json.loads(path.read_text())]
     missing = sorted(set(methods) - {r.get("method") for r in records})
     if missing:
         _fail(f"--answers {path} holds no answers of {missing}: give the --psr and --alphas of the run that wrote it")
@@ -348,16 +340,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "runs": [str(r) for r in runs], "psr": args.psr, "alphas": args.alphas,
               "max_new_tokens": args.max_new_tokens, "tiny": args.tiny, "answers_from": args.answers,
               "half": args.half,
-              "rows": summarise(records, methods, args.seed), "seconds": time.perf_counter() - began}
+              "rows": summarise(records, methods, args.seed), "seconds": {"total": 0.0}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.answers is None or Path(args.answers).resolve() != (out / "answers.json").resolve():
         atomic_write_text(out / "answers.json", json.dumps(records, indent=1))
-    atomic_write_text(out / "results.json", json.dumps(report, indent=2))
-    text = markdown(report)
-    atomic_write_text(out / "results.md", text)
-    print(text)
-    log(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'answers.json'}")
+    common.save_report(report, out, began, markdown)
     return report
 
 

@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 for _path in (REPO, REPO / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
-from common import fmt, log, word_ratio  # noqa: E402
+from common import fmt, save_report, word_ratio  # noqa: E402
 
 PROG = "selection_rules"
 
@@ -183,7 +183,6 @@ def answer_words(generations: Sequence[Mapping[str, Any]], method: str, picks: M
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from hooksteer.evaluate.stats import bootstrap_ci, paired_difference_ci
-    from hooksteer.io import atomic_write_text
 
     args = parse_args(argv)
     began = time.perf_counter()
@@ -239,14 +238,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "baseline_has_factors": any(_cells(e) for e in by_method[args.baseline]),
               "baseline_scores": {"report half": bootstrap_ci(list(base_report.values())).to_dict(),
                                   "both halves": bootstrap_ci(list(base_all.values())).to_dict()},
-              "rows": rows, "other_sets_factors": other_sets_factors, "seconds": time.perf_counter() - began}
+              "rows": rows, "other_sets_factors": other_sets_factors, "seconds": {"total": 0.0}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(report, indent=2))
-    text = markdown(report)
-    atomic_write_text(out / "results.md", text)
-    print(text)
-    log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    save_report(report, out, began, markdown)
     return report
 
 

@@ -51,7 +51,7 @@ from hooksteer.hooks import (
     check_hook_name,
     finite_scalar,
 )
-from hooksteer.psr.hooks import PSRHook, RowScaledGate, steer_mask
+from hooksteer.psr.hooks import INFERENCE_MODES, PSRHook, RowScaledGate, steer_mask
 from hooksteer.psr.teacher import hook_name
 from hooksteer.vectors import check_finite
 
@@ -63,7 +63,7 @@ Variant = Literal["single", "adaptive"]
 LossName = Literal["mse", "likelihood", "distill"]
 LOSSES: tuple[str, ...] = ("mse", "likelihood", "distill")
 INITS: tuple[str, ...] = ("fit", "mean_delta", "random")
-POSITION_MODES: tuple[str, ...] = ("response", "generated", "after_sink", "all")
+POSITION_MODES: tuple[str, ...] = INFERENCE_MODES  # the named modes; "generated+K" is for inference only
 
 
 class PSRFileError(ValueError):
