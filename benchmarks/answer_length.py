@@ -59,7 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--psr", nargs="*", default=[],
                         help="A-PSR folders inside each run to steer with (one saved PSR per concept), e.g. "
                              "apsr-L0-29-local0-steps0 (FitSteer); FOLDER@POSITIONS steers other positions, e.g. "
-                             "apsr-L0-29-local0-steps0@generated+8 (as oracle_forms' --apsr-position-variants)")
+                             "apsr-L0-29-local0-steps0@generated+8, or @generated+8:32 to stop after the answer's 32nd token "
+                             "(as oracle_forms' --apsr-position-variants)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.5], help="α of every --psr (default 1.5)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="token limit per answer (default 128)")
     parser.add_argument("--batch-size", type=int, default=16, help="answers per generation batch")
@@ -71,6 +72,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "score) and compare each method's score with prompt steering's")
     parser.add_argument("--half", choices=["all", "report"], default="all",
                         help="eval prompts to answer: all, or each concept's report half (the protocol's split)")
+    parser.add_argument("--baseline", default=None,
+                        help="also pair every row with this one (a row name: none, prompt or PSR@α, e.g. "
+                             "apsr-L0-29-local0-steps0@generated+8@1.5): paired differences of the loop share "
+                             "and, with --judge, of score and fluency")
     parser.add_argument("--answers", default=None,
                         help="summarise this earlier answers.json again instead of generating (same --run, --psr, "
                              "--alphas and --max-new-tokens as the run that wrote it)")
@@ -115,6 +120,10 @@ def validate(args: argparse.Namespace) -> list[str]:
             problems.append(f"--psr {name}: {error}")
     if len(set(args.psr)) != len(args.psr):
         problems.append("--psr names a folder twice")
+    if args.baseline is not None and args.baseline not in [row for row, _, _ in method_rows(args.psr, args.alphas)]:
+        problems.append(f"--baseline {args.baseline} is not one of this run's rows: none, prompt or "
+                        "<--psr entry>@<α>, e.g. " + (f"{args.psr[0]}@{args.alphas[0]:g}" if args.psr and args.alphas
+                                                       else "apsr-L0-29-local0-steps0@1.5"))
     if not args.alphas or any(not (math.isfinite(a) and a > 0) for a in args.alphas):
         problems.append("--alphas must be positive numbers")
     if len(set(args.alphas)) != len(args.alphas):
@@ -240,10 +249,12 @@ def saved_records(path: Path, methods: Sequence[str]) -> list[dict[str, Any]]:
     return [r for r in records if r["method"] in methods]
 
 
-def summarise(records: Sequence[Mapping[str, Any]], methods: Sequence[str], seed: int) -> list[dict[str, Any]]:
+def summarise(records: Sequence[Mapping[str, Any]], methods: Sequence[str], seed: int,
+              baseline: str | None = None) -> list[dict[str, Any]]:
     """Per method: per-concept means (over its prompts), their mean [bootstrap 95 %], the paired difference of
     tokens to unsteered, ratios of mean tokens and words to unsteered, the share of answers that ended before the
-    limit, the distinct-bigram share and the agreement with the saved answers.
+    limit, the distinct-bigram share and the agreement with the saved answers; with ``baseline`` (a method) also
+    the paired differences to it of the per-concept loop share and, when judged, of score and fluency.
 
     Example:
         >>> rec = lambda m, c, t, e: {"method": m, "concept_id": c, "tokens": t, "ended": e, "words": t,
@@ -286,7 +297,29 @@ def summarise(records: Sequence[Mapping[str, Any]], methods: Sequence[str], seed
             "agrees_with_saved": sum(checked) / len(checked) if checked else None, "n_checked": len(checked)})
         if all("score" in r for r in records) and records:
             rows[-1]["judged"] = judged(per_concept, method, concepts, seed)
+        if baseline is not None:
+            rows[-1]["vs_baseline"] = against(records, per_concept, method, baseline, concepts, seed)
     return rows
+
+
+def against(records: Sequence[Mapping[str, Any]], per_concept: Any, method: str, baseline: str,
+            concepts: Sequence[str], seed: int) -> dict[str, Any]:
+    """Paired differences (over concepts, the same prompts) of ``method`` minus ``baseline``: the loop share and,
+    when the answers were judged, score and fluency."""
+    from hooksteer.evaluate.stats import paired_difference_ci
+
+    def loops(name: str) -> dict[str, float]:
+        by: dict[str, list[float]] = {}
+        for r in records:
+            if r["method"] == name:
+                by.setdefault(r["concept_id"], []).append(float(r["distinct_bigrams"] < LOOP_BELOW))
+        return {c: sum(v) / len(v) for c, v in by.items()}
+
+    pairs = {"loop_share": (loops(method), loops(baseline))}
+    if records and all("score" in r for r in records):
+        pairs |= {key: (per_concept(method, key), per_concept(baseline, key)) for key in ("score", "fluency")}
+    return {"baseline": baseline, **{key: paired_difference_ci([a[c] for c in concepts], [b[c] for c in concepts],
+                                                               seed=seed).to_dict() for key, (a, b) in pairs.items()}}
 
 
 def judged(per_concept: Any, method: str, concepts: Sequence[str], seed: int) -> dict[str, Any]:
@@ -340,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "runs": [str(r) for r in runs], "psr": args.psr, "alphas": args.alphas,
               "max_new_tokens": args.max_new_tokens, "tiny": args.tiny, "answers_from": args.answers,
               "half": args.half,
-              "rows": summarise(records, methods, args.seed), "seconds": {"total": 0.0}}
+              "baseline": args.baseline, "rows": summarise(records, methods, args.seed, args.baseline),
+              "seconds": {"total": 0.0}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.answers is None or Path(args.answers).resolve() != (out / "answers.json").resolve():
@@ -380,6 +414,12 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += ["", f"Judged at {report['max_new_tokens']} tokens (the evaluation's judge; mean over concepts):", "",
                   table(body, ("method", "concept", "instruction", "fluency", "score [95 %]", "− prompt [95 %]",
                                "− 0.9× prompt [95 %]"))]
+    if report.get("baseline") is not None:
+        keys = [k for k in ("score", "fluency", "loop_share") if k in rows[0]["vs_baseline"]]
+        body = [[r["method"], *(_interval(r["vs_baseline"][k], 3) for k in keys)] for r in rows
+                if r["method"] != report["baseline"]]
+        lines += ["", f"Paired with `{report['baseline']}` (row − it, over concepts [95 %]):", "",
+                  table(body, ("method", *(f"− it: {k.replace('_', ' ')}" for k in keys)))]
     return "\n".join(lines) + "\n"
 
 

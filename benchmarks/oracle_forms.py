@@ -171,7 +171,8 @@ class OracleFormsSettings:
         "choices": ["response", "generated", "after_sink"]})
     apsr_position_variants: list[str] = field(default_factory=list, metadata={
         "help": "A-PSR: also score the same PSRs steering these positions instead (e.g. after_sink, the best A-PSR of "
-                "psr_eval.py; generated+K: the answer's first K+1 tokens unsteered, then the PSR), named "
+                "psr_eval.py; generated+K: the answer's first K+1 tokens unsteered, then the PSR; generated+K:M: only the "
+                "generated positions K+1 … M), named "
                 "apsr-L<layers>@<positions>; with --apsr-bounds the floor too (<name>-floor@<positions>)"})
     apsr_bounds: bool = field(default=False, metadata={
         "help": "A-PSR: also score each --apsr entry's bounds as a HyperSteer (hooksteer.hypersteer.FitSteer): its "
@@ -436,7 +437,7 @@ def validate(s: OracleFormsSettings) -> list[str]:
     bad_modes = [m for m in s.apsr_position_variants if m not in APSR_POSITION_VARIANTS and generated_delay(m) is None]
     if bad_modes or len(set(s.apsr_position_variants)) != len(s.apsr_position_variants):
         problems.append(f"--apsr-position-variants must name each of {', '.join(APSR_POSITION_VARIANTS)} or "
-                        f"generated+K (K >= 0) at most once, got {s.apsr_position_variants}")
+                        f"generated+K or generated+K:M (0 <= K < M) at most once, got {s.apsr_position_variants}")
     if s.apsr_bounds and not s.apsr:
         problems.append("--apsr-bounds needs --apsr (the PSRs whose floor and centred form it scores)")
     n_probe = max(s.train_prompts, s.oracle_prompts or 0)

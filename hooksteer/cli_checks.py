@@ -137,6 +137,14 @@ def _check_demo(args: argparse.Namespace) -> None:
     for name in ("hypersteer_steps", "hypersteer_train_concepts", "hypersteer_held_out"):
         count(args, name)
     number(args, "hypersteer_factor")
+    positions = getattr(args, "hypersteer_fit_positions", None)
+    if positions is not None:
+        from hooksteer.psr.hooks import check_mode
+
+        try:
+            check_mode(positions)
+        except ValueError as error:
+            raise UsageError(f"--hypersteer-fit-positions: {error}") from None
     output_dir(args.out)
 
 

@@ -111,7 +111,8 @@ def test_judged_report_half_scores_every_answer_and_pairs_it_with_prompt_steerin
 
     bench = load_benchmark("answer_length")
     report = bench.main(["--tiny", "--run", str(tiny_run), "--psr", "apsr-L0-2-local0-steps0", "--alphas", "2",
-                         "--max-new-tokens", "8", "--judge", "--half", "report", "--out", str(tmp_path / "out")])
+                         "--max-new-tokens", "8", "--judge", "--half", "report", "--baseline", "none",
+                         "--out", str(tmp_path / "out")])
     answers = json.loads((tmp_path / "out" / "answers.json").read_text())
     assert {a["half"] for a in answers} == {"report"} and all("score" in a for a in answers)
     rows = {r["method"]: r for r in report["rows"]}
@@ -119,15 +120,26 @@ def test_judged_report_half_scores_every_answer_and_pairs_it_with_prompt_steerin
     mine = [a["score"] for a in answers if a["method"] == "apsr-L0-2-local0-steps0@2"]
     assert rows["apsr-L0-2-local0-steps0@2"]["judged"]["score"]["mean"] == pytest.approx(sum(mine) / len(mine))
     assert "Judged at 8 tokens" in (tmp_path / "out" / "results.md").read_text()
+    # --baseline none: every row paired with the unsteered answers, concept by concept
+    versus = rows["apsr-L0-2-local0-steps0@2"]["vs_baseline"]
+    theirs = [a["score"] for a in answers if a["method"] == "none"]
+    assert versus["baseline"] == "none" and rows["none"]["vs_baseline"]["score"]["mean"] == 0
+    assert versus["score"]["mean"] == pytest.approx(sum(mine) / len(mine) - sum(theirs) / len(theirs))
+    loops = lambda m: [a["distinct_bigrams"] < 0.5 for a in answers if a["method"] == m]  # noqa: E731
+    assert versus["loop_share"]["mean"] == pytest.approx(
+        sum(loops("apsr-L0-2-local0-steps0@2")) / len(mine) - sum(loops("none")) / len(theirs))
+    assert "Paired with `none`" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_a_psr_entry_may_steer_other_positions(tiny_run, tmp_path):
-    """``FOLDER@generated+K``: the same saved PSRs, the answer's first K+1 tokens unsteered."""
+    """``FOLDER@generated+K``: the same saved PSRs, the answer's first K+1 tokens unsteered; ``@generated+K:M``
+    writes what ``@generated+K`` writes up to the answer's (M+1)-th token."""
     import json
 
     bench = load_benchmark("answer_length")
     bench.main(["--tiny", "--run", str(tiny_run), "--psr", "apsr-L0-2-local0-steps0@generated+3",
-                "apsr-L0-2-local0-steps0", "--alphas", "8", "--max-new-tokens", "10", "--out", str(tmp_path / "out")])
+                "apsr-L0-2-local0-steps0", "apsr-L0-2-local0-steps0@generated+3:5", "--alphas", "8", "--max-new-tokens", "10",
+                "--out", str(tmp_path / "out")])
     answers = json.loads((tmp_path / "out" / "answers.json").read_text())
     by = {(a["method"], a["concept_id"], a["prompt_id"]): a["output"] for a in answers}
     keys = [(c, p) for m, c, p in by if m == "none"]
@@ -135,12 +147,17 @@ def test_a_psr_entry_may_steer_other_positions(tiny_run, tmp_path):
     start = lambda text: tokenizer(text, add_special_tokens=False).input_ids[:3]  # noqa: E731  (4 written unsteered)
     assert all(start(by["apsr-L0-2-local0-steps0@generated+3@8", c, p]) == start(by["none", c, p]) for c, p in keys)
     assert any(by["apsr-L0-2-local0-steps0@8", c, p] != by["none", c, p] for c, p in keys)
+    window = lambda text: tokenizer(text, add_special_tokens=False).input_ids[:5]  # noqa: E731  (6 as generated+3)
+    assert all(window(by["apsr-L0-2-local0-steps0@generated+3:5@8", c, p])
+               == window(by["apsr-L0-2-local0-steps0@generated+3@8", c, p]) for c, p in keys)
 
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--psr", "apsr-L9"], "is not a folder of saved PSRs"),
     (["--psr", "apsr-L0-2-local0-steps0@later"], "generated+K"),
+    (["--psr", "apsr-L0-2-local0-steps0@generated+4:4"], "needs M > K"),
     (["--alphas", "0"], "--alphas must be positive numbers"),
+    (["--psr", "apsr-L0-2-local0-steps0", "--baseline", "apsr-L0-2-local0-steps0@9"], "is not one of this run's rows"),
     (["--alphas", "1", "1"], "--alphas names a value twice"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
 ])

@@ -136,6 +136,8 @@ BAD_DEMO = [
     ("unknown `--contrast-set`", ["--contrast-set", "nope"], "contrast-set", False),
     ("empty `--prompt`", ["--prompt", " "], "--prompt is empty", False),
     ("`--hypersteer-steps -5`", ["--hypersteer-steps", "-5"], "--hypersteer-steps", False),
+    ("`--hypersteer-fit-positions later`", ["--hypersteer-fit-positions", "later"], "--hypersteer-fit-positions",
+     False),
     ("`--out` below a file", ["--out", "{blocked}"], "is a file", False),
     ("`--out` is a file", ["--out", "{file}"], "is a file", False),
     ("`--layer 99` (past the model's layers)", ["--layer", "99", "--no-hypersteer", "--out", "{out}"],

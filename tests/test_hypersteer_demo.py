@@ -24,7 +24,8 @@ from hooksteer.hypersteer.demo import (
 from hooksteer.testing import tiny_model
 
 SMALL = HyperSteerDemoSettings(train_concepts=3, held_out=2, train_prompts=2, eval_prompts=2, steps=2, batch_size=2,
-                               teacher_tokens=4, top_k=8, max_new_tokens=4)
+                               teacher_tokens=4, top_k=8, max_new_tokens=4, fit_background_chars=0,
+                               fit_positions="response")  # 4-token answers: steered from the first token
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,24 @@ def test_fit_background_fits_each_concept_reading_its_own_reference_text(trained
     meta = json.loads((out / "hypersteer" / "demo.json").read_text())
     texts = {Concept.from_dict(c).steering_prompt: Concept.from_dict(c).text for c in meta["held_out_concepts"]}
     assert on["fit_steer"]["background_chars"] == 20 and seen == texts and all(t.strip() for t in texts.values())
-    assert report["fit_steer"]["background_chars"] == 0  # the default: the steering prompt alone
+    assert report["fit_steer"]["background_chars"] == 0  # SMALL's: the steering prompt alone
+    assert HyperSteerDemoSettings().fit_background_chars == 600  # the default: as the benchmarks' best HyperSteer
     with pytest.raises(ValueError, match="fit_background_chars must be >= 0"):
         HyperSteerDemoSettings(fit_background_chars=-1)
+
+
+def test_fit_positions_delay_fitsteer_like_the_benchmarks_best_hypersteer(trained):
+    """``fit_positions`` (default ``"generated+8"``): the answer's first 9 tokens are written unsteered, so a strong
+    FitSteer leaves a 4-token answer exactly as the unsteered one, while steering from the first token changes it."""
+    model, out, report, _ = trained
+    assert HyperSteerDemoSettings().fit_positions == "generated+8" and report["fit_steer"]["positions"] == "response"
+    strong = {**SMALL.__dict__, "fit_alpha": 50.0}
+    delayed = run_hypersteer_demo(model, HyperSteerDemoSettings(**{**strong, "fit_positions": "generated+8"}),
+                                  out_dir=out, print_fn=lambda s: None, verbose=False)
+    first = run_hypersteer_demo(model, HyperSteerDemoSettings(**strong), out_dir=out, print_fn=lambda s: None,
+                                verbose=False)
+    assert all(row["fit_steer"] == row["unsteered"] for row in delayed["rows"])
+    assert any(row["fit_steer"] != row["unsteered"] for row in first["rows"])
+    for bad in ("later", "generated+8:8"):
+        with pytest.raises(ValueError, match="generated\\+K"):
+            HyperSteerDemoSettings(fit_positions=bad)

@@ -120,6 +120,7 @@ def test_tiny_fixed_length_and_weighted_forms_train_as_named(tmp_path):
     (["--prefix-positions", "prompt"], "invalid choice"),
     (["--apsr", "0-2", "--apsr-position-variants", "sideways"], "--apsr-position-variants must name each of"),
     (["--apsr", "0-2", "--apsr-position-variants", "generated+"], "--apsr-position-variants must name each of"),
+    (["--apsr", "0-2", "--apsr-position-variants", "generated+4:2"], "generated+K:M (0 <= K < M)"),
     (["--apsr", "0-2", "--apsr-position-variants", "after_sink", "after_sink"], "at most once"),
     (["--prefix-factors", "0"], "--prefix-factors must be positive"),
     (["--prefix-factors", "1", "1"], "--prefix-factors must not repeat"),

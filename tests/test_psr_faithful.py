@@ -101,12 +101,35 @@ def test_delayed_mode_writes_the_first_tokens_unsteered_then_steers(tiny_bridge)
         assert runs["generated"][row][:2].tolist() != plain[row][:2].tolist()
 
 
+def test_window_mode_steers_only_its_slice_of_the_generated_positions(tiny_bridge):
+    """``"generated+K:M"`` steers generated positions K+1 … M only: the answer's first M+1 tokens are those of
+    ``"generated+K"``, and every forward pass of the cached generation adds at exactly M − K positions per row."""
+    from hooksteer.generation import generate_tokens
+
+    d_model = tiny_bridge.cfg.d_model
+    g = torch.Generator().manual_seed(3)
+    psr = PSR(PSRConfig(layers=[0], d_model=d_model, variant="adaptive", positions="generated"))
+    psr.set_layer(0, weight=torch.zeros(d_model), bias=1.0, z=torch.randn(d_model, generator=g) * 30)
+    texts = [plain_chat_prompt(tiny_bridge, t) for t in ("Hi.", "Tell me a long story about the river castle.")]
+    runs, steered = {}, {}
+    for mode in ("generated+3", "generated+3:5"):
+        with psr.steer(tiny_bridge, 1.0, positions=mode, record=True) as hooks:
+            runs[mode] = generate_tokens(tiny_bridge, texts, max_new_tokens=10, stop_at_eos=False)
+            steered[mode] = hooks[0][1].stats()["tokens"].tolist()
+    assert steered == {"generated+3": [6.0, 6.0], "generated+3:5": [2.0, 2.0]}  # 9 answer tokens fed back, 3 skipped
+    for row in range(2):
+        assert runs["generated+3:5"][row][:6].tolist() == runs["generated+3"][row][:6].tolist()
+
+
 def test_unknown_modes_are_refused_when_the_hooks_are_made(tiny_llama):
     from hooksteer.psr.evaluation import PSRMethod
 
     psr = _random_psr([0, 1])
-    for mode in ("generated+", "generated+-1", "later"):
+    for mode in ("generated+", "generated+-1", "later", "generated+2:"):
         with pytest.raises(ValueError, match="generated\\+K"), psr.steer(tiny_llama, 1.0, positions=mode):
+            pass
+    for mode in ("generated+4:4", "generated+4:2"):
+        with pytest.raises(ValueError, match="needs M > K"), psr.steer(tiny_llama, 1.0, positions=mode):
             pass
     with pytest.raises(ValueError, match="generated\\+K"):
         PSRMethod(data=None, psr_config=psr.config, positions="later")

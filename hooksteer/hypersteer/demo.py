@@ -16,7 +16,10 @@ builds from its ``--hypersteer-*`` flags, saved as ``hypersteer/settings.json``)
    side and writes ``hypersteer_generations.json``, with the mean cosine between H's vectors for different
    concepts and the answers' lengths; with ``fit_steer`` (default) a fourth column steers with
    :class:`~hooksteer.hypersteer.FitSteer`: the concept's A-PSR fitted in closed form to the prompted model's
-   activations on its answers to the training base prompts (nothing trained, seconds per concept).
+   activations on its answers to the training base prompts (nothing trained, seconds per concept). By default it
+   is fitted as the benchmarks' best HyperSteer: reading each concept's reference text first
+   (``fit_background_chars=600``) and steering once the answer's first 9 tokens are written
+   (``fit_positions="generated+8"``).
 
 Example:
     >>> from hooksteer.hypersteer.demo import HyperSteerDemoSettings, run_hypersteer_demo   # doctest: +SKIP
@@ -79,10 +82,14 @@ class HyperSteerDemoSettings:
     fit_steer: bool = field(default=True, metadata={
         "help": "also steer each held-out concept with FitSteer (its A-PSR fitted in closed form to the prompted "
                 "model's activations on its answers to the training base prompts; nothing trained)"})
-    fit_background_chars: int = field(default=0, metadata={
+    fit_background_chars: int = field(default=600, metadata={
         "help": "FitSteer: characters of the concept's reference text the prompted model reads before the steering "
                 "prompt while FitSteer fits (the reference_text teacher; FitSteer.write_prompt(background=...)); "
-                "0: the steering prompt alone"})
+                "0: the steering prompt alone; default 600, as the benchmarks' best HyperSteer"})
+    fit_positions: str = field(default="generated+8", metadata={
+        "help": "FitSteer: where its A-PSR steers (a PSR positions mode: response = from the first answer token; "
+                "default generated+8: the answer's first 9 tokens unsteered, as the benchmarks' best HyperSteer; "
+                "generated+K:M also stops after the answer's M-th token)"})
     fit_alpha: float = field(default=LEARNED_ALPHA, metadata={
         "help": "FitSteer's strength α (1 = as fitted; default: the α learned across concepts, LEARNED_ALPHA)"})
     retrain: bool = field(default=False, metadata={"help": "train a new H even if OUT/hypersteer/ holds one"})
@@ -97,6 +104,11 @@ class HyperSteerDemoSettings:
                      "teacher_tokens", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from hooksteer.psr.hooks import check_mode
+
+        if not isinstance(self.fit_positions, str):
+            raise ValueError(f"fit_positions must be a PSR positions mode, got {self.fit_positions!r}")
+        check_mode(self.fit_positions)
         if self.fit_background_chars < 0:
             raise ValueError(f"fit_background_chars must be >= 0 (0: no background), got {self.fit_background_chars}")
         if self.n_blocks < 0 or (self.steps is not None and self.steps < 1) or self.epochs <= 0 or self.lr <= 0:
@@ -204,14 +216,14 @@ def _fit_steer_rows(model: Any, generator: Any, rows: list[dict[str, Any]], prob
     if not probe_prompts:
         raise ValueError("FitSteer needs base prompts to read the prompted model's answers on (demo.json lists none)")
     _log(f"FitSteer: fitting each held-out concept's A-PSR to the prompted model's answers to {len(probe_prompts)} "
-         "base prompts (no training) ...", verbose)
+         f"base prompts (no training), steering at α = {s.fit_alpha:g}, positions {s.fit_positions} ...", verbose)
     fit = FitSteer(model, range(int(model.cfg.n_layers)))
     psrs, started = {}, time.perf_counter()
     for row in rows:
         context = ({"background": backgrounds[row["concept_id"]], "background_chars": s.fit_background_chars}
                    if backgrounds else {})
         psr = fit.write_prompt(row["steering_prompt"], probe_prompts, max_new_tokens=s.teacher_tokens, **context)
-        with psr.steer(generator, alpha=s.fit_alpha):
+        with psr.steer(generator, alpha=s.fit_alpha, positions=s.fit_positions):
             row["fit_steer"] = generate_texts(generator, [row["base_prompt"]], max_new_tokens=s.max_new_tokens)[0]
         psrs[row["concept_id"]] = psr
     seconds = time.perf_counter() - started
@@ -220,6 +232,7 @@ def _fit_steer_rows(model: Any, generator: Any, rows: list[dict[str, Any]], prob
         _log(f"FitSteer: {seconds / len(rows):.1f} s per concept; mean cosine between the concepts' fitted directions "
              f"{cosine:.3f}", verbose)
     return {"layers": fit.config.layers, "alpha": s.fit_alpha, "background_chars": s.fit_background_chars,
+            "positions": s.fit_positions,
             "seconds_per_concept": seconds / len(rows),
             "mean_direction_cosine": cosine, "answer_words_mean": sum(_words(r["fit_steer"]) for r in rows) / len(rows)}
 

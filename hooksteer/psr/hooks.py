@@ -8,6 +8,9 @@ Where a PSR acts (``PSRConfig.positions``):
 * ``"generated"``: generated tokens only;
 * ``"generated+K"`` (inference only): generated tokens from the (K+1)-th on — the answer's first K+1 tokens are
   written unsteered, so it starts on the request before the PSR acts (``"generated+0"`` = ``"generated"``);
+* ``"generated+K:M"`` (inference only): the slice ``[K:M]`` of the generated positions — as ``"generated+K"``,
+  but from the (M+1)-th generated token on the PSR stops again (the M-th, the last one steered, predicts answer
+  token M+1); with answers of at most M tokens it writes what ``"generated+K"`` writes;
 * ``"after_sink"``: every position from ``sink_tokens`` on (the whole prompt except the attention sink);
 * ``"all"``, or explicit absolute positions.
 
@@ -29,35 +32,59 @@ from torch import Tensor, nn
 from hooksteer.hooks import AddGated, PositionTracker
 from hooksteer.vectors import check_finite
 
-__all__ = ["INFERENCE_MODES", "PSRHook", "RowScaledGate", "check_mode", "generated_delay", "steer_mask"]
+__all__ = ["INFERENCE_MODES", "PSRHook", "RowScaledGate", "check_mode", "generated_delay", "generated_window",
+           "steer_mask"]
 
-#: Named modes a PSR can steer at inference (``"generated+K"`` besides: see :func:`generated_delay`).
+#: Named modes a PSR can steer at inference (``"generated+K"`` and ``"generated+K:M"`` besides: see
+#: :func:`generated_window`).
 INFERENCE_MODES: tuple[str, ...] = ("response", "generated", "after_sink", "all")
-_DELAYED = re.compile(r"generated\+(\d{1,4})")
+_DELAYED = re.compile(r"generated\+(\d{1,4})(?::(\d{1,5}))?")
+
+
+def generated_window(mode: Any) -> tuple[int, int | None] | None:
+    """``(K, M)`` of a ``"generated+K:M"`` mode, ``(K, None)`` of ``"generated+K"``, else ``None`` (also when
+    ``M <= K``: :func:`check_mode` says why).
+
+    Example:
+        >>> generated_window("generated+8:32"), generated_window("generated+4"), generated_window("generated")
+        ((8, 32), (4, None), None)
+    """
+    match = _DELAYED.fullmatch(mode) if isinstance(mode, str) else None
+    if match is None:
+        return None
+    start, end = int(match.group(1)), match.group(2)
+    if end is not None and int(end) <= start:
+        return None
+    return start, None if end is None else int(end)
 
 
 def generated_delay(mode: Any) -> int | None:
-    """K of a ``"generated+K"`` mode (generated tokens from the (K+1)-th on are steered), else ``None``.
+    """K of a ``"generated+K"`` or ``"generated+K:M"`` mode (generated tokens from the (K+1)-th on are steered),
+    else ``None``.
 
     Example:
-        >>> generated_delay("generated+4"), generated_delay("generated"), generated_delay([3, 4])
-        (4, None, None)
+        >>> generated_delay("generated+4"), generated_delay("generated+4:16"), generated_delay([3, 4])
+        (4, 4, None)
     """
-    match = _DELAYED.fullmatch(mode) if isinstance(mode, str) else None
-    return int(match.group(1)) if match else None
+    window = generated_window(mode)
+    return None if window is None else window[0]
 
 
 def check_mode(mode: Any) -> Any:
-    """``mode`` itself when a PSR can steer it (a named mode, ``"generated+K"`` or explicit positions), else a
-    ``ValueError`` naming the choices.
+    """``mode`` itself when a PSR can steer it (a named mode, ``"generated+K"``, ``"generated+K:M"`` with
+    M > K, or explicit positions), else a ``ValueError`` naming the choices.
 
     Example:
-        >>> check_mode("generated+8")
-        'generated+8'
+        >>> check_mode("generated+8:32")
+        'generated+8:32'
     """
-    if isinstance(mode, str) and mode not in INFERENCE_MODES and generated_delay(mode) is None:
-        raise ValueError(f"positions must be one of {INFERENCE_MODES}, 'generated+K' (K >= 0) or explicit indices, "
-                         f"got {mode!r}")
+    if isinstance(mode, str) and mode not in INFERENCE_MODES and generated_window(mode) is None:
+        match = _DELAYED.fullmatch(mode)
+        if match is not None:  # only an empty window gets here
+            raise ValueError(f"positions {mode!r}: the window generated+K:M needs M > K (it steers the generated "
+                             "positions K+1 … M)")
+        raise ValueError(f"positions must be one of {INFERENCE_MODES}, 'generated+K', 'generated+K:M' (0 <= K < M) "
+                         f"or explicit indices, got {mode!r}")
     return mode
 
 
@@ -73,6 +100,8 @@ def steer_mask(mode: Any, absolute: Int[Tensor, "batch pos"], prompt_lengths: In
         [[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]]
         >>> steer_mask("generated+1", absolute, torch.tensor([2, 3])).int().tolist()
         [[0, 0, 0, 0, 1], [0, 0, 0, 0, 1]]
+        >>> steer_mask("generated+0:1", absolute, torch.tensor([2, 2])).int().tolist()
+        [[0, 0, 0, 1, 0], [0, 0, 1, 0, 0]]
     """
     real = absolute >= 0
     if isinstance(mode, str):
@@ -87,9 +116,11 @@ def steer_mask(mode: Any, absolute: Int[Tensor, "batch pos"], prompt_lengths: In
             return real & (absolute >= start - int(template_tokens))
         if mode == "generated":
             return absolute >= start
-        delay = generated_delay(mode)
-        if delay is not None:
-            return absolute >= start + delay
+        window = generated_window(mode)
+        if window is not None:
+            first, end = window
+            steered = absolute >= start + first
+            return steered if end is None else steered & (absolute < start + end)
         raise ValueError(f"unknown positions mode {mode!r}")
     return torch.isin(absolute, torch.as_tensor(mode, dtype=torch.long, device=absolute.device).reshape(-1))
 

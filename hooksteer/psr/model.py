@@ -63,7 +63,7 @@ Variant = Literal["single", "adaptive"]
 LossName = Literal["mse", "likelihood", "distill"]
 LOSSES: tuple[str, ...] = ("mse", "likelihood", "distill")
 INITS: tuple[str, ...] = ("fit", "mean_delta", "random")
-POSITION_MODES: tuple[str, ...] = INFERENCE_MODES  # the named modes; "generated+K" is for inference only
+POSITION_MODES: tuple[str, ...] = INFERENCE_MODES  # the named modes; "generated+K[:M]" is for inference only
 
 
 class PSRFileError(ValueError):
