@@ -20,6 +20,9 @@ both halves) and, without generating anything, scores every factor-sweeping meth
   score over both halves of the *other* evaluations' concepts, reported on this evaluation's report half: a strength
   learned on concepts that are never scored with it (e.g. learned on concept set A, applied to set B and back). The
   factors it picked are in ``results.json`` (``other_sets_factors``).
+* with ``--both-halves``, also ``fixed F, both halves`` and ``other sets, both halves``: the rules that never look
+  at a concept's own scores, scored on *both* halves of its eval prompts (6 prompts per concept instead of 3; the
+  baseline on both halves too).
 
 Beside each row (when the evaluations saved their answers, ``generations.json``, and include unsteered ``none``): the
 mean words of the method's report-half answers at the factors the rule picked, divided by those of the unsteered
@@ -56,6 +59,8 @@ for _path in (REPO, REPO / "benchmarks"):
 from common import fmt, save_report, word_ratio  # noqa: E402
 
 PROG = "selection_rules"
+#: Suffix of the rows scored on both halves of the eval prompts (``--both-halves``).
+BOTH_HALVES = ", both halves"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -68,6 +73,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--coherence-targets", type=float, nargs="+", default=[1.0, 1.5],
                         help="fluency targets (0-2) of the coherence rule")
     parser.add_argument("--methods", nargs="*", default=None, help="methods to re-score (default: every method)")
+    parser.add_argument("--both-halves", action="store_true",
+                        help="also score the rules that never see a concept's own scores (fixed F, other sets) on "
+                             "both halves of its eval prompts (rows '<rule>, both halves')")
     args = parser.parse_args(argv)
     problems = []
     folders = [Path(f) for f in args.evaluation]
@@ -207,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     base_report = {e["concept_id"]: e["report"]["score"] for e in by_method[args.baseline]}
     # a baseline with factors (e.g. DiffMean, or an oracle) is taken under the same rule as each row ('best of all':
     # its own best factor per concept); one without (prompt steering) as it is, on both halves for 'best of all'
-    base_rules, _, _ = method_rules(args.baseline, per_evaluation, args.coherence_targets)
+    base_rules, _, _ = method_rules(args.baseline, per_evaluation, args.coherence_targets, args.both_halves)
     base_all = base_rules["best of all"]
     rows = []
     other_sets_factors: dict[str, list[float | None]] = {}
@@ -215,13 +223,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         entries = by_method[method]
         if sorted(e["concept_id"] for e in entries) != sorted(concepts):
             _fail(f"{method} and {args.baseline} were scored on different concepts")
-        rules, picks, factors = method_rules(method, per_evaluation, args.coherence_targets)
+        rules, picks, factors = method_rules(method, per_evaluation, args.coherence_targets, args.both_halves)
         if factors is not None:
             other_sets_factors[method] = factors
         for rule, scores in rules.items():
             if len(scores) != len(concepts):  # e.g. a factor only one evaluation swept
                 continue
-            base = base_rules[rule] if len(base_rules.get(rule, ())) == len(concepts) else base_report
+            base = (base_rules[rule] if len(base_rules.get(rule, ())) == len(concepts)
+                    else base_all if rule.endswith(BOTH_HALVES) else base_report)
             values = [scores[c] for c in concepts]
             reference = [base[c] for c in concepts]
             words = (answer_words(generations, method, picks[rule])
@@ -246,13 +255,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def method_rules(method: str, per_evaluation: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]],
-                 coherence_targets: Sequence[float]
+                 coherence_targets: Sequence[float], both_halves: bool = False
                  ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float | None]], list[float | None] | None]:
     """One method's scores per rule (``{rule: {concept_id: score}}``), the factors each rule picked, and the other-sets
     factors per evaluation (None with one evaluation or no factors). Each evaluation's rules run on its own concepts
     (a pooled factor is chosen per evaluation); a method without factors (prompt steering) has only ``protocol``
     and ``best of all`` (its one cell, on both halves). Scores are report-half scores at the picked factors, except
-    ``best of all``: both halves (its factor was picked on them).
+    ``best of all``: both halves (its factor was picked on them); with ``both_halves`` also ``"<rule>, both halves"``
+    for ``fixed F`` and ``other sets`` (their factors never depend on the concept's own scores).
 
     Example:
         >>> cell = lambda f, s_sel, s_rep, flu: {"factor": f, "selection": {"score": s_sel, "fluency": flu,
@@ -280,6 +290,9 @@ def method_rules(method: str, per_evaluation: Sequence[Mapping[str, Sequence[Map
     cells = {(e["concept_id"], c["factor"]): c for e in entries for c in _cells(e)}
     rules = {rule: {cid: _both(cells[cid, f]) if rule == "best of all" else cells[cid, f]["report"]["score"]
                     for cid, f in picked.items()} for rule, picked in picks.items()}
+    if both_halves:
+        rules |= {rule + BOTH_HALVES: {cid: _both(cells[cid, f]) for cid, f in picked.items()}
+                  for rule, picked in picks.items() if rule == "other sets" or rule.startswith("fixed ")}
     return rules, picks, factors
 
 

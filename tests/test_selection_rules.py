@@ -113,6 +113,14 @@ def test_other_sets_rule_takes_each_sets_factor_from_the_other_sets_only(tmp_pat
     assert "other sets" not in {r["rule"] for r in single["rows"]}  # one set has no other set to learn from
     with pytest.raises(ValueError, match="two evaluations"):
         bench.other_sets_picks([[]])
+    # --both-halves: the rules that never see a concept's own scores, also on both halves (prompt steering too)
+    both = bench.main(["--evaluation", str(first), str(second), "--out", str(tmp_path / "both"), "--both-halves"])
+    rows = {r["rule"]: r for r in both["rows"]}
+    assert rows["other sets, both halves"]["per_concept"] == pytest.approx(
+        {"0:a": 0.2, "0:b": 0.1, "1:a": 0.025, "1:b": 0.025})  # factors 2 and 1 as above, mean of the two halves
+    assert rows["fixed 1, both halves"]["minus_baseline"]["mean"] == pytest.approx((0.3 + 0.3 + 0.025 + 0.025) / 4 - 0.55)
+    assert "protocol, both halves" not in rows and "other sets, both halves" not in {
+        r["rule"] for r in report["rows"]}  # only on request, and never for a rule that saw the concept's scores
     against_vec = bench.main(["--evaluation", str(second), "--out", str(tmp_path / "vs-vec"), "--baseline", "vec"])
     assert against_vec["baseline_scores"]["both halves"]["mean"] == pytest.approx(0.65)  # its best factor, not the first
     # a baseline with factors is taken under each row's own rule
