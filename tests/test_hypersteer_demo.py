@@ -155,12 +155,12 @@ def test_fit_background_fits_each_concept_reading_its_own_reference_text(trained
 
 
 def test_fit_positions_delay_fitsteer_like_the_benchmarks_best_hypersteer(trained):
-    """``fit_positions`` (default ``"generated+8"``): the answer's first 9 tokens are written unsteered, so a strong
+    """``fit_positions`` (default ``"generated+8:32"``): the answer's first 9 tokens are written unsteered, so a strong
     FitSteer leaves a 4-token answer exactly as the unsteered one, while steering from the first token changes it."""
     model, out, report, _ = trained
-    assert HyperSteerDemoSettings().fit_positions == "generated+8" and report["fit_steer"]["positions"] == "response"
+    assert HyperSteerDemoSettings().fit_positions == "generated+8:32" and report["fit_steer"]["positions"] == "response"
     strong = {**SMALL.__dict__, "fit_alpha": 50.0}
-    delayed = run_hypersteer_demo(model, HyperSteerDemoSettings(**{**strong, "fit_positions": "generated+8"}),
+    delayed = run_hypersteer_demo(model, HyperSteerDemoSettings(**{**strong, "fit_positions": "generated+8:32"}),
                                   out_dir=out, print_fn=lambda s: None, verbose=False)
     first = run_hypersteer_demo(model, HyperSteerDemoSettings(**strong), out_dir=out, print_fn=lambda s: None,
                                 verbose=False)

@@ -18,8 +18,8 @@ builds from its ``--hypersteer-*`` flags, saved as ``hypersteer/settings.json``)
    :class:`~hooksteer.hypersteer.FitSteer`: the concept's A-PSR fitted in closed form to the prompted model's
    activations on its answers to the training base prompts (nothing trained, seconds per concept). By default it
    is fitted as the benchmarks' best HyperSteer: reading each concept's reference text first
-   (``fit_background_chars=600``) and steering once the answer's first 9 tokens are written
-   (``fit_positions="generated+8"``).
+   (``fit_background_chars=600``), steering once the answer's first 9 tokens are written and stopping after its
+   32nd (``fit_positions="generated+8:32"``).
 
 Example:
     >>> from hooksteer.hypersteer.demo import HyperSteerDemoSettings, run_hypersteer_demo   # doctest: +SKIP
@@ -86,10 +86,10 @@ class HyperSteerDemoSettings:
         "help": "FitSteer: characters of the concept's reference text the prompted model reads before the steering "
                 "prompt while FitSteer fits (the reference_text teacher; FitSteer.write_prompt(background=...)); "
                 "0: the steering prompt alone; default 600, as the benchmarks' best HyperSteer"})
-    fit_positions: str = field(default="generated+8", metadata={
+    fit_positions: str = field(default="generated+8:32", metadata={
         "help": "FitSteer: where its A-PSR steers (a PSR positions mode: response = from the first answer token; "
-                "default generated+8: the answer's first 9 tokens unsteered, as the benchmarks' best HyperSteer; "
-                "generated+K:M also stops after the answer's M-th token)"})
+                "default generated+8:32: the answer's first 9 tokens unsteered, then steered up to its 32nd, as the "
+                "benchmarks' best HyperSteer; generated+8 steers to the end)"})
     fit_alpha: float = field(default=LEARNED_ALPHA, metadata={
         "help": "FitSteer's strength α (1 = as fitted; default: the α learned across concepts, LEARNED_ALPHA)"})
     retrain: bool = field(default=False, metadata={"help": "train a new H even if OUT/hypersteer/ holds one"})
