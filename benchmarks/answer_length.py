@@ -32,7 +32,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,14 +266,16 @@ def summarise(records: Sequence[Mapping[str, Any]], methods: Sequence[str], seed
     """
     from hooksteer.evaluate.stats import bootstrap_ci, paired_difference_ci
 
-    def per_concept(method: str, key: str) -> dict[str, float]:
+    def per_concept(method: str, key: str | Callable[[Mapping[str, Any]], float]) -> dict[str, float]:
+        """Mean of ``r[key]`` (or ``key(r)``) over each concept's answers of ``method``."""
         by: dict[str, list[float]] = {}
         for r in records:
             if r["method"] == method:
-                by.setdefault(r["concept_id"], []).append(float(r[key]))
+                by.setdefault(r["concept_id"], []).append(float(key(r) if callable(key) else r[key]))
         return {c: sum(v) / len(v) for c, v in by.items()}
 
     base_tokens, base_words = per_concept("none", "tokens"), per_concept("none", "words")
+    rated = bool(records) and all("score" in r for r in records)  # judged answers (--judge)
     rows = []
     for method in methods:
         tokens, words = per_concept(method, "tokens"), per_concept(method, "words")
@@ -292,34 +294,32 @@ def summarise(records: Sequence[Mapping[str, Any]], methods: Sequence[str], seed
             "words": sum(words[c] for c in concepts) / len(concepts),
             "ended_share": sum(per_concept(method, "ended").values()) / len(concepts),
             "distinct_bigrams": sum(per_concept(method, "distinct_bigrams").values()) / len(concepts),
-            "loop_share": sum(1 for r in records if r["method"] == method and r["distinct_bigrams"] < LOOP_BELOW)
+            "loop_share": sum(_loops(r) for r in records if r["method"] == method)
             / max(1, sum(r["method"] == method for r in records)),
             "agrees_with_saved": sum(checked) / len(checked) if checked else None, "n_checked": len(checked)})
-        if all("score" in r for r in records) and records:
+        if rated:
             rows[-1]["judged"] = judged(per_concept, method, concepts, seed)
         if baseline is not None:
-            rows[-1]["vs_baseline"] = against(records, per_concept, method, baseline, concepts, seed)
+            rows[-1]["vs_baseline"] = against(per_concept, method, baseline, concepts, seed, rated)
     return rows
 
 
-def against(records: Sequence[Mapping[str, Any]], per_concept: Any, method: str, baseline: str,
-            concepts: Sequence[str], seed: int) -> dict[str, Any]:
+def _loops(record: Mapping[str, Any]) -> float:
+    """1 when the answer loops (fewer than ``LOOP_BELOW`` distinct word bigrams), else 0."""
+    return float(record["distinct_bigrams"] < LOOP_BELOW)
+
+
+def against(per_concept: Any, method: str, baseline: str, concepts: Sequence[str], seed: int,
+            rated: bool) -> dict[str, Any]:
     """Paired differences (over concepts, the same prompts) of ``method`` minus ``baseline``: the loop share and,
-    when the answers were judged, score and fluency."""
+    when the answers were judged (``rated``), score and fluency."""
     from hooksteer.evaluate.stats import paired_difference_ci
 
-    def loops(name: str) -> dict[str, float]:
-        by: dict[str, list[float]] = {}
-        for r in records:
-            if r["method"] == name:
-                by.setdefault(r["concept_id"], []).append(float(r["distinct_bigrams"] < LOOP_BELOW))
-        return {c: sum(v) / len(v) for c, v in by.items()}
-
-    pairs = {"loop_share": (loops(method), loops(baseline))}
-    if records and all("score" in r for r in records):
-        pairs |= {key: (per_concept(method, key), per_concept(baseline, key)) for key in ("score", "fluency")}
-    return {"baseline": baseline, **{key: paired_difference_ci([a[c] for c in concepts], [b[c] for c in concepts],
-                                                               seed=seed).to_dict() for key, (a, b) in pairs.items()}}
+    keys: list[Any] = [("loop_share", _loops), *((k, k) for k in ("score", "fluency") if rated)]
+    return {"baseline": baseline, **{
+        name: paired_difference_ci([per_concept(method, key)[c] for c in concepts],
+                                   [per_concept(baseline, key)[c] for c in concepts], seed=seed).to_dict()
+        for name, key in keys}}
 
 
 def judged(per_concept: Any, method: str, concepts: Sequence[str], seed: int) -> dict[str, Any]:
